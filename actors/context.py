@@ -1,0 +1,115 @@
+"""RunContext: the handle a user holds on one run (subscribe, run, start, abort)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from stageline.core import lifecycle
+from stageline.core.errors import RunStateError
+from stageline.core.events import Event
+from stageline.core.results import RunResult
+
+from .messages import Abort, Begin
+from .run import RunActor, RunDeps
+
+__all__ = ["RunContext", "RunResult"]
+
+
+class RunContext:
+    """One run, prepared or resumed by a PipelineFactory. It runs once.
+
+    `run()` blocks until the run ends and returns a RunResult; `start()` returns a
+    `concurrent.futures.Future` of it; `await run_async()` is the asyncio form. A
+    `run(timeout=...)` that times out raises TimeoutError and leaves the run going.
+    """
+
+    def __init__(
+        self,
+        deps_for: Callable[[RunContext], RunDeps],
+        record: Any,
+        entry: str,
+        *,
+        resumed: bool = False,
+    ) -> None:
+        self.run_id: str = record.run_id
+        self.pipeline_id: str = record.pipeline_id
+        self._status: str = record.status
+        self._record = record
+        self._entry = entry
+        self._resumed = resumed
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[RunResult] | None = None
+        self._actor: Any = None
+        self._deps = deps_for(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunContext(run_id={self.run_id!r}, pipeline_id={self.pipeline_id!r}, "
+            f"status={self.status!r})"
+        )
+
+    @property
+    def status(self) -> str:
+        """The run's status as this process last saw it."""
+        return self._status
+
+    def on(self, name: str, handler: Callable[[Event], Any]) -> Callable[[], None]:
+        """Call `handler(event)` for each event named `name` ("*" for all); returns unsubscribe."""
+        return self._deps.emitter.on(name, handler)
+
+    def start(self) -> concurrent.futures.Future[RunResult]:
+        """Start the run in the background; the future resolves to its RunResult."""
+        with self._lock:
+            if self._future is not None:
+                raise RunStateError(
+                    f"run {self.run_id!r} was already started (status {self._status!r}); "
+                    "a RunContext runs once: prepare a new run or resume this one"
+                )
+            if self._status != lifecycle.PENDING and not self._resumed:
+                raise RunStateError(f"run {self.run_id!r} is {self._status!r} and cannot start")
+            self._future = concurrent.futures.Future()
+            self._future.set_running_or_notify_cancel()
+            self._actor = RunActor.start(self._deps, self._record)
+        self._actor.tell(Begin(self._entry, resumed=self._resumed))
+        return self._future
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run to the end (or to a pause) and return the result."""
+        return self.start().result(timeout)
+
+    async def run_async(self) -> RunResult:
+        """`await` the run without blocking the event loop."""
+        return await asyncio.wrap_future(self.start())
+
+    def abort(self, reason: str | None = None) -> None:
+        """End the run "aborted" promptly; in-flight steps are signalled and discarded."""
+        with self._lock:
+            actor = self._actor
+            if actor is None and self._future is None:
+                self._future = concurrent.futures.Future()
+                self._future.set_running_or_notify_cancel()
+                self._actor = actor = RunActor.start(self._deps, self._record)
+        if actor is not None:
+            try:
+                actor.tell(Abort(reason))
+            except Exception:
+                pass  # already ended
+
+    # called from the RunActor's thread
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+
+    def _ended(self, result: RunResult | None, error: BaseException | None) -> None:
+        future = self._future
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)

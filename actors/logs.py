@@ -1,0 +1,89 @@
+"""Logging of run events through structlog, without ever configuring structlog.
+
+If the application configured structlog, events go to `structlog.get_logger("stageline")`.
+Otherwise they go through structlog to the standard `logging` logger "stageline", so an
+application that configured nothing sees nothing, and a disabled level is checked before
+any event dict is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+from stageline.core.events import Event
+
+STDLIB_LOGGER = logging.getLogger("stageline")
+STDLIB_LOGGER.addHandler(logging.NullHandler())  # no "last resort" stderr output
+
+_LEVEL_OF = {
+    "step:start": logging.DEBUG,
+    "step:success": logging.DEBUG,
+    "step:retry": logging.WARNING,
+    "step:failure": logging.ERROR,
+    "stage:failure": logging.ERROR,
+    "pipeline:failure": logging.ERROR,
+}
+_METHOD_OF = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+}
+_PAYLOAD = ("attempt", "duration", "routing", "resume_at", "entry", "resumed", "pause_timeout")
+
+
+def _stdlib_structlog(**context: Any) -> Any:
+    return structlog.wrap_logger(
+        STDLIB_LOGGER,
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        **context,
+    )
+
+
+def library_logger(custom: Any = None, **context: Any) -> Any:
+    """A structlog logger bound with `context`: the custom one, the app's, or stdlib's."""
+    if custom is not None:
+        return custom.bind(**context)
+    if structlog.is_configured():
+        return structlog.get_logger("stageline").bind(**context)
+    return _stdlib_structlog(**context)
+
+
+def level_of(event_name: str) -> int:
+    return _LEVEL_OF.get(event_name, logging.INFO)
+
+
+class EventLogger:
+    """Logs each run event once, at the level its kind deserves."""
+
+    def __init__(self, custom: Any = None) -> None:
+        self._custom = custom
+
+    def log(self, event: Event) -> None:
+        level = level_of(event.name)
+        configured = self._custom is not None or structlog.is_configured()
+        if not configured and not STDLIB_LOGGER.isEnabledFor(level):
+            return
+        fields: dict[str, Any] = {
+            "run_id": event.run_id,
+            "pipeline_id": event.pipeline_id,
+            "stage_id": event.stage_id,
+            "step_id": event.step_id,
+            "path": "/".join(f"{p.pipeline_id}:{p.stage_id or ''}" for p in event.path),
+            "seq": event.seq,
+        }
+        for name in _PAYLOAD:
+            value = getattr(event, name)
+            if value is not None:
+                fields[name] = value
+        if event.error is not None:
+            fields["error"] = str(event.error)
+        logger = library_logger(self._custom)
+        getattr(logger, _METHOD_OF[level])(event.name, **fields)

@@ -1,0 +1,591 @@
+"""RunActor: drives one run, stage by stage, and is its only writer.
+
+The actor never blocks on a step: steps run on the worker pool or the event loop and
+their completions, timeouts, retries and aborts come back as messages. Decisions are made
+by `stageline.core` (lifecycle table, routing, merge); this module carries them out and
+commits each stage as one store transaction.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from stageline.core import events as ev
+from stageline.core import lifecycle
+from stageline.core.clock import Clock
+from stageline.core.definition import Pipeline, Stage, Step
+from stageline.core.errors import (
+    InternalError,
+    RoutingError,
+    RunAborted,
+    StageError,
+    StagelineError,
+    StepFailure,
+    StepTimeout,
+    error_to_record,
+)
+from stageline.core.events import Event, PathNode
+from stageline.core.patch import copy_state, merge_all, public_state
+from stageline.core.results import RunResult
+from stageline.core.routing import Decision, check_stage_budget, decide
+from stageline.core.store import Commit, RunRecord, Store
+
+from .emitter import Emitter
+from .logs import STDLIB_LOGGER
+from .messages import Abort, Begin, RetryStep, StageTimedOut, StepDone, StepTimedOut
+from .step_context import StepContext, async_step, step_job
+from .timers import TimerHandle, TimerService
+from .workers import Workers
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Bookkeeping for one step of the running stage."""
+
+    step: Step
+    is_async: bool
+    attempt: int = 0
+    token: int = 0
+    ctx: StepContext | None = None
+    timer: TimerHandle | None = None
+    future: concurrent.futures.Future[Any] | None = None
+    release: Callable[[], None] | None = None
+    patch: Any = None
+    failure: StepFailure | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _StageRun:
+    stage: Stage
+    number: int
+    base: dict[str, Any]
+    start_event: Event
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    doomed: bool = False
+    timer: TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunDeps:
+    """What a RunActor needs from its factory: collaborators, not run state."""
+
+    pipeline: Pipeline
+    store: Store
+    clock: Clock
+    timers: TimerService
+    workers: Workers
+    emitter: Emitter
+    logger: Any
+    on_status: Callable[[str], None]
+    on_end: Callable[[RunResult | None, BaseException | None], None]
+
+
+class RunActor(pykka.ThreadingActor):
+    """One run's mailbox and driver. Stops itself when the run ends or pauses."""
+
+    def __init__(self, deps: RunDeps, record: RunRecord) -> None:
+        super().__init__()
+        self.deps = deps
+        self.pipeline = deps.pipeline
+        self.record = record
+        self.status = record.status
+        self.seq = record.last_seq
+        self.stage_runs = record.stage_runs
+        self.tokens: dict[int, _Slot] = {}
+        self.next_token = 0
+        self.current: _StageRun | None = None
+        self.ended = False
+        self.root_path = (PathNode(self.pipeline.id, None),)
+
+    # ------------------------------------------------------------------ messages
+
+    def on_receive(self, message: Any) -> None:
+        if self.ended:
+            return
+        try:
+            self._dispatch(message)
+        except BaseException as exc:  # never let pykka stop this actor silently
+            self._crash(exc)
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, StepDone):
+            self._on_step_done(message)
+        elif isinstance(message, StepTimedOut):
+            self._on_step_timeout(message.token)
+        elif isinstance(message, RetryStep):
+            self._on_retry(message)
+        elif isinstance(message, StageTimedOut):
+            self._on_stage_timeout(message.stage_run)
+        elif isinstance(message, Begin):
+            self._begin(message)
+        elif isinstance(message, Abort):
+            self._abort(message.reason)
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the run ended; a late completion has nobody to tell
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, name: str, stage_id: str | None = None, **payload: Any) -> Event:
+        self.seq += 1
+        path = self.root_path if stage_id is None else (PathNode(self.pipeline.id, stage_id),)
+        return Event(
+            name=name,
+            run_id=self.record.run_id,
+            path=path,
+            seq=self.seq,
+            ts=self.deps.clock.wall(),
+            pipeline_id=self.pipeline.id,
+            stage_id=stage_id,
+            **payload,
+        )
+
+    def _emit(self, event: Event) -> Event:
+        self.deps.emitter.emit(event)
+        return event
+
+    # ------------------------------------------------------------------ run start
+
+    def _begin(self, message: Begin) -> None:
+        start = self._event(ev.PIPELINE_START, entry=message.entry, resumed=message.resumed)
+        transition = "resume" if message.resumed else "start"
+        self._commit(transition, message.entry, self.record.state, (start,))
+        self._emit(start)
+        self._start_stage(message.entry)
+
+    # ------------------------------------------------------------------ stages
+
+    def _start_stage(self, stage_id: str) -> None:
+        stage = self.pipeline.stage(stage_id)
+        self.stage_runs += 1
+        try:
+            check_stage_budget(self.pipeline, self.stage_runs, stage.id)
+        except RoutingError as exc:
+            self._fail_run(stage.id, exc, ())
+            return
+        start = self._emit(self._event(ev.STAGE_START, stage.id, label=stage.label))
+        run = _StageRun(stage, self.stage_runs, self.record.state, start)
+        self.current = run
+        if stage.timeout is not None:
+            number = run.number
+            run.timer = self.deps.timers.schedule(
+                stage.timeout, lambda: self._tell(StageTimedOut(number))
+            )
+        if stage.pipelines:
+            self._fail_stage(
+                StageError(
+                    f"stage {stage.id!r} has child pipelines, which this version of "
+                    "stageline does not run yet",
+                    stage_id=stage.id,
+                )
+            )
+            return
+        for step in stage.steps:
+            slot = _Slot(step, inspect.iscoroutinefunction(step.action))
+            run.slots[step.id] = slot
+            self._dispatch_step(run, slot)
+        if not stage.steps:
+            self._finish_stage(run)
+
+    def _dispatch_step(self, run: _StageRun, slot: _Slot) -> None:
+        step = slot.step
+        slot.attempt += 1
+        self.next_token += 1
+        token = slot.token = self.next_token
+        self.tokens[token] = slot
+        deadline = None
+        if step.timeout is not None:
+            deadline = self.deps.clock.monotonic() + step.timeout
+            slot.timer = self.deps.timers.schedule(
+                step.timeout, lambda: self._tell(StepTimedOut(token))
+            )
+        ctx = slot.ctx = StepContext(
+            run_id=self.record.run_id,
+            pipeline_id=self.pipeline.id,
+            stage_id=run.stage.id,
+            step_id=step.id,
+            attempt=slot.attempt,
+            path=(PathNode(self.pipeline.id, run.stage.id),),
+            deadline=deadline,
+            logger=self.deps.logger,
+        )
+        self._emit(self._event(ev.STEP_START, run.stage.id, step_id=step.id, attempt=slot.attempt))
+        where = f"step {step.id!r} of stage {run.stage.id!r} in pipeline {self.pipeline.id!r}"
+        if slot.is_async:
+            future = self.deps.workers.run_coroutine(
+                async_step(token, step.action, run.base, ctx, where)
+            )
+            slot.future = future
+            future.add_done_callback(self._async_reply(token))
+        else:
+            self.deps.workers.submit(step_job(token, step.action, run.base, ctx, where, self._tell))
+
+    def _async_reply(self, token: int) -> Callable[[concurrent.futures.Future[Any]], None]:
+        def reply(future: concurrent.futures.Future[Any]) -> None:
+            if future.cancelled():
+                return
+            self._tell(future.result())
+
+        return reply
+
+    def _on_step_done(self, done: StepDone) -> None:
+        slot = self.tokens.pop(done.token, None)
+        run = self.current
+        if slot is None or run is None:
+            return
+        _cancel(slot.timer)
+        if done.error is None:
+            slot.patch = done.patch
+            slot.done = True
+            self._emit(
+                self._event(
+                    ev.STEP_SUCCESS,
+                    run.stage.id,
+                    step_id=slot.step.id,
+                    attempt=slot.attempt,
+                    duration=done.duration,
+                )
+            )
+            self._maybe_finish(run)
+        else:
+            self._step_failed(run, slot, done.error, done.traceback, done.duration)
+
+    def _on_step_timeout(self, token: int) -> None:
+        slot = self.tokens.pop(token, None)
+        run = self.current
+        if slot is None or run is None:
+            return
+        self._abandon(slot)
+        timeout = float(slot.step.timeout or 0.0)
+        self._step_failed(run, slot, StepTimeout(timeout), "", timeout)
+
+    def _abandon(self, slot: _Slot) -> None:
+        """Signal a running attempt to stop and stop waiting for it."""
+        _cancel(slot.timer)
+        if slot.ctx is not None:
+            slot.ctx.aborted.set()
+        if slot.future is not None:
+            slot.future.cancel()
+
+    def _step_failed(
+        self, run: _StageRun, slot: _Slot, error: BaseException, tb: str, duration: float
+    ) -> None:
+        step = slot.step
+        if not run.doomed and slot.attempt <= step.retries:
+            self._emit(
+                self._event(
+                    ev.STEP_RETRY,
+                    run.stage.id,
+                    step_id=step.id,
+                    attempt=slot.attempt,
+                    error=error,
+                    duration=duration,
+                )
+            )
+            backoff = step.backoff(slot.attempt)
+            if backoff <= 0:
+                self._dispatch_step(run, slot)
+            else:
+                message = RetryStep(step.id, run.number)
+                self.deps.timers.schedule(backoff, lambda: self._tell(message))
+            return
+        slot.done = True
+        slot.failure = StepFailure(
+            step_id=step.id,
+            type=type(error).__name__,
+            message=_describe(error),
+            traceback=tb,
+            attempts=slot.attempt,
+        )
+        self._emit(
+            self._event(
+                ev.STEP_FAILURE,
+                run.stage.id,
+                step_id=step.id,
+                attempt=slot.attempt,
+                error=error,
+                duration=duration,
+            )
+        )
+        if not run.doomed:
+            run.doomed = True
+            for other in run.slots.values():
+                if not other.done and other.ctx is not None:
+                    other.ctx.aborted.set()
+        self._maybe_finish(run)
+
+    def _on_retry(self, message: RetryStep) -> None:
+        run = self.current
+        if run is None or run.number != message.stage_run:
+            return
+        slot = run.slots[message.step_id]
+        if run.doomed:
+            slot.done = True
+            slot.failure = slot.failure or StepFailure(
+                slot.step.id, "StageError", "not retried: a sibling step failed", "", slot.attempt
+            )
+            self._maybe_finish(run)
+            return
+        self._dispatch_step(run, slot)
+
+    def _on_stage_timeout(self, number: int) -> None:
+        run = self.current
+        if run is None or run.number != number:
+            return
+        self._fail_stage(
+            StageError(
+                f"stage {run.stage.label}:{run.stage.id} exceeded its timeout of "
+                f"{run.stage.timeout}s",
+                stage_id=run.stage.id,
+                kind="stage_timeout",
+            )
+        )
+
+    def _maybe_finish(self, run: _StageRun) -> None:
+        if all(slot.done for slot in run.slots.values()):
+            if run.doomed:
+                self._fail_stage(_stage_error(run))
+            else:
+                self._finish_stage(run)
+
+    # ------------------------------------------------------------------ stage end
+
+    def _finish_stage(self, run: _StageRun) -> None:
+        _cancel(run.timer)
+        stage = run.stage
+        patches = [(step.id, run.slots[step.id].patch) for step in stage.steps]
+        state = merge_all(run.base, patches, on_conflict=self._conflict_logger(stage.id))
+        results = {step_id: patch for step_id, patch in patches}
+        try:
+            decision = self._route(stage, state, results)
+        except StagelineError as exc:
+            self._fail_stage(exc)
+            return
+        if decision.kind == "pause":
+            self._fail_stage(
+                StageError(
+                    f"router of stage {stage.id!r} asked to pause; pausing needs a Registry "
+                    "and arrives in a later version",
+                    stage_id=stage.id,
+                )
+            )
+            return
+        self._commit_stage(run, state, results, decision)
+
+    def _route(self, stage: Stage, state: dict[str, Any], results: dict[str, Any]) -> Decision:
+        if stage.router is None:
+            return decide(self.pipeline, stage.id, None)
+        try:
+            answer = stage.router(copy_state(public_state(state)), results)
+        except BaseException as exc:
+            raise StageError(
+                f"router of stage {stage.label}:{stage.id} raised {exc!r}",
+                stage_id=stage.id,
+                kind="router",
+                traceback="".join(traceback.format_exception(exc)),
+            ) from exc
+        return decide(self.pipeline, stage.id, answer)
+
+    def _commit_stage(
+        self, run: _StageRun, state: dict[str, Any], results: dict[str, Any], decision: Decision
+    ) -> None:
+        stage = run.stage
+        success = self._event(
+            ev.STAGE_SUCCESS,
+            stage.id,
+            label=stage.label,
+            results=results,
+            routing=decision.routing,
+        )
+        events: tuple[Event, ...] = (run.start_event, success)
+        if decision.ends_run:
+            end = self._event(ev.PIPELINE_SUCCESS, state=public_state(state))
+            self._commit("succeed", None, state, (*events, end), patch=results)
+            self.current = None
+            self._emit(success)
+            self._emit(end)
+            self._end(
+                RunResult(self.record.run_id, self.pipeline.id, self.status, public_state(state))
+            )
+            return
+        self._commit("commit", decision.next_stage, state, events, patch=results)
+        self.current = None
+        self._emit(success)
+        self._start_stage(str(decision.next_stage))
+
+    def _fail_stage(self, error: StagelineError) -> None:
+        run = self.current
+        assert run is not None
+        self._stop_stage(run)
+        failure = self._event(ev.STAGE_FAILURE, run.stage.id, label=run.stage.label, error=error)
+        self._fail_run(run.stage.id, error, (run.start_event, failure))
+
+    def _fail_run(
+        self, stage_id: str, error: StagelineError, stage_events: tuple[Event, ...]
+    ) -> None:
+        """Record the run as failed at `stage_id`, keeping the state of its last commit."""
+        state = self.record.state
+        end = self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(state))
+        self._commit("fail", stage_id, state, (*stage_events, end), error=error)
+        for event in stage_events[1:]:
+            self._emit(event)
+        self._emit(end)
+        self._end(
+            RunResult(
+                self.record.run_id, self.pipeline.id, self.status, public_state(state), error=error
+            )
+        )
+
+    def _stop_stage(self, run: _StageRun) -> None:
+        """Stop waiting for anything of the current stage; signal its running steps."""
+        _cancel(run.timer)
+        for slot in run.slots.values():
+            if not slot.done:
+                self._abandon(slot)
+        self.tokens.clear()
+        self.current = None
+
+    def _abort(self, reason: str | None) -> None:
+        run = self.current
+        if run is not None:
+            self._stop_stage(run)
+        error = RunAborted(
+            f"run {self.record.run_id!r} was aborted" + (f": {reason}" if reason else "")
+        )
+        end = self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(self.record.state))
+        stage_id = run.stage.id if run is not None else self.record.stage
+        self._commit("abort", stage_id, self.record.state, (end,), error=error)
+        self._emit(end)
+        self._end(
+            RunResult(
+                self.record.run_id,
+                self.pipeline.id,
+                self.status,
+                public_state(self.record.state),
+                error=error,
+            )
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def _commit(
+        self,
+        lifecycle_event: str,
+        stage_id: str | None,
+        state: dict[str, Any],
+        events: tuple[Event, ...],
+        *,
+        error: BaseException | None = None,
+        patch: dict[str, Any] | None = None,
+    ) -> None:
+        status = lifecycle.transition(self.status, lifecycle_event)
+        record = self.record
+        commit = Commit(
+            run_id=record.run_id,
+            expected_version=record.version,
+            status=status,
+            stage=stage_id,
+            state=state,
+            last_seq=self.seq,
+            stage_runs=self.stage_runs,
+            updated_at=self.deps.clock.wall(),
+            events=events,
+            error=None if error is None else error_to_record(error),
+            patch=patch,
+        )
+        version = self.deps.store.commit(commit)
+        self.record = RunRecord(
+            run_id=record.run_id,
+            pipeline_id=record.pipeline_id,
+            pipeline_version=record.pipeline_version,
+            status=status,
+            state=state,
+            stage=stage_id,
+            version=version,
+            checkpoint=None,
+            error=commit.error,
+            last_seq=self.seq,
+            stage_runs=self.stage_runs,
+            created_at=record.created_at,
+            updated_at=commit.updated_at,
+        )
+        self.status = status
+        self.deps.on_status(status)
+
+    def _conflict_logger(self, stage_id: str) -> Callable[[str, str, str], None] | None:
+        if not STDLIB_LOGGER.isEnabledFor(logging.DEBUG) and self.deps.logger is None:
+            return None
+        log = self.deps.logger or STDLIB_LOGGER
+
+        def conflict(path: str, earlier: str, later: str) -> None:
+            message = f"patch_conflict run_id={self.record.run_id} stage_id={stage_id} "
+            message += f"path={path} earlier={earlier} winner={later}"
+            if isinstance(log, logging.Logger):
+                log.debug(message)
+            else:
+                log.debug("patch_conflict", path=path, earlier=earlier, winner=later)
+
+        return conflict
+
+    # ------------------------------------------------------------------ ending
+
+    def _end(self, result: RunResult | None, error: BaseException | None = None) -> None:
+        self.ended = True
+        self.deps.on_end(result, error)
+        self.stop_soon()
+
+    def stop_soon(self) -> None:
+        self.actor_ref.stop(block=False)
+
+    def _crash(self, exc: BaseException) -> None:
+        """A store error or a runtime bug: report it; the store keeps the last commit."""
+        if isinstance(exc, StagelineError):
+            error: BaseException = exc
+        else:
+            error = InternalError(
+                f"stageline runtime error in run {self.record.run_id!r}: {exc!r}; the run is "
+                "left at its last commit and can be recovered. Please report this."
+            )
+            error.__cause__ = exc
+        if self.current is not None:
+            self._stop_stage(self.current)
+        try:
+            self._emit(
+                self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(self.record.state))
+            )
+        finally:
+            self.ended = True
+            self.deps.on_end(None, error)
+            self.stop_soon()
+
+
+def _cancel(timer: TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
+def _describe(error: BaseException) -> str:
+    return repr(error)
+
+
+def _stage_error(run: _StageRun) -> StageError:
+    failures = tuple(s.failure for s in run.slots.values() if s.failure is not None)
+    ordered = tuple(f for step in run.stage.steps for f in failures if f.step_id == step.id)
+    summary = "; ".join(f"{f.step_id}: {f.message}" for f in ordered)
+    return StageError(
+        f"{len(ordered)} step(s) failed in {run.stage.label}:{run.stage.id}: {summary}",
+        stage_id=run.stage.id,
+        steps=ordered,
+    )

@@ -1,0 +1,104 @@
+"""One timer service: a single thread that fires callbacks at deadlines on a Clock.
+
+With a manual clock the thread sleeps until the clock is advanced, so tests fire
+timeouts, backoffs and expiries deterministically without sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+
+from stageline.core.clock import Clock
+
+_log = logging.getLogger("stageline")
+
+
+class TimerHandle:
+    """A scheduled callback; `cancel()` keeps it from firing (idempotent)."""
+
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TimerService:
+    """Fires callbacks on its own daemon thread, in deadline order."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._counter = itertools.count()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        clock.subscribe(self._wake)
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Call `callback` once `delay` seconds of clock time have passed."""
+        handle = TimerHandle(self.clock.monotonic() + max(0.0, delay), callback)
+        with self._cond:
+            heapq.heappush(self._heap, (handle.deadline, next(self._counter), handle))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="stageline-timers", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    def pending(self) -> int:
+        """How many timers are armed and not cancelled (for tests and stats)."""
+        with self._cond:
+            return sum(1 for _, _, h in self._heap if not h.cancelled)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            due = self._next_due()
+            if due is None:
+                return
+            for handle in due:
+                if not handle.cancelled:
+                    try:
+                        handle.callback()
+                    except Exception:
+                        _log.exception("stageline timer callback failed")
+
+    def _next_due(self) -> list[TimerHandle] | None:
+        with self._cond:
+            while not self._stopped:
+                now = self.clock.monotonic()
+                due: list[TimerHandle] = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+                if due:
+                    return due
+                self._cond.wait(self._wait_time(now))
+            return None
+
+    def _wait_time(self, now: float) -> float | None:
+        if self.clock.manual:
+            return None
+        if not self._heap:
+            return None
+        return max(0.0, self._heap[0][0] - now)

@@ -1,0 +1,97 @@
+"""Event values: what a run tells its subscribers and its journal, in `seq` order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, NamedTuple
+
+from .errors import error_from_record, error_to_record
+
+PIPELINE_START: Final = "pipeline:start"
+PIPELINE_SUCCESS: Final = "pipeline:success"
+PIPELINE_PAUSED: Final = "pipeline:paused"
+PIPELINE_FAILURE: Final = "pipeline:failure"
+STAGE_START: Final = "stage:start"
+STAGE_SUCCESS: Final = "stage:success"
+STAGE_PAUSED: Final = "stage:paused"
+STAGE_FAILURE: Final = "stage:failure"
+STEP_START: Final = "step:start"
+STEP_SUCCESS: Final = "step:success"
+STEP_RETRY: Final = "step:retry"
+STEP_FAILURE: Final = "step:failure"
+
+EVENT_NAMES: Final = (
+    PIPELINE_START, PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE,
+    STAGE_START, STAGE_SUCCESS, STAGE_PAUSED, STAGE_FAILURE,
+    STEP_START, STEP_SUCCESS, STEP_RETRY, STEP_FAILURE,
+)  # fmt: skip
+TERMINAL_EVENTS: Final = frozenset({PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE})
+
+
+def is_journaled(name: str) -> bool:
+    """Stage- and pipeline-level events go to the store's journal; step events do not."""
+    return not name.startswith("step:")
+
+
+class PathNode(NamedTuple):
+    """One level of where an event happened: a pipeline, and the stage within it (or None)."""
+
+    pipeline_id: str
+    stage_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened in a run. Fields that do not apply to `name` are None."""
+
+    name: str
+    run_id: str
+    path: tuple[PathNode, ...]
+    seq: int
+    ts: float
+    pipeline_id: str | None = None
+    entry: str | None = None
+    resumed: bool | None = None
+    state: dict[str, Any] | None = None
+    checkpoint: Any = None
+    pause_timeout: float | None = None
+    error: Any = None
+    stage_id: str | None = None
+    label: str | None = None
+    results: dict[str, Any] | None = None
+    routing: str | None = None
+    resume_at: str | None = None
+    step_id: str | None = None
+    attempt: int | None = None
+    duration: float | None = None
+
+    def with_seq(self, seq: int) -> Event:
+        return replace(self, seq=seq)
+
+
+_FIELD_NAMES: Final = tuple(f.name for f in fields(Event))
+_OMIT_FROM_JOURNAL: Final = frozenset({"state", "checkpoint"})
+
+
+def event_to_record(event: Event) -> dict[str, Any]:
+    """A compact storable form: set fields only; state and checkpoint live in the run row."""
+    record: dict[str, Any] = {}
+    for name in _FIELD_NAMES:
+        value = getattr(event, name)
+        if value is None or name in _OMIT_FROM_JOURNAL:
+            continue
+        if name == "path":
+            value = [list(node) for node in value]
+        elif name == "error" and isinstance(value, BaseException):
+            value = error_to_record(value)
+        record[name] = value
+    return record
+
+
+def event_from_record(record: dict[str, Any]) -> Event:
+    """Rebuild an Event read back from a journal (unknown keys are ignored)."""
+    values = {k: v for k, v in record.items() if k in _FIELD_NAMES}
+    values["path"] = tuple(PathNode(str(p[0]), p[1]) for p in record.get("path", ()))
+    if isinstance(values.get("error"), dict):
+        values["error"] = error_from_record(values["error"])
+    return Event(**values)

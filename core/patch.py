@@ -1,0 +1,155 @@
+"""State patches: deep-partial merge, private copies, and the storable-value check.
+
+State is a tree of dict / list / str / int / float / bool / None / bytes / datetime /
+Decimal. A patch is a deep-partial dict: dicts merge key by key, every other value
+(lists included) replaces, and `DELETE` removes the key. Merging never mutates its inputs:
+untouched subtrees are shared, so a committed state can be handed out without copying.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from .definition import DELETE
+from .errors import StepError
+
+PIPELINE_DATA_KEY = "__pipeline_data__"
+"""Reserved top-level state key for the runtime's own records; patches may not touch it."""
+
+State = dict[str, Any]
+LEAF_TYPES: tuple[type, ...] = (str, int, float, bool, type(None), bytes, _dt.datetime, Decimal)
+
+
+def merge(state: Mapping[str, Any], patch: Mapping[str, Any]) -> State:
+    """Return `state` with `patch` applied; neither input is modified."""
+    merged = dict(state)
+    for key, value in patch.items():
+        if value is DELETE:
+            merged.pop(key, None)
+        elif type(value) is dict:
+            current = merged.get(key)
+            base = current if type(current) is dict else {}
+            merged[key] = merge(base, value)
+        else:
+            merged[key] = _without_deletes(value)
+    return merged
+
+
+def _without_deletes(value: Any) -> Any:
+    """A replacing value is stored as given, minus DELETE markers inside new dicts."""
+    if type(value) is dict:
+        return {k: _without_deletes(v) for k, v in value.items() if v is not DELETE}
+    return value
+
+
+def merge_all(
+    state: Mapping[str, Any],
+    patches: list[tuple[str, Mapping[str, Any] | None]],
+    on_conflict: Callable[[str, str, str], None] | None = None,
+) -> State:
+    """Merge patches in the order given; `on_conflict(path, earlier, later)` sees overlaps."""
+    result = dict(state)
+    written: dict[str, str] = {}
+    for owner, patch in patches:
+        if not patch:
+            continue
+        if on_conflict is not None:
+            for path in leaf_paths(patch):
+                if path in written and written[path] != owner:
+                    on_conflict(path, written[path], owner)
+                written[path] = owner
+        result = merge(result, patch)
+    return result
+
+
+def leaf_paths(patch: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves a patch writes (a replaced list counts as one leaf)."""
+    paths: list[str] = []
+    for key, value in patch.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if type(value) is dict and value:
+            paths.extend(leaf_paths(value, path))
+        else:
+            paths.append(path)
+    return paths
+
+
+def copy_state(value: Any) -> Any:
+    """A private deep copy of a state tree (leaves are immutable and shared)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: copy_state(v) for k, v in value.items()}
+    if kind is list:
+        return [copy_state(v) for v in value]
+    return value
+
+
+def public_state(state: Mapping[str, Any]) -> State:
+    """The state a user sees: without the runtime's reserved key."""
+    if PIPELINE_DATA_KEY in state:
+        return {k: v for k, v in state.items() if k != PIPELINE_DATA_KEY}
+    return dict(state)
+
+
+def check_patch(patch: object, where: str) -> Mapping[str, Any] | None:
+    """Validate a step's return value; raise StepError naming the bad key path and type."""
+    if patch is None:
+        return None
+    if not isinstance(patch, Mapping):
+        raise StepError(
+            f"{where} returned {type(patch).__name__}; a step must return a dict patch or None"
+        )
+    if PIPELINE_DATA_KEY in patch:
+        raise StepError(
+            f"{where} wrote the reserved key {PIPELINE_DATA_KEY!r}; "
+            "it belongs to the runtime, use another key"
+        )
+    problem = find_unstorable(patch, allow_delete=True)
+    if problem is not None:
+        path, bad = problem
+        raise StepError(
+            f"{where} returned a value that cannot be stored at {path!r}: {describe(bad)}"
+        )
+    return patch if type(patch) is dict else dict(patch)
+
+
+def describe(bad: object) -> str:
+    """Why a value cannot be stored, and what to use instead."""
+    if isinstance(bad, _dt.datetime):
+        return "a naive datetime; give it a tzinfo (e.g. datetime.timezone.utc)"
+    return (
+        f"{type(bad).__name__} (allowed: dict with str keys, list, str, int, float, bool, "
+        "None, bytes, datetime, Decimal)"
+    )
+
+
+def find_unstorable(
+    value: Any, *, allow_delete: bool = False, path: str = ""
+) -> tuple[str, Any] | None:
+    """The first (key path, value) in a tree that is not a storable state value, or None."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            at = f"{path}.{key}" if path else str(key)
+            if type(key) is not str:
+                return (at, key)
+            found = find_unstorable(item, allow_delete=allow_delete, path=at)
+            if found is not None:
+                return found
+        return None
+    if kind is list:
+        for index, item in enumerate(value):
+            found = find_unstorable(item, allow_delete=allow_delete, path=f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if value is DELETE and allow_delete:
+        return None
+    if kind in LEAF_TYPES:
+        if kind is _dt.datetime and value.tzinfo is None:
+            return (path or "<root>", value)
+        return None
+    return (path or "<root>", value)

@@ -1,0 +1,30 @@
+"""RunResult and ChildResult: what a finished (or paused) run reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of `run()`: step and stage failures are results, not exceptions."""
+
+    run_id: str
+    pipeline_id: str
+    status: str
+    state: dict[str, Any]
+    checkpoint: dict[str, Any] | None = None
+    error: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    """How a child pipeline ended, as its parent's router sees it."""
+
+    status: str
+    error: Any = None

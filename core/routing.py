@@ -1,0 +1,70 @@
+"""What a router's answer means: advance, jump, terminate, pause, or a routing error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .definition import TERMINATE, Pause, Pipeline
+from .errors import RoutingError
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a run goes after a stage.
+
+    `kind` is "next" (advance by order), "jump", "end" (past the last stage), "terminate"
+    or "pause"; `next_stage` is the stage to run next (or to resume at, for a pause).
+    """
+
+    kind: str
+    next_stage: str | None = None
+    pause: Pause | None = None
+
+    @property
+    def ends_run(self) -> bool:
+        return self.kind in ("end", "terminate")
+
+    @property
+    def routing(self) -> str:
+        """What events report: the next stage id, "end", "terminate" or "pause"."""
+        if self.kind in ("next", "jump"):
+            return str(self.next_stage)
+        return self.kind
+
+
+def decide(pipeline: Pipeline, stage_id: str, answer: Any) -> Decision:
+    """Interpret a router's answer for the stage `stage_id` of `pipeline`."""
+    if answer is None:
+        following = pipeline.next_stage_id(stage_id)
+        return Decision("end") if following is None else Decision("next", following)
+    if answer is TERMINATE:
+        return Decision("terminate")
+    if isinstance(answer, Pause):
+        _require_stage(pipeline, stage_id, answer.resume_at, "Pause.resume_at")
+        return Decision("pause", answer.resume_at, answer)
+    if isinstance(answer, str):
+        _require_stage(pipeline, stage_id, answer, "jump target")
+        return Decision("jump", answer)
+    raise RoutingError(
+        f"router of stage {stage_id!r} in pipeline {pipeline.id!r} returned "
+        f"{type(answer).__name__} {answer!r}; return None, a stage id, TERMINATE or Pause(...)"
+    )
+
+
+def _require_stage(pipeline: Pipeline, stage_id: str, target: str, what: str) -> None:
+    if not pipeline.has_stage(target):
+        raise RoutingError(
+            f"router of stage {stage_id!r} in pipeline {pipeline.id!r} named unknown {what} "
+            f"{target!r}; known stages: {', '.join(pipeline.stage_ids)}"
+        )
+
+
+def check_stage_budget(pipeline: Pipeline, stage_runs: int, stage_id: str) -> None:
+    """Fail a runaway loop: more than `max_stage_runs` stage executions in one run."""
+    if stage_runs > pipeline.max_stage_runs:
+        raise RoutingError(
+            f"pipeline {pipeline.id!r} ran {stage_runs} stages (at {stage_id!r}), more than "
+            f"max_stage_runs={pipeline.max_stage_runs}: a runaway loop? Fix the router or "
+            "raise max_stage_runs"
+        )

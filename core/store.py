@@ -1,0 +1,120 @@
+"""The Store protocol every backend implements, and the values that cross it.
+
+A store serves many runs. Its write side is small: create a run, load it, and commit a
+stage as one transaction guarded by compare-and-set on the run's `version`. Its public
+read side (`get_run`, `list_runs`, `read_events`, `close`) is the same on every store.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .events import Event
+from .patch import public_state
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """Everything a store keeps about one run (the runtime's view)."""
+
+    run_id: str
+    pipeline_id: str
+    pipeline_version: int
+    status: str
+    state: dict[str, Any]
+    stage: str | None
+    version: int = 0
+    checkpoint: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    last_seq: int = 0
+    stage_runs: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def info(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id,
+            pipeline_id=self.pipeline_id,
+            status=self.status,
+            state=public_state(self.state),
+            checkpoint=self.checkpoint,
+            stage=self.stage,
+            updated_at=_dt.datetime.fromtimestamp(self.updated_at, _dt.UTC),
+            error=self.error,
+            pipeline_version=self.pipeline_version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What `store.get_run` and `store.list_runs` return."""
+
+    run_id: str
+    pipeline_id: str
+    status: str
+    state: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    stage: str | None
+    updated_at: _dt.datetime
+    error: dict[str, Any] | None = None
+    pipeline_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One atomic write to a run: new state, status, position, checkpoint and events.
+
+    Applied only if the run's stored version equals `expected_version`; the stored
+    version then becomes `expected_version + 1`. `patch` is the merged patch that led
+    to `state` (stores may keep it; the journal keeps it in the events' results).
+    """
+
+    run_id: str
+    expected_version: int
+    status: str
+    stage: str | None
+    state: dict[str, Any]
+    last_seq: int
+    stage_runs: int
+    updated_at: float
+    events: tuple[Event, ...] = ()
+    checkpoint: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    patch: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A durable home for runs. Implementations live in stageline.stores."""
+
+    def create_run(self, record: RunRecord) -> None:
+        """Insert a new run; raise RunExistsError if its run_id is taken."""
+
+    def load_run(self, run_id: str) -> RunRecord:
+        """The run as last committed; raise RunNotFound if absent."""
+        ...
+
+    def commit(self, commit: Commit) -> int:
+        """Apply one commit atomically; raise ConflictError on a version mismatch."""
+        ...
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The public view of a run; raise RunNotFound if absent."""
+        ...
+
+    def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
+        """Runs filtered by status and/or pipeline, oldest first."""
+        ...
+
+    def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        """The run's journal after `after_seq`, in seq order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files; the store cannot be used afterwards."""
+
+
+RunStore = Store
+"""What a `store_factory(run_id)` returns: a Store that holds (at least) that run."""

@@ -1,0 +1,86 @@
+"""MemoryStore: runs kept in this process, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from stageline.core.events import Event, is_journaled
+from stageline.core.patch import copy_state
+from stageline.core.store import Commit, RunInfo, RunRecord
+
+from ._common import conflict, run_exists, run_not_found
+
+
+class MemoryStore:
+    """A thread-safe in-memory Store. Committed states are never mutated, only replaced."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunRecord] = {}
+        self._journal: dict[str, list[Event]] = {}
+
+    def create_run(self, record: RunRecord) -> None:
+        with self._lock:
+            if record.run_id in self._runs:
+                raise run_exists(record.run_id)
+            self._runs[record.run_id] = record
+            self._journal[record.run_id] = []
+
+    def load_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            try:
+                return self._runs[run_id]
+            except KeyError:
+                raise run_not_found(run_id) from None
+
+    def commit(self, commit: Commit) -> int:
+        with self._lock:
+            current = self._runs.get(commit.run_id)
+            if current is None or current.version != commit.expected_version:
+                found = None if current is None else current.version
+                raise conflict(commit.run_id, commit.expected_version, found)
+            self._runs[commit.run_id] = replace(
+                current,
+                status=commit.status,
+                stage=commit.stage,
+                state=commit.state,
+                version=commit.expected_version + 1,
+                checkpoint=commit.checkpoint,
+                error=commit.error,
+                last_seq=commit.last_seq,
+                stage_runs=commit.stage_runs,
+                updated_at=commit.updated_at,
+            )
+            journal = self._journal[commit.run_id]
+            journal.extend(e for e in commit.events if is_journaled(e.name))
+            return commit.expected_version + 1
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return _detached(self.load_run(run_id))
+
+    def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
+        with self._lock:
+            records = list(self._runs.values())
+        return [
+            _detached(r)
+            for r in sorted(records, key=lambda r: (r.created_at, r.run_id))
+            if (status is None or r.status == status)
+            and (pipeline_id is None or r.pipeline_id == pipeline_id)
+        ]
+
+    def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        with self._lock:
+            if run_id not in self._journal:
+                raise run_not_found(run_id)
+            events = [e for e in self._journal[run_id] if e.seq > after_seq]
+        return [replace(e, state=None, checkpoint=None) for e in events]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _detached(record: RunRecord) -> RunInfo:
+    """A RunInfo whose state the caller may mutate without touching the store."""
+    info = record.info()
+    return replace(info, state=copy_state(info.state))

@@ -1,0 +1,240 @@
+"""SqliteStore: the embedded default. WAL, synchronous=FULL, one transaction per stage.
+
+One connection per store, guarded by a lock: SQLite has one writer at a time anyway, and
+a stage commit is a single short `BEGIN IMMEDIATE ... COMMIT` (one fsync of the WAL with
+synchronous=FULL). State, checkpoints, errors and events are cbor2 bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from stageline.core.codec import decode, encode
+from stageline.core.errors import StoreError
+from stageline.core.events import Event, event_from_record, event_to_record, is_journaled
+from stageline.core.store import Commit, RunInfo, RunRecord
+
+from ._common import conflict, run_exists, run_not_found
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL,
+    pipeline_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    stage TEXT,
+    state BLOB NOT NULL,
+    checkpoint BLOB,
+    error BLOB,
+    version INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    stage_runs INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, pipeline_id);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
+    "version, last_seq, stage_runs, created_at, updated_at"
+)
+
+
+class SqliteStore:
+    """A Store in one SQLite file. `synchronous` may be "FULL" (default) or "NORMAL"."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def _check_schema(self) -> None:
+        row = self._db.execute(
+            "SELECT value FROM stageline_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO stageline_meta VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path!r} has schema version {row[0]}, newer than this stageline "
+                f"understands ({SCHEMA_VERSION}); upgrade stageline"
+            )
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"SQLite store {self.path!r} is closed")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
+                raise
+
+    def _rollback(self) -> None:
+        with suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"SQLite store {self.path!r} is closed")
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading {self.path!r} failed: {exc}") from exc
+
+    def create_run(self, record: RunRecord) -> None:
+        with self._transaction(f"creating run {record.run_id!r}") as db:
+            exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,))
+            if exists.fetchone() is not None:
+                raise run_exists(record.run_id)
+            db.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.run_id,
+                    record.pipeline_id,
+                    record.pipeline_version,
+                    record.status,
+                    record.stage,
+                    encode(record.state),
+                    _maybe_encode(record.checkpoint),
+                    _maybe_encode(record.error),
+                    record.version,
+                    record.last_seq,
+                    record.stage_runs,
+                    record.created_at,
+                    record.updated_at,
+                ),
+            )
+
+    def load_run(self, run_id: str) -> RunRecord:
+        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise run_not_found(run_id)
+        return _record(rows[0])
+
+    def commit(self, commit: Commit) -> int:
+        state = encode(commit.state)
+        events = [
+            (commit.run_id, e.seq, e.name, encode(event_to_record(e)))
+            for e in commit.events
+            if is_journaled(e.name)
+        ]
+        with self._transaction(f"committing run {commit.run_id!r}") as db:
+            cursor = db.execute(
+                "UPDATE runs SET status = ?, stage = ?, state = ?, checkpoint = ?, error = ?, "
+                "version = version + 1, last_seq = ?, stage_runs = ?, updated_at = ? "
+                "WHERE run_id = ? AND version = ?",
+                (
+                    commit.status,
+                    commit.stage,
+                    state,
+                    _maybe_encode(commit.checkpoint),
+                    _maybe_encode(commit.error),
+                    commit.last_seq,
+                    commit.stage_runs,
+                    commit.updated_at,
+                    commit.run_id,
+                    commit.expected_version,
+                ),
+            )
+            if cursor.rowcount != 1:
+                row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
+                found = row.fetchone()
+                raise conflict(commit.run_id, commit.expected_version, found and found[0])
+            if events:
+                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
+        return commit.expected_version + 1
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return self.load_run(run_id).info()
+
+    def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) "
+            "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
+            (status, pipeline_id),
+        )
+        return [_record(row).info() for row in rows]
+
+    def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        rows = self._query(
+            "SELECT data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after_seq),
+        )
+        if not rows and not self._query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
+            raise run_not_found(run_id)
+        return [
+            event_from_record(decode(row[0], what="journal event", patches=True)) for row in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+
+def _maybe_encode(value: Any) -> bytes | None:
+    return None if value is None else encode(value)
+
+
+def _maybe_decode(data: bytes | None, what: str) -> Any:
+    return None if data is None else decode(data, what=what)
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        pipeline_id=row[1],
+        pipeline_version=row[2],
+        status=row[3],
+        stage=row[4],
+        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        checkpoint=_maybe_decode(row[6], f"checkpoint of run {row[0]!r}"),
+        error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
+        version=row[8],
+        last_seq=row[9],
+        stage_runs=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+    )
