@@ -42,6 +42,11 @@ class Emitter:
 
         return unsubscribe
 
+    def wants(self, name: str) -> bool:
+        """Would an event of this name reach a handler or the log?"""
+        handlers = self._handlers
+        return bool(handlers.get(name) or handlers.get("*")) or self._logger.enabled(name)
+
     def emit(self, event: Event) -> None:
         self._logger.log(event)
         handlers = self._handlers

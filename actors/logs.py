@@ -61,15 +61,22 @@ def level_of(event_name: str) -> int:
 
 
 class EventLogger:
-    """Logs each run event once, at the level its kind deserves."""
+    """Logs each run event once, at the level its kind deserves.
+
+    Whether structlog is configured is read once, when the logger is made (at run start).
+    """
 
     def __init__(self, custom: Any = None) -> None:
         self._custom = custom
+        self._structlog = custom is not None or structlog.is_configured()
+
+    def enabled(self, event_name: str) -> bool:
+        """Whether an event of this name would be logged (cheap; no event dict built)."""
+        return self._structlog or STDLIB_LOGGER.isEnabledFor(_LEVEL_OF.get(event_name, 20))
 
     def log(self, event: Event) -> None:
-        level = level_of(event.name)
-        configured = self._custom is not None or structlog.is_configured()
-        if not configured and not STDLIB_LOGGER.isEnabledFor(level):
+        level = _LEVEL_OF.get(event.name, logging.INFO)
+        if not self._structlog and not STDLIB_LOGGER.isEnabledFor(level):
             return
         fields: dict[str, Any] = {
             "run_id": event.run_id,

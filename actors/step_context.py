@@ -15,6 +15,39 @@ from .logs import library_logger
 from .messages import StepDone
 
 
+class AbortFlag:
+    """An Event-like flag a step polls (`is_set()`) or waits on (`wait(timeout)`).
+
+    Cheaper than a threading.Event for the common case where nobody waits: the Event
+    is made only when a step first calls `wait`.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    __bool__ = is_set
+
+    def set(self) -> None:
+        self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the flag is set or `timeout` seconds pass; return whether it is set."""
+        if self._event is None:
+            self._event = threading.Event()
+        if self._set:  # checked after the Event exists, so a concurrent set() is never lost
+            self._event.set()
+        return self._event.wait(timeout)
+
+
 class StepContext:
     """What a step knows about where it runs; `aborted` is set when it should stop."""
 
@@ -53,7 +86,7 @@ class StepContext:
         self.path = path
         self.deadline = deadline
         self.artifacts = artifacts
-        self.aborted = threading.Event()
+        self.aborted = AbortFlag()
         self._logger = logger
         self._log: Any = None
 
@@ -78,6 +111,34 @@ class StepContext:
         )
 
 
+class Ticket:
+    """Links a queued or running sync step to the pool, so an abandoned one can be let go.
+
+    When the run stops waiting for a step (timeout, abort), `abandon` lets the pool add a
+    thread for as long as the step still occupies one; a step abandoned before it started
+    never runs at all.
+    """
+
+    __slots__ = ("_done", "_lock", "_release")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._release: Callable[[], None] | None = None
+
+    def abandon(self, workers: Any) -> None:
+        with self._lock:
+            if not self._done and self._release is None:
+                self._release = workers.abandon()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            release = self._release
+        if release is not None:
+            release()
+
+
 def step_job(
     token: int,
     action: Callable[..., Any],
@@ -85,16 +146,22 @@ def step_job(
     ctx: StepContext,
     where: str,
     reply: Callable[[StepDone], None],
+    ticket: Ticket,
 ) -> Callable[[], None]:
     """A worker job: copy the stage-start state, run the action, check and reply."""
 
     def job() -> None:
+        if ctx.aborted.is_set():  # abandoned while queued: never start it
+            ticket.finish()
+            return
         started = time.perf_counter()
         try:
             patch = check_patch(action(copy_state(state), ctx), where)
         except BaseException as exc:  # KeyboardInterrupt / SystemExit fail the step only
+            ticket.finish()
             reply(_failed(token, exc, started))
             return
+        ticket.finish()
         reply(StepDone(token, patch=patch, duration=time.perf_counter() - started))
 
     return job

@@ -45,6 +45,9 @@ class Workers:
         """Count one running job as abandoned; call the returned function when it ends."""
         with self._lock:
             self._abandoned += 1
+            if self._jobs.qsize() > 0 and self._idle == 0:
+                self._threads += 1  # a queued job needs the thread the abandoned one holds
+                threading.Thread(target=self._work, name="stageline-step", daemon=True).start()
         released = threading.Event()
 
         def release() -> None:

@@ -13,10 +13,10 @@ import cbor2
 
 from .definition import DELETE
 from .errors import BundleError
-from .patch import find_unstorable
+from .patch import describe, find_unstorable
 
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
-MAX_DEPTH: Final = 200
+MAX_DEPTH: Final = 200  # above patch.MAX_DEPTH, so anything committed can be read back
 
 # Tags cbor2 would otherwise decode into objects beyond the state types.
 _REFUSED_TAGS: Final = (5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 52, 54,
@@ -53,12 +53,13 @@ def encode(value: Any) -> bytes:
     `DELETE` (which appears only in patches, e.g. in journaled results) is written as
     CBOR `undefined`; `decode(..., patches=True)` reads it back as DELETE.
     """
+    problem = find_unstorable(value, allow_delete=True)
+    if problem is not None:
+        raise BundleError(f"cannot encode the value at {problem[0]!r}: {describe(problem[1])}")
     try:
         return cbor2.dumps(value, default=_encode_delete)
     except Exception as exc:
-        problem = find_unstorable(value)
-        where = f" at {problem[0]!r} ({type(problem[1]).__name__})" if problem else ""
-        raise BundleError(f"cannot encode value{where}: {exc}") from exc
+        raise BundleError(f"cannot encode value: {exc}") from exc
 
 
 def decode(
@@ -88,9 +89,7 @@ def decode(
         value = _restore_deletes(value)
     problem = find_unstorable(value, allow_delete=patches)
     if problem is not None:
-        raise BundleError(
-            f"{what} holds a {type(problem[1]).__name__} at {problem[0]!r}, not a state type"
-        )
+        raise BundleError(f"{what} holds, at {problem[0]!r}, {describe(problem[1])}")
     return value
 
 

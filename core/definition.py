@@ -6,6 +6,7 @@ Constructing a `Pipeline` checks every stage, step and child pipeline and raises
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class Step:
     timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.0
+    is_async: bool = field(init=False, default=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class Step:
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "retries", retries)
         object.__setattr__(self, "retry_backoff", retry_backoff)
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(action))
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number `attempt` (1-based)."""
@@ -120,8 +123,8 @@ class Pipeline:
     label: str | None = None
     version: int = 1
     max_stage_runs: int = 10_000
-    _by_id: Mapping[str, Stage] = field(default_factory=dict, repr=False, compare=False)
-    _next: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
+    _by_id: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
+    _next: Mapping[str, str | None] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,

@@ -50,19 +50,31 @@ def merge_all(
     patches: list[tuple[str, Mapping[str, Any] | None]],
     on_conflict: Callable[[str, str, str], None] | None = None,
 ) -> State:
-    """Merge patches in the order given; `on_conflict(path, earlier, later)` sees overlaps."""
+    """Merge patches in the order given; `on_conflict(path, earlier, later)` sees overlaps.
+
+    An overlap is a later patch writing a leaf an earlier one wrote, or writing above or
+    below it (replacing or deleting a subtree another step wrote into).
+    """
     result = dict(state)
-    written: dict[str, str] = {}
+    written: dict[tuple[str, ...], str] = {}
     for owner, patch in patches:
         if not patch:
             continue
         if on_conflict is not None:
             for path in leaf_paths(patch):
-                if path in written and written[path] != owner:
-                    on_conflict(path, written[path], owner)
-                written[path] = owner
+                key = tuple(path.split("."))
+                for other_key, other in written.items():
+                    if other != owner and _overlaps(key, other_key):
+                        on_conflict(path, other, owner)
+            for path in leaf_paths(patch):
+                written[tuple(path.split("."))] = owner
         result = merge(result, patch)
     return result
+
+
+def _overlaps(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    shorter = min(len(a), len(b))
+    return a[:shorter] == b[:shorter]
 
 
 def leaf_paths(patch: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -102,6 +114,8 @@ def check_patch(patch: object, where: str) -> Mapping[str, Any] | None:
         raise StepError(
             f"{where} returned {type(patch).__name__}; a step must return a dict patch or None"
         )
+    if type(patch) is not dict:
+        patch = dict(patch)
     if PIPELINE_DATA_KEY in patch:
         raise StepError(
             f"{where} wrote the reserved key {PIPELINE_DATA_KEY!r}; "
@@ -113,43 +127,88 @@ def check_patch(patch: object, where: str) -> Mapping[str, Any] | None:
         raise StepError(
             f"{where} returned a value that cannot be stored at {path!r}: {describe(bad)}"
         )
-    return patch if type(patch) is dict else dict(patch)
+    return patch
 
 
 def describe(bad: object) -> str:
     """Why a value cannot be stored, and what to use instead."""
+    if isinstance(bad, _TooDeep):
+        return f"nested deeper than {MAX_DEPTH} levels; flatten it"
+    if isinstance(bad, _BadText):
+        return "a string that is not valid UTF-8 (lone surrogates); encode it as bytes"
     if isinstance(bad, _dt.datetime):
-        return "a naive datetime; give it a tzinfo (e.g. datetime.timezone.utc)"
+        if bad.utcoffset() is None:
+            return "a naive datetime; give it a tzinfo (e.g. datetime.timezone.utc)"
+        return "a datetime whose UTC offset is not whole minutes; convert it to UTC"
+    if isinstance(bad, Decimal):
+        return f"Decimal {bad} is not finite; store it as a string"
     return (
         f"{type(bad).__name__} (allowed: dict with str keys, list, str, int, float, bool, "
         "None, bytes, datetime, Decimal)"
     )
 
 
+MAX_DEPTH = 150
+"""How deeply state may nest; the decoder refuses deeper data, so commits refuse it too."""
+
+
 def find_unstorable(
-    value: Any, *, allow_delete: bool = False, path: str = ""
+    value: Any, *, allow_delete: bool = False, path: str = "", depth: int = 0
 ) -> tuple[str, Any] | None:
-    """The first (key path, value) in a tree that is not a storable state value, or None."""
+    """The first (key path, value) in a tree that is not a storable state value, or None.
+
+    `allow_delete` accepts `DELETE` as a dict value (patches), never inside a list.
+    """
     kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            at = f"{path}.{key}" if path else str(key)
-            if type(key) is not str:
-                return (at, key)
-            found = find_unstorable(item, allow_delete=allow_delete, path=at)
-            if found is not None:
-                return found
-        return None
-    if kind is list:
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            return (path or "<root>", _TooDeep())
+        if kind is dict:
+            for key, item in value.items():
+                at = f"{path}.{key}" if path else str(key)
+                if type(key) is not str:
+                    return (at, key)
+                if not key.isascii() and not _is_utf8(key):
+                    return (at, _BadText())
+                if item is DELETE and allow_delete:
+                    continue
+                found = find_unstorable(item, allow_delete=allow_delete, path=at, depth=depth + 1)
+                if found is not None:
+                    return found
+            return None
         for index, item in enumerate(value):
-            found = find_unstorable(item, allow_delete=allow_delete, path=f"{path}[{index}]")
+            found = find_unstorable(item, path=f"{path}[{index}]", depth=depth + 1)
             if found is not None:
                 return found
-        return None
-    if value is DELETE and allow_delete:
         return None
     if kind in LEAF_TYPES:
-        if kind is _dt.datetime and value.tzinfo is None:
+        if kind is _dt.datetime and not _storable_datetime(value):
             return (path or "<root>", value)
+        if kind is Decimal and not value.is_finite():
+            return (path or "<root>", value)
+        if kind is str and not value.isascii() and not _is_utf8(value):
+            return (path or "<root>", _BadText())
         return None
     return (path or "<root>", value)
+
+
+def _storable_datetime(value: _dt.datetime) -> bool:
+    """Aware, with a UTC offset of whole minutes (what CBOR datetime text can carry)."""
+    offset = value.utcoffset()
+    return offset is not None and offset.seconds % 60 == 0 and offset.microseconds == 0
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _TooDeep:
+    """Stands for a subtree nested deeper than MAX_DEPTH in a `find_unstorable` answer."""
+
+
+class _BadText:
+    """Stands for a string with lone surrogates (not encodable as UTF-8)."""

@@ -40,21 +40,27 @@ class MemoryStore:
             if current is None or current.version != commit.expected_version:
                 found = None if current is None else current.version
                 raise conflict(commit.run_id, commit.expected_version, found)
-            self._runs[commit.run_id] = replace(
-                current,
-                status=commit.status,
-                stage=commit.stage,
-                state=commit.state,
-                version=commit.expected_version + 1,
-                checkpoint=commit.checkpoint,
-                error=commit.error,
-                last_seq=commit.last_seq,
-                stage_runs=commit.stage_runs,
-                updated_at=commit.updated_at,
+            version = commit.expected_version + 1
+            self._runs[commit.run_id] = RunRecord(
+                current.run_id,
+                current.pipeline_id,
+                current.pipeline_version,
+                commit.status,
+                commit.state,
+                commit.stage,
+                version,
+                commit.checkpoint,
+                commit.error,
+                commit.last_seq,
+                commit.stage_runs,
+                current.created_at,
+                commit.updated_at,
             )
             journal = self._journal[commit.run_id]
-            journal.extend(e for e in commit.events if is_journaled(e.name))
-            return commit.expected_version + 1
+            for event in commit.events:
+                if is_journaled(event.name):
+                    journal.append(event)
+            return version
 
     def get_run(self, run_id: str) -> RunInfo:
         return _detached(self.load_run(run_id))
