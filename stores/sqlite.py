@@ -57,9 +57,20 @@ _COLUMNS = (
 
 
 class SqliteStore:
-    """A Store in one SQLite file. `synchronous` may be "FULL" (default) or "NORMAL"."""
+    """A Store in one SQLite file.
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+    `synchronous` is "FULL" (default: a stage commit survives power loss) or "NORMAL"
+    (survives a process crash, not power loss). `busy_timeout` is how long a write waits
+    for another process holding the file before failing with StoreError.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+    ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
         self.path = os.fspath(path)
@@ -67,7 +78,7 @@ class SqliteStore:
         self._closed = False
         try:
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
