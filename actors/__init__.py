@@ -2,5 +2,6 @@
 
 from .context import RunContext, RunResult
 from .factory import PipelineFactory
+from .registry import Registry
 
-__all__ = ["PipelineFactory", "RunContext", "RunResult"]
+__all__ = ["PipelineFactory", "Registry", "RunContext", "RunResult"]

@@ -6,34 +6,43 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stageline.core import lifecycle
-from stageline.core.errors import RunStateError
+from stageline.core.errors import RunNotPaused, RunStateError
 from stageline.core.events import Event
 from stageline.core.results import RunResult
+from stageline.core.store import RunRecord
 
+from .container import Container
 from .messages import Abort, Begin
 from .run import RunActor, RunDeps
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 __all__ = ["RunContext", "RunResult"]
 
 
 class RunContext:
-    """One run, prepared or resumed by a PipelineFactory. It runs once.
+    """One run, prepared or resumed by a PipelineFactory.
 
-    `run()` blocks until the run ends and returns a RunResult; `start()` returns a
-    `concurrent.futures.Future` of it; `await run_async()` is the asyncio form. A
-    `run(timeout=...)` that times out raises TimeoutError and leaves the run going.
+    `run()` blocks until the run ends (or pauses) and returns a RunResult; `start()`
+    returns a `concurrent.futures.Future` of it; `await run_async()` is the asyncio form.
+    A context runs once per segment: after a pause, `factory.resume(run_id)` re-arms the
+    same context (the registry's fast path) or builds a new one. `run(timeout=...)` that
+    times out raises TimeoutError and leaves the run going.
     """
 
     def __init__(
         self,
         deps_for: Callable[[RunContext], RunDeps],
-        record: Any,
+        record: RunRecord,
         entry: str,
         *,
+        container: Container,
         resumed: bool = False,
+        registry: Registry | None = None,
     ) -> None:
         self.run_id: str = record.run_id
         self.pipeline_id: str = record.pipeline_id
@@ -44,6 +53,9 @@ class RunContext:
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[RunResult] | None = None
         self._actor: Any = None
+        self._container = container
+        self._registry = registry
+        self._result: RunResult | None = None
         self._deps = deps_for(self)
 
     def __repr__(self) -> str:
@@ -57,6 +69,11 @@ class RunContext:
         """The run's status as this process last saw it."""
         return self._status
 
+    @property
+    def result(self) -> RunResult | None:
+        """The last RunResult of this context (None while it has not ended or paused)."""
+        return self._result
+
     def on(self, name: str, handler: Callable[[Event], Any]) -> Callable[[], None]:
         """Call `handler(event)` for each event named `name` ("*" for all); returns unsubscribe."""
         return self._deps.emitter.on(name, handler)
@@ -67,13 +84,15 @@ class RunContext:
             if self._future is not None:
                 raise RunStateError(
                     f"run {self.run_id!r} was already started (status {self._status!r}); "
-                    "a RunContext runs once: prepare a new run or resume this one"
+                    "a RunContext runs once: prepare a new run, or resume a paused one"
                 )
             if self._status != lifecycle.PENDING and not self._resumed:
                 raise RunStateError(f"run {self.run_id!r} is {self._status!r} and cannot start")
             self._future = concurrent.futures.Future()
             self._future.set_running_or_notify_cancel()
             self._actor = RunActor.start(self._deps, self._record)
+        if self._registry is not None:
+            self._registry._track(self)
         self._actor.tell(Begin(self._entry, resumed=self._resumed))
         return self._future
 
@@ -89,7 +108,7 @@ class RunContext:
         """End the run "aborted" promptly; in-flight steps are signalled and discarded."""
         with self._lock:
             actor = self._actor
-            if actor is None and self._future is None:
+            if self._future is None or (self._future.done() and self._status == "paused"):
                 self._future = concurrent.futures.Future()
                 self._future.set_running_or_notify_cancel()
                 self._actor = actor = RunActor.start(self._deps, self._record)
@@ -99,13 +118,41 @@ class RunContext:
             except Exception:
                 pass  # already ended
 
-    # called from the RunActor's thread
+    # --- the registry's fast path -----------------------------------------------------
+
+    def _claim_resume(self, claim: Callable[[RunRecord], RunRecord]) -> None:
+        """Re-arm this paused context for another segment; `claim` does the store CAS."""
+        with self._lock:
+            if self._status != lifecycle.PAUSED or self._future is None:
+                raise RunNotPaused(
+                    f"run {self.run_id!r} is {self._status!r} in this process, not paused"
+                )
+            assert self._result is not None and self._result.checkpoint is not None
+            self._record = claim(self._record)
+            self._entry = self._result.checkpoint.resume_at
+            self._status = self._record.status
+            self._resumed = True
+            self._future = None
+            self._actor = None
+
+    # --- called from the RunActor's thread --------------------------------------------
 
     def _set_status(self, status: str) -> None:
         self._status = status
 
-    def _ended(self, result: RunResult | None, error: BaseException | None) -> None:
-        future = self._future
+    def _ended(
+        self,
+        result: RunResult | None,
+        error: BaseException | None,
+        pause: Any,
+        record: RunRecord,
+    ) -> None:
+        with self._lock:
+            future = self._future
+            self._result = result
+            self._record = record
+        if self._registry is not None:
+            self._registry._ended(self, result, pause)
         if future is None or future.done():
             return
         if error is not None:

@@ -1,4 +1,4 @@
-"""PipelineFactory: makes RunContexts for one pipeline; it holds no run state itself."""
+"""PipelineFactory: prepares and resumes runs of one pipeline; it holds no run state."""
 
 from __future__ import annotations
 
@@ -8,12 +8,33 @@ from typing import Any
 import uuid6
 
 from stageline.core import lifecycle
+from stageline.core.checkpoint import Checkpoint, decode_bundle, read_checkpoint
 from stageline.core.clock import Clock, SystemClock
+from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.definition import Pipeline
-from stageline.core.errors import RoutingError, StagelineError
-from stageline.core.patch import PIPELINE_DATA_KEY, copy_state, describe, find_unstorable
-from stageline.core.store import RunRecord, Store
+from stageline.core.errors import (
+    BundleError,
+    CheckpointCorrupt,
+    CheckpointMismatch,
+    CheckpointNotFound,
+    ConflictError,
+    RoutingError,
+    RunExpired,
+    RunNotFound,
+    RunNotPaused,
+    StagelineError,
+)
+from stageline.core.patch import (
+    PIPELINE_DATA_KEY,
+    check_patch,
+    copy_state,
+    describe,
+    find_unstorable,
+    merge,
+)
+from stageline.core.store import Commit, RunRecord, Store
 
+from .container import Container
 from .context import RunContext
 from .emitter import Emitter
 from .logs import EventLogger
@@ -21,14 +42,16 @@ from .run import RunDeps
 from .runtime import Runtime, runtime_for
 
 InitialState = Callable[[], Mapping[str, Any]] | Mapping[str, Any] | None
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class PipelineFactory:
     """Prepares and resumes runs of `pipeline` against a store.
 
     Give exactly one of `store` (serving many runs) or `store_factory(run_id)`; with
-    neither, runs live in a fresh MemoryStore. `clock` (default: system time) drives step
-    timeouts and retry backoff; a registry's clock wins when a registry is given.
+    neither, runs live in a fresh MemoryStore. With a `registry`, paused runs stay live
+    for their window and resume through the fast path; the registry's clock drives every
+    timer. Without one, `clock` (default: system time) does.
     """
 
     def __init__(
@@ -41,6 +64,7 @@ class PipelineFactory:
         registry: Any = None,
         logger: Any = None,
         clock: Clock | None = None,
+        max_bundle_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if not isinstance(pipeline, Pipeline):
             raise StagelineError(f"PipelineFactory needs a Pipeline, got {type(pipeline).__name__}")
@@ -56,6 +80,8 @@ class PipelineFactory:
         self.initial_state = initial_state
         self.registry = registry
         self.logger = logger
+        self.max_bundle_bytes = getattr(registry, "max_bundle_bytes", max_bundle_bytes)
+        self._migrations: dict[int, Migration] = {}
         self._runtime: Runtime = runtime_for(
             getattr(registry, "clock", None) or clock or SystemClock()
         )
@@ -70,6 +96,17 @@ class PipelineFactory:
             return self.store
         assert self.store_factory is not None
         return self.store_factory(run_id)
+
+    def add_migration(self, from_version: int, migrate: Migration) -> None:
+        """Let runs paused under pipeline version `from_version` resume under this one.
+
+        `migrate(state) -> state` is applied once, in the resume's compare-and-set.
+        """
+        if not callable(migrate):
+            raise StagelineError("a migration must be callable: migrate(state) -> state")
+        self._migrations[from_version] = migrate
+
+    # --- new runs ---------------------------------------------------------------------
 
     def prepare(self, entry: str | None = None, run_id: str | None = None) -> RunContext:
         """A new run starting at stage `entry` (default: the first); nothing runs yet."""
@@ -88,11 +125,11 @@ class PipelineFactory:
         )
         store = self.store_for(run_id)
         store.create_run(record)
-        return RunContext(lambda ctx: self._deps(ctx, store), record, entry)
+        return self._context(store, record, entry, Container(run_id), resumed=False)
 
     def _entry(self, entry: str | None) -> str:
         if entry is None:
-            return self.pipeline.first_stage.id
+            return str(self.pipeline.first_stage.id)
         if not self.pipeline.has_stage(entry):
             raise RoutingError(
                 f"entry {entry!r} is not a stage of pipeline {self.pipeline.id!r}; "
@@ -128,7 +165,162 @@ class PipelineFactory:
             )
         return state
 
-    def _deps(self, context: RunContext, store: Store) -> RunDeps:
+    # --- resuming ---------------------------------------------------------------------
+
+    def resume(self, run_id: str, patch: Mapping[str, Any] | None = None) -> RunContext:
+        """Continue a paused run at its `resume_at`, committing `patch` with the claim.
+
+        Fast path: while the registry still holds the run, the same RunContext comes back
+        (no store read, no decoding). Slow path: the checkpoint is read, validated and the
+        run rebuilt from committed state and its bundle. Of two racing resumes exactly one
+        wins; the other raises RunNotPaused.
+        """
+        checked = check_patch(patch, f"resume patch for run {run_id!r}")
+        if self.registry is not None:
+            live: RunContext | None = self.registry._lookup(run_id)
+            if live is not None and live.pipeline_id == self.pipeline.id:
+                store = live._deps.store
+                live._claim_resume(lambda record: self._claim(store, record, checked, None))
+                return live
+        return self._resume_from_store(run_id, checked)
+
+    def _resume_from_store(self, run_id: str, patch: Mapping[str, Any] | None) -> RunContext:
+        store = self.store_for(run_id)
+        record = self._paused_record(store, run_id)
+        checkpoint = read_checkpoint(store, self.pipeline.id, run_id)
+        migrate = self._migration_for(checkpoint)
+        if not self.pipeline.has_stage(checkpoint.resume_at):
+            raise CheckpointMismatch(
+                f"run {run_id!r} resumes at stage {checkpoint.resume_at!r}, which pipeline "
+                f"{self.pipeline.id!r} v{self.pipeline.version} does not have; known stages: "
+                f"{', '.join(self.pipeline.stage_ids)}"
+            )
+        container = Container(run_id, self._artifacts(checkpoint))
+        claimed = self._claim(store, record, patch, migrate)
+        return self._context(store, claimed, checkpoint.resume_at, container, resumed=True)
+
+    def _paused_record(self, store: Store, run_id: str) -> RunRecord:
+        try:
+            record = store.load_run(run_id)
+        except RunNotFound as exc:
+            raise CheckpointNotFound(
+                f"no run {run_id!r} in the store, so no checkpoint to resume from"
+            ) from exc
+        if record.pipeline_id != self.pipeline.id:
+            raise CheckpointMismatch(
+                f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not "
+                f"{self.pipeline.id!r}; resume it with that pipeline's factory"
+            )
+        if record.status == lifecycle.EXPIRED:
+            raise RunExpired(
+                f"run {run_id!r} stayed paused past the registry's checkpoint_ttl and expired; "
+                "it cannot be resumed (its committed state is still readable)"
+            )
+        if record.status != lifecycle.PAUSED:
+            raise RunNotPaused(
+                f"run {run_id!r} is {record.status!r}, not paused; only a paused run resumes"
+            )
+        return record
+
+    def _migration_for(self, checkpoint: Checkpoint) -> Migration | None:
+        if checkpoint.pipeline_version == self.pipeline.version:
+            return None
+        migrate = self._migrations.get(checkpoint.pipeline_version)
+        if migrate is None:
+            raise CheckpointMismatch(
+                f"run {checkpoint.run_id!r} paused under {self.pipeline.id!r} version "
+                f"{checkpoint.pipeline_version}, this factory has version "
+                f"{self.pipeline.version}; register factory.add_migration("
+                f"{checkpoint.pipeline_version}, migrate) to resume it"
+            )
+        return migrate
+
+    def _artifacts(self, checkpoint: Checkpoint) -> dict[str, dict[str, Any]]:
+        if checkpoint.container_bundle is None:
+            return {}
+        try:
+            artifacts: dict[str, dict[str, Any]] = decode_bundle(
+                checkpoint.container_bundle, checkpoint.run_id, max_bytes=self.max_bundle_bytes
+            )
+        except BundleError as exc:
+            raise CheckpointCorrupt(f"the bundle in the checkpoint is unusable: {exc}") from exc
+        return artifacts
+
+    def _claim(
+        self,
+        store: Store,
+        record: RunRecord,
+        patch: Mapping[str, Any] | None,
+        migrate: Migration | None,
+    ) -> RunRecord:
+        """paused -> running with the patch, in one compare-and-set on the run's version."""
+        status = lifecycle.transition(record.status, "resume")
+        state = record.state
+        if migrate is not None:
+            state = self._migrated(record, migrate)
+        if patch:
+            state = merge(state, patch)
+        commit = Commit(
+            run_id=record.run_id,
+            expected_version=record.version,
+            status=status,
+            stage=record.stage,
+            state=state,
+            last_seq=record.last_seq,
+            stage_runs=record.stage_runs,
+            updated_at=self.clock.wall(),
+            checkpoint=record.checkpoint,
+            error=record.error,
+        )
+        try:
+            version = store.commit(commit)
+        except ConflictError as exc:
+            raise RunNotPaused(
+                f"run {record.run_id!r} is no longer paused: another resume won the race"
+            ) from exc
+        return RunRecord(
+            run_id=record.run_id,
+            pipeline_id=record.pipeline_id,
+            pipeline_version=self.pipeline.version,
+            status=status,
+            state=state,
+            stage=record.stage,
+            version=version,
+            checkpoint=record.checkpoint,
+            error=record.error,
+            last_seq=record.last_seq,
+            stage_runs=record.stage_runs,
+            created_at=record.created_at,
+            updated_at=commit.updated_at,
+        )
+
+    def _migrated(self, record: RunRecord, migrate: Migration) -> dict[str, Any]:
+        state = migrate(copy_state(record.state))
+        if not isinstance(state, dict):
+            raise StagelineError(f"migration for run {record.run_id!r} must return a dict")
+        problem = find_unstorable(state)
+        if problem is not None:
+            raise StagelineError(
+                f"migration for run {record.run_id!r} produced an unstorable value at "
+                f"{problem[0]!r}: {describe(problem[1])}"
+            )
+        return state
+
+    # --- wiring -----------------------------------------------------------------------
+
+    def _context(
+        self, store: Store, record: RunRecord, entry: str, container: Container, *, resumed: bool
+    ) -> RunContext:
+        return RunContext(
+            lambda ctx: self._deps(ctx, store, container),
+            record,
+            entry,
+            container=container,
+            resumed=resumed,
+            registry=self.registry,
+        )
+
+    def _deps(self, context: RunContext, store: Store, container: Container) -> RunDeps:
         return RunDeps(
             pipeline=self.pipeline,
             store=store,
@@ -137,6 +329,8 @@ class PipelineFactory:
             workers=self._runtime.workers,
             emitter=Emitter(EventLogger(self.logger)),
             logger=self.logger,
+            container=container,
             on_status=context._set_status,
             on_end=context._ended,
+            max_bundle_bytes=self.max_bundle_bytes,
         )

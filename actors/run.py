@@ -20,7 +20,8 @@ import pykka
 
 from stageline.core import events as ev
 from stageline.core import lifecycle
-from stageline.core.clock import Clock
+from stageline.core.checkpoint import Checkpoint, checkpoint_to_bytes
+from stageline.core.clock import Clock, iso_utc
 from stageline.core.definition import Pipeline, Stage, Step
 from stageline.core.errors import (
     InternalError,
@@ -38,10 +39,11 @@ from stageline.core.results import RunResult
 from stageline.core.routing import Decision, check_stage_budget, decide
 from stageline.core.store import Commit, RunRecord, Store
 
+from .container import Container
 from .emitter import Emitter
 from .logs import STDLIB_LOGGER
 from .messages import Abort, Begin, RetryStep, StageTimedOut, StepDone, StepTimedOut
-from .step_context import StepContext, Ticket, async_step, step_job
+from .step_context import NotStarted, StepContext, Ticket, async_step, step_job
 from .timers import TimerHandle, TimerService
 from .workers import Workers
 
@@ -85,12 +87,17 @@ class RunDeps:
     workers: Workers
     emitter: Emitter
     logger: Any
+    container: Container
     on_status: Callable[[str], None]
-    on_end: Callable[[RunResult | None, BaseException | None], None]
+    on_end: Callable[[RunResult | None, BaseException | None, Any, RunRecord], None]
+    max_bundle_bytes: int
 
 
 class RunActor(pykka.ThreadingActor):
     """One run's mailbox and driver. Stops itself when the run ends or pauses."""
+
+    # A process may exit with runs mid-stage: that is a crash, which commits keep safe.
+    use_daemon_thread = True
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -109,6 +116,7 @@ class RunActor(pykka.ThreadingActor):
         self.current: _StageRun | None = None
         self.ended = False
         self.root_path = (PathNode(self.pipeline.id, None),)
+        self.artifacts = deps.container.view(self.pipeline.id)
         self._wall = deps.clock.wall
 
     # ------------------------------------------------------------------ messages
@@ -172,7 +180,7 @@ class RunActor(pykka.ThreadingActor):
 
     def _begin(self, message: Begin) -> None:
         start = self._event(ev.PIPELINE_START, entry=message.entry, resumed=message.resumed)
-        transition = "resume" if message.resumed else "start"
+        transition = "commit" if message.resumed else "start"
         self._commit(transition, message.entry, self.record.state, (start,))
         self._emit(start)
         self._start_stage(message.entry)
@@ -232,6 +240,7 @@ class RunActor(pykka.ThreadingActor):
             attempt=slot.attempt,
             path=(PathNode(self.pipeline.id, run.stage.id),),
             deadline=deadline,
+            artifacts=self.artifacts,
             logger=self.deps.logger,
         )
         self._step_event(ev.STEP_START, run.stage.id, step_id=step.id, attempt=slot.attempt)
@@ -264,6 +273,7 @@ class RunActor(pykka.ThreadingActor):
         if done.error is None:
             slot.patch = done.patch
             slot.done = True
+            self.deps.container.record_result(run.stage.id, slot.step.id, done.patch)
             self._step_event(
                 ev.STEP_SUCCESS,
                 run.stage.id,
@@ -271,6 +281,9 @@ class RunActor(pykka.ThreadingActor):
                 attempt=slot.attempt,
                 duration=done.duration,
             )
+            self._maybe_finish(run)
+        elif isinstance(done.error, NotStarted) and run.doomed:
+            slot.done = True  # a sibling failed first; this one never ran, so it did not fail
             self._maybe_finish(run)
         else:
             self._step_failed(run, slot, done.error, done.traceback, done.duration)
@@ -389,13 +402,7 @@ class RunActor(pykka.ThreadingActor):
             self._fail_stage(exc)
             return
         if decision.kind == "pause":
-            self._fail_stage(
-                StageError(
-                    f"router of stage {stage.id!r} asked to pause; pausing needs a Registry "
-                    "and arrives in a later version",
-                    stage_id=stage.id,
-                )
-            )
+            self._pause(run, state, results, decision)
             return
         self._commit_stage(run, state, results, decision)
 
@@ -439,6 +446,45 @@ class RunActor(pykka.ThreadingActor):
         self.current = None
         self._emit(success)
         self._start_stage(str(decision.next_stage))
+
+    def _pause(
+        self, run: _StageRun, state: dict[str, Any], results: dict[str, Any], decision: Decision
+    ) -> None:
+        """Commit the stage with a checkpoint, then stop: a paused run holds no thread."""
+        stage, pause = run.stage, decision.pause
+        assert pause is not None
+        checkpoint = Checkpoint(
+            run_id=self.record.run_id,
+            pipeline_id=self.pipeline.id,
+            pipeline_version=self.pipeline.version,
+            resume_at=pause.resume_at,
+            paused_at_stage_id=stage.id,
+            paused_at_stage_label=str(stage.label),
+            paused_on=iso_utc(self._wall()),
+        )
+        if pause.persist:
+            bundle = self.deps.container.export_bundle(self.deps.max_bundle_bytes)
+            checkpoint = checkpoint.with_bundle(bundle)
+        paused = self._event(
+            ev.STAGE_PAUSED, stage.id, label=stage.label, results=results,
+            resume_at=pause.resume_at, routing="pause",
+        )  # fmt: skip
+        public = public_state(state)
+        end = self._event(
+            ev.PIPELINE_PAUSED, checkpoint=checkpoint, state=public, pause_timeout=pause.timeout
+        )
+        self._commit(
+            "pause", pause.resume_at, state, (run.start_event, paused, end),
+            patch=results, checkpoint=checkpoint_to_bytes(checkpoint),
+        )  # fmt: skip
+        self.current = None
+        self.deps.container.stop()
+        self._emit(paused)
+        self._emit(end)
+        result = RunResult(
+            self.record.run_id, self.pipeline.id, self.status, public, checkpoint=checkpoint
+        )
+        self._end(result, pause=pause)
 
     def _fail_stage(self, error: StagelineError) -> None:
         run = self.current
@@ -504,9 +550,12 @@ class RunActor(pykka.ThreadingActor):
         *,
         error: BaseException | None = None,
         patch: dict[str, Any] | None = None,
+        checkpoint: bytes | None = None,
     ) -> None:
         status = lifecycle.transition(self.status, lifecycle_event)
         record = self.record
+        if checkpoint is None and status == lifecycle.RUNNING:
+            checkpoint = record.checkpoint  # kept until the transaction that ends the run
         commit = Commit(
             run_id=record.run_id,
             expected_version=record.version,
@@ -519,6 +568,7 @@ class RunActor(pykka.ThreadingActor):
             events=events,
             error=None if error is None else error_to_record(error),
             patch=patch,
+            checkpoint=checkpoint,
         )
         version = self.deps.store.commit(commit)
         self.record = RunRecord(
@@ -529,7 +579,7 @@ class RunActor(pykka.ThreadingActor):
             state=state,
             stage=stage_id,
             version=version,
-            checkpoint=None,
+            checkpoint=checkpoint,
             error=commit.error,
             last_seq=self.seq,
             stage_runs=self.stage_runs,
@@ -556,9 +606,13 @@ class RunActor(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ ending
 
-    def _end(self, result: RunResult | None, error: BaseException | None = None) -> None:
+    def _end(
+        self, result: RunResult | None, error: BaseException | None = None, pause: Any = None
+    ) -> None:
         self.ended = True
-        self.deps.on_end(result, error)
+        if self.status != lifecycle.PAUSED:
+            self.deps.container.stop()
+        self.deps.on_end(result, error, pause, self.record)
         self.stop_soon()
 
     def stop_soon(self) -> None:
@@ -582,7 +636,8 @@ class RunActor(pykka.ThreadingActor):
             )
         finally:
             self.ended = True
-            self.deps.on_end(None, error)
+            self.deps.container.stop()
+            self.deps.on_end(None, error, None, self.record)
             self.stop_soon()
 
 

@@ -8,11 +8,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from stageline.core.errors import StepError
 from stageline.core.events import PathNode
 from stageline.core.patch import check_patch, copy_state
 
 from .logs import library_logger
 from .messages import StepDone
+
+
+class NotStarted(StepError):  # type: ignore[misc]
+    """A step signalled (sibling failed, timeout, abort) before a worker picked it up."""
 
 
 class AbortFlag:
@@ -151,8 +156,9 @@ def step_job(
     """A worker job: copy the stage-start state, run the action, check and reply."""
 
     def job() -> None:
-        if ctx.aborted.is_set():  # abandoned while queued: never start it
+        if ctx.aborted.is_set():  # signalled while queued: never start it
             ticket.finish()
+            reply(StepDone(token, error=NotStarted("not started"), duration=0.0))
             return
         started = time.perf_counter()
         try:

@@ -40,6 +40,7 @@ class TimerService:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._counter = itertools.count()
         self._stopped = False
+        self._firing = False
         self._thread: threading.Thread | None = None
         clock.subscribe(self._wake)
 
@@ -72,6 +73,16 @@ class TimerService:
         with self._cond:
             self._cond.notify()
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every timer due by now has fired (for tests on a manual clock)."""
+
+        def idle() -> bool:
+            due = bool(self._heap) and self._heap[0][0] <= self.clock.monotonic()
+            return not self._firing and not due
+
+        with self._cond:
+            return self._cond.wait_for(idle, timeout)
+
     def _loop(self) -> None:
         while True:
             due = self._next_due()
@@ -83,6 +94,9 @@ class TimerService:
                         handle.callback()
                     except Exception:
                         _log.exception("stageline timer callback failed")
+            with self._cond:
+                self._firing = False
+                self._cond.notify_all()
 
     def _next_due(self) -> list[TimerHandle] | None:
         with self._cond:
@@ -92,6 +106,7 @@ class TimerService:
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap)[2])
                 if due:
+                    self._firing = True
                     return due
                 self._cond.wait(self._wait_time(now))
             return None

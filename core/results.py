@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .checkpoint import Checkpoint
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -14,7 +16,7 @@ class RunResult:
     pipeline_id: str
     status: str
     state: dict[str, Any]
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     error: Any = None
 
     @property

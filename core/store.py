@@ -26,7 +26,7 @@ class RunRecord:
     state: dict[str, Any]
     stage: str | None
     version: int = 0
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: bytes | None = None
     error: dict[str, Any] | None = None
     last_seq: int = 0
     stage_runs: int = 0
@@ -39,7 +39,7 @@ class RunRecord:
             pipeline_id=self.pipeline_id,
             status=self.status,
             state=public_state(self.state),
-            checkpoint=self.checkpoint,
+            checkpoint=_lenient_checkpoint(self.checkpoint, self.run_id),
             stage=self.stage,
             updated_at=_dt.datetime.fromtimestamp(self.updated_at, _dt.UTC),
             error=self.error,
@@ -55,7 +55,7 @@ class RunInfo:
     pipeline_id: str
     status: str
     state: dict[str, Any]
-    checkpoint: dict[str, Any] | None
+    checkpoint: Any
     stage: str | None
     updated_at: _dt.datetime
     error: dict[str, Any] | None = None
@@ -80,7 +80,7 @@ class Commit:
     stage_runs: int
     updated_at: float
     events: tuple[Event, ...] = ()
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: bytes | None = None
     error: dict[str, Any] | None = None
     patch: dict[str, Any] | None = field(default=None, compare=False)
 
@@ -98,6 +98,12 @@ class Store(Protocol):
 
     def commit(self, commit: Commit) -> int:
         """Apply one commit atomically; raise ConflictError on a version mismatch."""
+        ...
+
+    def set_checkpoint(
+        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+    ) -> bool:
+        """Replace a run's checkpoint bytes without a version change; False if not paused."""
         ...
 
     def get_run(self, run_id: str) -> RunInfo:
@@ -118,3 +124,16 @@ class Store(Protocol):
 
 RunStore = Store
 """What a `store_factory(run_id)` returns: a Store that holds (at least) that run."""
+
+
+def _lenient_checkpoint(data: bytes | None, run_id: str) -> Any:
+    """The decoded checkpoint for display; None when absent or unreadable."""
+    if data is None:
+        return None
+    from .checkpoint import checkpoint_from_bytes
+    from .errors import CheckpointCorrupt
+
+    try:
+        return checkpoint_from_bytes(data, run_id)
+    except CheckpointCorrupt:
+        return None

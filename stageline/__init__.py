@@ -15,6 +15,13 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and all(
 
 from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
+from stageline.actors.registry import Registry
+from stageline.core.checkpoint import (
+    Checkpoint,
+    clear_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from stageline.core.clock import ManualClock, SystemClock
 from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Stage, Step
 from stageline.core.errors import (
@@ -52,6 +59,7 @@ __all__ = [
     "TERMINATE",
     "ArtifactError",
     "BundleError",
+    "Checkpoint",
     "CheckpointCorrupt",
     "CheckpointError",
     "CheckpointMismatch",
@@ -64,6 +72,7 @@ __all__ = [
     "Pause",
     "Pipeline",
     "PipelineFactory",
+    "Registry",
     "RoutingError",
     "RunAborted",
     "RunContext",
@@ -84,4 +93,7 @@ __all__ = [
     "Store",
     "StoreError",
     "SystemClock",
+    "clear_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
 ]

@@ -60,7 +60,19 @@ class MemoryStore:
             for event in commit.events:
                 if is_journaled(event.name):
                     journal.append(event)
-            return version
+            return int(version)
+
+    def set_checkpoint(
+        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+    ) -> bool:
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is None:
+                raise run_not_found(run_id)
+            if only_if_paused and current.status != "paused":
+                return False
+            self._runs[run_id] = replace(current, checkpoint=checkpoint)
+            return True
 
     def get_run(self, run_id: str) -> RunInfo:
         return _detached(self.load_run(run_id))

@@ -147,7 +147,7 @@ class SqliteStore:
                     record.status,
                     record.stage,
                     encode(record.state),
-                    _maybe_encode(record.checkpoint),
+                    record.checkpoint,
                     _maybe_encode(record.error),
                     record.version,
                     record.last_seq,
@@ -179,7 +179,7 @@ class SqliteStore:
                     commit.status,
                     commit.stage,
                     state,
-                    _maybe_encode(commit.checkpoint),
+                    commit.checkpoint,
                     _maybe_encode(commit.error),
                     commit.last_seq,
                     commit.stage_runs,
@@ -194,7 +194,21 @@ class SqliteStore:
                 raise conflict(commit.run_id, commit.expected_version, found and found[0])
             if events:
                 db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
-        return commit.expected_version + 1
+        return int(commit.expected_version) + 1
+
+    def set_checkpoint(
+        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+    ) -> bool:
+        with self._transaction(f"writing the checkpoint of run {run_id!r}") as db:
+            cursor = db.execute(
+                "UPDATE runs SET checkpoint = ? WHERE run_id = ? AND (? = 0 OR status = 'paused')",
+                (checkpoint, run_id, int(only_if_paused)),
+            )
+            if cursor.rowcount == 1:
+                return True
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise run_not_found(run_id)
+            return False
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.load_run(run_id).info()
@@ -241,7 +255,7 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         status=row[3],
         stage=row[4],
         state=decode(row[5], what=f"state of run {row[0]!r}"),
-        checkpoint=_maybe_decode(row[6], f"checkpoint of run {row[0]!r}"),
+        checkpoint=row[6],
         error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
         version=row[8],
         last_seq=row[9],

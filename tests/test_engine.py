@@ -208,10 +208,14 @@ def test_failed_stage_commits_nothing_and_keeps_last_commit(store, recorder):
 
 
 def test_every_failed_step_is_reported(store):
+    notify_started = threading.Event()
+
     def boom(state, ctx):
+        notify_started.wait(5)
         raise ValueError("no address")
 
     def late_boom(state, ctx):
+        notify_started.set()
         ctx.aborted.wait(5)  # signalled when the sibling has failed
         raise RuntimeError("stopped early")
 
@@ -225,6 +229,36 @@ def test_every_failed_step_is_reported(store):
         "notify: RuntimeError('stopped early')"
     )
     assert [s.step_id for s in result.error.steps] == ["label", "notify"]
+
+
+def test_a_sibling_not_yet_started_when_the_stage_fails_never_runs(store):
+    from stageline.actors.workers import shared_workers
+
+    gate = threading.Event()
+    ran = []
+    blockers = [
+        Step(f"block{i}", lambda s, c: gate.wait(10) and None)
+        for i in range(shared_workers().max_threads)
+    ]
+
+    def boom(state, ctx):
+        raise ValueError("first")
+
+    def late(state, ctx):
+        ran.append(True)
+        return None
+
+    # boom runs on the asyncio loop; the blockers fill every worker thread; `late` queues
+    async def async_boom(state, ctx):
+        boom(state, ctx)
+
+    pipeline = Pipeline(
+        "p", [Stage("s", 1, steps=[*blockers, Step("boom", async_boom), Step("late", late)])]
+    )
+    future = PipelineFactory(pipeline, store=store).prepare().start()
+    gate.set()
+    result = future.result(10)
+    assert [f.step_id for f in result.error.steps] == ["boom"]
 
 
 @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()])

@@ -1,0 +1,204 @@
+"""Checkpoints and bundles: what a paused run leaves in the store so anyone can resume it.
+
+A checkpoint is a small record in the run's row: where to resume, when and where it
+paused, and (after the live window, or with `persist=True`) the run's artifacts as a
+bundle. A bundle is cbor2 bytes with a versioned header; decoding it never builds
+anything but state types.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from .codec import DEFAULT_MAX_BYTES, decode, encode
+from .errors import (
+    BundleError,
+    CheckpointCorrupt,
+    CheckpointMismatch,
+    CheckpointNotFound,
+    RunNotFound,
+    RunNotPaused,
+)
+from .store import Store
+
+BUNDLE_FORMAT: Final = "stageline.bundle"
+BUNDLE_VERSION: Final = 1
+CHECKPOINT_VERSION: Final = 1
+
+Artifacts = dict[str, dict[str, Any]]
+"""Artifact values by namespace (a pipeline path, or "" for run-wide keys), then by key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a paused run resumes, and what it needs to do so in any process."""
+
+    run_id: str
+    pipeline_id: str
+    pipeline_version: int
+    resume_at: str
+    paused_at_stage_id: str
+    paused_at_stage_label: str
+    paused_on: str
+    children: dict[str, Any] = field(default_factory=dict)
+    container_bundle: bytes | None = None
+
+    def with_bundle(self, bundle: bytes | None) -> Checkpoint:
+        return replace(self, container_bundle=bundle)
+
+    @property
+    def paused_on_datetime(self) -> _dt.datetime:
+        return _dt.datetime.fromisoformat(self.paused_on)
+
+
+def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
+    record: dict[str, Any] = {
+        "v": CHECKPOINT_VERSION,
+        "run_id": checkpoint.run_id,
+        "pipeline_id": checkpoint.pipeline_id,
+        "pipeline_version": checkpoint.pipeline_version,
+        "resume_at": checkpoint.resume_at,
+        "paused_at_stage_id": checkpoint.paused_at_stage_id,
+        "paused_at_stage_label": checkpoint.paused_at_stage_label,
+        "paused_on": checkpoint.paused_on,
+        "children": checkpoint.children,
+    }
+    if checkpoint.container_bundle is not None:
+        record["container_bundle"] = checkpoint.container_bundle
+    return encode(record)
+
+
+_TEXT_FIELDS: Final = (
+    "run_id",
+    "pipeline_id",
+    "resume_at",
+    "paused_at_stage_id",
+    "paused_at_stage_label",
+    "paused_on",
+)
+
+
+def checkpoint_from_bytes(data: bytes, run_id: str = "?") -> Checkpoint:
+    """Decode and validate a stored checkpoint; raise CheckpointCorrupt for bad bytes."""
+    try:
+        record = decode(data, what=f"checkpoint of run {run_id!r}")
+    except BundleError as exc:
+        raise CheckpointCorrupt(f"{exc}; the run cannot be resumed from it") from exc
+    if not isinstance(record, dict):
+        raise CheckpointCorrupt(f"checkpoint of run {run_id!r} is not a record")
+    if record.get("v") != CHECKPOINT_VERSION:
+        raise CheckpointCorrupt(
+            f"checkpoint of run {run_id!r} has version {record.get('v')!r}; this stageline "
+            f"reads version {CHECKPOINT_VERSION}"
+        )
+    bad = [name for name in _TEXT_FIELDS if not isinstance(record.get(name), str)]
+    version = record.get("pipeline_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        bad.append("pipeline_version")
+    bundle = record.get("container_bundle")
+    if bundle is not None and not isinstance(bundle, bytes):
+        bad.append("container_bundle")
+    children = record.get("children", {})
+    if not isinstance(children, dict):
+        bad.append("children")
+    if bad or not isinstance(version, int):
+        raise CheckpointCorrupt(
+            f"checkpoint of run {run_id!r} is damaged: bad or missing {', '.join(bad)}"
+        )
+    return Checkpoint(
+        run_id=record["run_id"],
+        pipeline_id=record["pipeline_id"],
+        pipeline_version=version,
+        resume_at=record["resume_at"],
+        paused_at_stage_id=record["paused_at_stage_id"],
+        paused_at_stage_label=record["paused_at_stage_label"],
+        paused_on=record["paused_on"],
+        children=children,
+        container_bundle=bundle,
+    )
+
+
+def encode_bundle(
+    run_id: str, artifacts: Artifacts, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
+    """A bundle of a run's artifacts; refuse one over `max_bytes`."""
+    data = encode(
+        {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "run_id": run_id,
+            "artifacts": artifacts,
+        }
+    )
+    if len(data) > max_bytes:
+        raise BundleError(
+            f"the artifacts of run {run_id!r} make a {len(data)}-byte bundle, over "
+            f"max_bundle_bytes={max_bytes}; store less in artifacts or raise the limit"
+        )
+    return data
+
+
+def decode_bundle(data: bytes, run_id: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Artifacts:
+    """The artifacts in a bundle; raise BundleError for anything but a valid bundle."""
+    value = decode(data, max_bytes=max_bytes, what=f"bundle of run {run_id!r}")
+    if not isinstance(value, dict) or value.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"bundle of run {run_id!r} has no stageline bundle header")
+    if value.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"bundle of run {run_id!r} has version {value.get('version')!r}; "
+            f"this stageline reads version {BUNDLE_VERSION}"
+        )
+    if value.get("run_id") != run_id:
+        raise BundleError(
+            f"bundle belongs to run {value.get('run_id')!r}, not {run_id!r}; "
+            "it was copied from another run"
+        )
+    artifacts = value.get("artifacts")
+    if not isinstance(artifacts, dict) or not all(isinstance(v, dict) for v in artifacts.values()):
+        raise BundleError(f"bundle of run {run_id!r} has no artifacts table")
+    return artifacts
+
+
+def write_checkpoint(store: Store, checkpoint: Checkpoint) -> None:
+    """Replace a paused run's checkpoint (e.g. to add its bundle); raise if not paused."""
+    if not store.set_checkpoint(checkpoint.run_id, checkpoint_to_bytes(checkpoint)):
+        raise RunNotPaused(
+            f"run {checkpoint.run_id!r} is not paused; its checkpoint was not written"
+        )
+
+
+def read_checkpoint(store: Store, pipeline_id: str, run_id: str) -> Checkpoint:
+    """The checkpoint of a run of `pipeline_id`; CheckpointNotFound/Mismatch/Corrupt."""
+    try:
+        record = store.load_run(run_id)
+    except RunNotFound as exc:
+        raise CheckpointNotFound(f"no run {run_id!r} in the store, so no checkpoint") from exc
+    if record.pipeline_id != pipeline_id:
+        raise CheckpointMismatch(
+            f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not {pipeline_id!r}; "
+            "resume it with that pipeline's factory"
+        )
+    if record.checkpoint is None:
+        raise CheckpointNotFound(
+            f"run {run_id!r} has no checkpoint (status {record.status!r}); only a paused "
+            "run has one"
+        )
+    checkpoint = checkpoint_from_bytes(record.checkpoint, run_id)
+    if checkpoint.run_id != run_id or checkpoint.pipeline_id != pipeline_id:
+        raise CheckpointCorrupt(
+            f"checkpoint stored for run {run_id!r} names run {checkpoint.run_id!r} of "
+            f"pipeline {checkpoint.pipeline_id!r}"
+        )
+    return checkpoint
+
+
+def clear_checkpoint(store: Store, pipeline_id: str, run_id: str) -> None:
+    """Remove a run's checkpoint, whatever its status."""
+    record = store.load_run(run_id)
+    if record.pipeline_id != pipeline_id:
+        raise CheckpointMismatch(
+            f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not {pipeline_id!r}"
+        )
+    store.set_checkpoint(run_id, None, only_if_paused=False)

@@ -1,0 +1,331 @@
+"""Pause, the registry's live window, export, and the fast and slow resume paths."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from stageline import (
+    ArtifactError,
+    CheckpointCorrupt,
+    CheckpointMismatch,
+    CheckpointNotFound,
+    ManualClock,
+    Pause,
+    Pipeline,
+    PipelineFactory,
+    Registry,
+    RunExpired,
+    RunNotPaused,
+    Stage,
+    Step,
+    read_checkpoint,
+)
+from stageline.core.checkpoint import decode_bundle
+from stageline.testing import EventRecorder, advance
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def step(self, name, patch=None):
+        def action(state, ctx):
+            with self.lock:
+                self.calls[name] = self.calls.get(name, 0) + 1
+            return patch
+
+        return action
+
+
+def checkout(counter, pause=None):
+    pause = pause or Pause("ship", timeout=30.0)
+
+    def check(state, ctx):
+        counter.step("check")(state, ctx)
+        ctx.artifacts.put("note", {"checked": True})
+        return {"order": {"valid": True}}
+
+    def label(state, ctx):
+        counter.step("label")(state, ctx)
+        return {"note": ctx.artifacts.get("note"), "approved": state.get("approved")}
+
+    return Pipeline(
+        "checkout",
+        [
+            Stage("validate", 1, steps=[Step("check", check)], router=lambda s, r: pause),
+            Stage("approve", 2, steps=[Step("ask", counter.step("ask", {"asked": True}))]),
+            Stage("ship", 3, steps=[Step("label", label)]),
+        ],
+    )
+
+
+class CountingStore:
+    """Counts reads, to prove the fast path reads nothing."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def load_run(self, run_id):
+        self.reads += 1
+        return self.inner.load_run(run_id)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_pause_commits_with_checkpoint_and_events(store):
+    counter = Counter()
+    with Registry(clock=ManualClock()) as registry:
+        factory = PipelineFactory(checkout(counter), store=store, registry=registry)
+        run = factory.prepare()
+        events = EventRecorder(run)
+        result = run.run(timeout=10)
+    assert result.status == "paused"
+    cp = result.checkpoint
+    assert (cp.run_id, cp.pipeline_id, cp.pipeline_version) == (run.run_id, "checkout", 1)
+    assert (cp.resume_at, cp.paused_at_stage_id, cp.paused_at_stage_label) == (
+        "ship",
+        "validate",
+        "validate",
+    )
+    assert cp.paused_on.endswith("+00:00")
+    names = events.names()
+    assert names[-2:] == ["stage:paused", "pipeline:paused"]
+    assert "stage:success" not in names
+    assert events.of("pipeline:paused")[0].pause_timeout == 30.0
+    assert events.of("stage:paused")[0].resume_at == "ship"
+    info = store.get_run(run.run_id)
+    assert info.status == "paused" and info.stage == "ship"
+    assert info.state == {"order": {"valid": True}}
+    assert info.checkpoint.resume_at == "ship"
+    journal = [e.name for e in store.read_events(run.run_id)]
+    assert journal[-3:] == ["stage:start", "stage:paused", "pipeline:paused"]
+
+
+def test_fast_path_returns_the_same_context_without_reading_the_store(store):
+    counter = Counter()
+    counting = CountingStore(store)
+    with Registry(clock=ManualClock()) as registry:
+        factory = PipelineFactory(checkout(counter), store=counting, registry=registry)
+        run = factory.prepare()
+        first = run.run(timeout=10)
+        reads = counting.reads
+        again = factory.resume(first.run_id, patch={"approved": True})
+        assert again is run
+        assert counting.reads == reads
+        result = again.run(timeout=10)
+    assert result.status == "succeeded"
+    assert result.state["approved"] is True
+    assert result.state["note"] == {"checked": True}  # artifacts kept in memory
+    assert counter.calls == {"check": 1, "label": 1}  # approve was skipped by resume_at
+    assert store.get_run(run.run_id).checkpoint is None  # cleared when the run ended
+
+
+def test_window_expiry_exports_the_bundle_and_slow_path_restores_it(store):
+    counter = Counter()
+    clock = ManualClock()
+    with Registry(clock=clock, default_pause_timeout=60.0) as registry:
+        factory = PipelineFactory(checkout(counter, Pause("ship")), store=store, registry=registry)
+        run = factory.prepare()
+        result = run.run(timeout=10)
+        assert result.checkpoint.container_bundle is None
+        assert registry.stats()["paused_live"] == 1
+        advance(clock, 59.9, registry)
+        assert registry.stats()["exported"] == 0
+        advance(clock, 0.1, registry)
+        assert registry.stats()["exported"] == 1
+        assert registry.live_runs() == []
+        cp = read_checkpoint(store, "checkout", run.run_id)
+        artifacts = decode_bundle(cp.container_bundle, run.run_id)
+        assert artifacts["checkout"] == {"note": {"checked": True}}
+        resumed = factory.resume(run.run_id)
+        assert resumed is not run
+        final = resumed.run(timeout=10)
+    assert final.status == "succeeded"
+    assert final.state["note"] == {"checked": True}
+
+
+def test_zero_timeout_exports_at_once(store):
+    with Registry(clock=ManualClock()) as registry:
+        factory = PipelineFactory(
+            checkout(Counter(), Pause("ship", timeout=0)), store=store, registry=registry
+        )
+        result = factory.prepare().run(timeout=10)
+        assert registry.stats()["exported"] == 1
+    cp = read_checkpoint(store, "checkout", result.run_id)
+    assert cp.container_bundle is not None
+
+
+def test_persist_writes_the_bundle_with_the_pause_commit(store):
+    with Registry(clock=ManualClock()) as registry:
+        factory = PipelineFactory(
+            checkout(Counter(), Pause("ship", timeout=999, persist=True)),
+            store=store,
+            registry=registry,
+        )
+        result = factory.prepare().run(timeout=10)
+        cp = read_checkpoint(store, "checkout", result.run_id)
+        assert decode_bundle(cp.container_bundle, result.run_id)["checkout"]["note"] == {
+            "checked": True
+        }
+
+
+def test_slow_path_from_another_factory_without_registry(store):
+    counter = Counter()
+    first = PipelineFactory(checkout(counter), store=store)
+    paused = first.prepare().run(timeout=10)
+    other = PipelineFactory(checkout(counter), store=store)
+    result = other.resume(paused.run_id, patch={"approved": "yes"}).run(timeout=10)
+    assert result.status == "succeeded"
+    assert result.state["approved"] == "yes"
+    assert result.state["note"] is None  # no registry: artifacts were never exported
+    with pytest.raises(RunNotPaused):
+        other.resume(paused.run_id)
+
+
+def test_racing_resumes_exactly_one_wins(store):
+    counter = Counter()
+    paused = PipelineFactory(checkout(counter), store=store).prepare().run(timeout=10)
+    barrier = threading.Barrier(8)
+    outcomes = []
+    lock = threading.Lock()
+
+    def contender():
+        factory = PipelineFactory(checkout(counter), store=store)
+        barrier.wait()
+        try:
+            ctx = factory.resume(paused.run_id, patch={"winner": threading.get_ident()})
+        except RunNotPaused:
+            with lock:
+                outcomes.append("lost")
+            return
+        ctx.run(timeout=10)
+        with lock:
+            outcomes.append("won")
+
+    threads = [threading.Thread(target=contender) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+    assert counter.calls["label"] == 1  # the resumed stage ran once
+
+
+def test_resume_errors(store):
+    counter = Counter()
+    factory = PipelineFactory(checkout(counter), store=store)
+    with pytest.raises(CheckpointNotFound, match="no run"):
+        factory.resume("missing")
+    done = PipelineFactory(
+        Pipeline("other", [Stage("s", 1, steps=[Step("a", lambda s, c: None)])]), store=store
+    ).prepare()
+    done.run(timeout=10)
+    with pytest.raises(CheckpointMismatch, match="'other'"):
+        factory.resume(done.run_id)
+    paused = factory.prepare().run(timeout=10)
+    v2 = Pipeline("checkout", checkout(counter).stages, version=2)
+    with pytest.raises(CheckpointMismatch, match="add_migration"):
+        PipelineFactory(v2, store=store).resume(paused.run_id)
+    migrating = PipelineFactory(v2, store=store)
+    migrating.add_migration(1, lambda state: {**state, "migrated": True})
+    result = migrating.resume(paused.run_id).run(timeout=10)
+    assert result.state["migrated"] is True
+    with pytest.raises(RunNotPaused):
+        factory.resume(paused.run_id)
+
+
+def test_resume_at_missing_from_this_version(store):
+    paused = PipelineFactory(checkout(Counter()), store=store).prepare().run(timeout=10)
+    shorter = Pipeline("checkout", [Stage("validate", 1, steps=[Step("x", lambda s, c: None)])])
+    with pytest.raises(CheckpointMismatch, match="'ship'"):
+        PipelineFactory(shorter, store=store).resume(paused.run_id)
+    assert store.get_run(paused.run_id).status == "paused"  # nothing claimed
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xff\x00garbage", b"\xa1aa\xd9\x01\x02\x80"])
+def test_corrupt_checkpoint(store, garbage):
+    factory = PipelineFactory(checkout(Counter()), store=store)
+    paused = factory.prepare().run(timeout=10)
+    store.set_checkpoint(paused.run_id, garbage)
+    with pytest.raises(CheckpointCorrupt):
+        factory.resume(paused.run_id)
+    info = store.get_run(paused.run_id)
+    assert info.status == "paused" and info.state == {"order": {"valid": True}}
+
+
+def test_checkpoint_ttl_expires_paused_runs(store):
+    clock = ManualClock()
+    with Registry(clock=clock, checkpoint_ttl=100.0, default_pause_timeout=10.0) as registry:
+        factory = PipelineFactory(
+            checkout(Counter(), Pause("ship")), store=store, registry=registry
+        )
+        paused = factory.prepare().run(timeout=10)
+        advance(clock, 100.0, registry)
+        assert registry.stats()["expired"] == 1
+        info = store.get_run(paused.run_id)
+        assert info.status == "expired" and info.checkpoint is None
+        with pytest.raises(RunExpired):
+            factory.resume(paused.run_id)
+
+
+def test_paused_runs_hold_no_threads(store):
+    clock = ManualClock()
+    with Registry(clock=clock) as registry:
+        factory = PipelineFactory(
+            checkout(Counter(), Pause("ship", timeout=999)), store=store, registry=registry
+        )
+        factory.prepare().run(timeout=10)  # warm the pools
+        before = threading.active_count()
+        for _ in range(100):
+            factory.prepare().run(timeout=10)
+        assert registry.stats()["paused_live"] == 101
+        assert threading.active_count() <= before + 2  # actor threads ended at pause
+
+
+def test_artifacts_api(store):
+    seen = {}
+
+    def writer(state, ctx):
+        ctx.artifacts.put("k", [1, 2])
+        ctx.artifacts.root.put("shared", "run-wide")
+        ctx.artifacts.put("gone", 1)
+        ctx.artifacts.delete("gone")
+        value = ctx.artifacts.get("k")
+        value.append(3)  # a copy: the stored value is unchanged
+        seen["keys"] = ctx.artifacts.keys()
+        seen["missing"] = ctx.artifacts.get("nope", "default")
+        with pytest.raises(ArtifactError, match="set"):
+            ctx.artifacts.put("bad", {1, 2})
+        return None
+
+    def reader(state, ctx):
+        return {"k": ctx.artifacts.get("k"), "shared": ctx.artifacts.root.get("shared")}
+
+    pipeline = Pipeline(
+        "arts",
+        [Stage("w", 1, steps=[Step("w", writer)]), Stage("r", 2, steps=[Step("r", reader)])],
+    )
+    result = PipelineFactory(pipeline, store=store).prepare().run(timeout=10)
+    assert result.status == "succeeded", result.error
+    assert result.state == {"k": [1, 2], "shared": "run-wide"}
+    assert seen == {"keys": ["k"], "missing": "default"}
+
+
+def test_registry_stop_exports_live_paused_runs(store):
+    registry = Registry(clock=ManualClock())
+    factory = PipelineFactory(
+        checkout(Counter(), Pause("ship", timeout=999)), store=store, registry=registry
+    )
+    paused = factory.prepare().run(timeout=10)
+    registry.stop()
+    cp = read_checkpoint(store, "checkout", paused.run_id)
+    assert cp.container_bundle is not None
+    result = PipelineFactory(checkout(Counter()), store=store).resume(paused.run_id).run(10)
+    assert result.state["note"] == {"checked": True}
