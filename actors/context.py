@@ -15,7 +15,7 @@ from stageline.core.results import RunResult
 from stageline.core.store import RunRecord
 
 from .container import Container
-from .messages import Abort, Begin
+from .messages import Abort, Begin, Drain
 from .run import RunActor, RunDeps
 
 if TYPE_CHECKING:
@@ -117,6 +117,31 @@ class RunContext:
                 actor.tell(Abort(reason))
             except Exception:
                 pass  # already ended
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def _drain(self) -> concurrent.futures.Future[RunResult] | None:
+        """Ask a running run to stop after its current stage commits (registry.stop)."""
+        with self._lock:
+            actor, future = self._actor, self._future
+        if actor is None or future is None or future.done():
+            return None
+        try:
+            actor.tell(Drain())
+        except Exception:
+            return None
+        return future
+
+    def _force_stop(self) -> None:
+        """Stop the run's actors now; the store keeps its last commit (like a crash)."""
+        with self._lock:
+            actor = self._actor
+        if actor is not None:
+            try:
+                actor.stop(block=False)
+            except Exception:
+                pass
+        self._container.stop()
 
     # --- the registry's fast path -----------------------------------------------------
 

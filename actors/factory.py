@@ -82,9 +82,8 @@ class PipelineFactory:
         self.logger = logger
         self.max_bundle_bytes = getattr(registry, "max_bundle_bytes", max_bundle_bytes)
         self._migrations: dict[int, Migration] = {}
-        self._runtime: Runtime = runtime_for(
-            getattr(registry, "clock", None) or clock or SystemClock()
-        )
+        registry_runtime = getattr(registry, "_runtime", None)
+        self._runtime: Runtime = registry_runtime or runtime_for(clock or SystemClock())
 
     @property
     def clock(self) -> Clock:

@@ -44,3 +44,8 @@ class StageTimedOut:
 @dataclass(frozen=True, slots=True)
 class Abort:
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Shutdown: finish and commit the current stage, then stop, leaving the run resumable."""

@@ -9,7 +9,9 @@ the same RunContext: no store read, no decoding.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,8 +25,9 @@ from stageline.core.errors import RunNotPaused, StagelineError
 from stageline.core.results import RunResult
 from stageline.core.store import Commit, Store
 
-from .runtime import runtime_for
-from .timers import TimerHandle
+from .runtime import Runtime
+from .timers import TimerHandle, TimerService
+from .workers import shared_workers
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -255,7 +258,8 @@ class Registry:
         self.supervision = supervision
         self.clock: Clock = clock or SystemClock()
         self.max_bundle_bytes = max_bundle_bytes
-        self._timers = runtime_for(self.clock).timers
+        self._timers = TimerService(self.clock)
+        self._runtime = Runtime(self.clock, self._timers, shared_workers())
         self._actor = RegistryActor.start(self)
         self._stopped = False
 
@@ -276,12 +280,27 @@ class Registry:
         return dict(stats)
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Export every live paused run's bundle, then stop the registry's actor."""
+        """Shut down gracefully: no run is lost, no thread of this registry is left.
+
+        Running runs finish and commit their current stage, then stop where they are
+        ("running" in the store, resumable by `recover`); runs still busy when `timeout`
+        passes are stopped at their last commit, as a crash would. Every live paused
+        run's artifacts are exported into its checkpoint. Then the registry's actor and
+        timer thread stop.
+        """
         if self._stopped:
             return
         self._stopped = True
-        self._actor.ask(_ExportAll(), timeout=timeout)
-        self._actor.stop(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        live = self.live_runs()
+        draining = [f for f in (c._drain() for c in live) if f is not None]
+        concurrent.futures.wait(draining, timeout=_remaining(deadline))
+        self._actor.ask(_ExportAll(), timeout=_remaining(deadline))
+        for context in live:
+            if context.status == lifecycle.RUNNING:
+                context._force_stop()
+        self._actor.stop(timeout=_remaining(deadline))
+        self._timers.stop()
 
     # --- used by RunContext and PipelineFactory ---------------------------------------
 
@@ -300,3 +319,7 @@ class Registry:
             return None
         context: Any = self._actor.ask(_Lookup(run_id))
         return context if context is None else cast("RunContext", context)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

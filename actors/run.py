@@ -42,7 +42,7 @@ from stageline.core.store import Commit, RunRecord, Store
 from .container import Container
 from .emitter import Emitter
 from .logs import STDLIB_LOGGER
-from .messages import Abort, Begin, RetryStep, StageTimedOut, StepDone, StepTimedOut
+from .messages import Abort, Begin, Drain, RetryStep, StageTimedOut, StepDone, StepTimedOut
 from .step_context import NotStarted, StepContext, Ticket, async_step, step_job
 from .timers import TimerHandle, TimerService
 from .workers import Workers
@@ -115,6 +115,7 @@ class RunActor(pykka.ThreadingActor):
         self.next_token = 0
         self.current: _StageRun | None = None
         self.ended = False
+        self.draining = False
         self.root_path = (PathNode(self.pipeline.id, None),)
         self.artifacts = deps.container.view(self.pipeline.id)
         self._wall = deps.clock.wall
@@ -142,6 +143,8 @@ class RunActor(pykka.ThreadingActor):
             self._begin(message)
         elif isinstance(message, Abort):
             self._abort(message.reason)
+        elif isinstance(message, Drain):
+            self.draining = True
 
     def _tell(self, message: Any) -> None:
         try:
@@ -445,6 +448,10 @@ class RunActor(pykka.ThreadingActor):
         self._commit("commit", decision.next_stage, state, events, patch=results)
         self.current = None
         self._emit(success)
+        if self.draining:  # shutting down: stop between stages; the run stays resumable
+            public = public_state(state)
+            self._end(RunResult(self.record.run_id, self.pipeline.id, self.status, public))
+            return
         self._start_stage(str(decision.next_stage))
 
     def _pause(

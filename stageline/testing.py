@@ -32,8 +32,10 @@ def advance(clock: ManualClock, seconds: float, *registries: Any) -> None:
     what its timers told it (pause expiry, export, TTL, retries).
     """
     clock.advance(seconds)
-    if not runtime_for(clock).timers.wait_idle():
-        raise AssertionError("timers did not settle within 10s")
+    services = [runtime_for(clock).timers, *(r._timers for r in registries)]
+    for timers in services:
+        if not timers.wait_idle():
+            raise AssertionError("timers did not settle within 10s")
     for registry in registries:
         registry.stats()  # an ask: answered after the messages the timers sent
 

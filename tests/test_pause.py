@@ -329,3 +329,66 @@ def test_registry_stop_exports_live_paused_runs(store):
     assert cp.container_bundle is not None
     result = PipelineFactory(checkout(Counter()), store=store).resume(paused.run_id).run(10)
     assert result.state["note"] == {"checked": True}
+
+
+def _join_actor_threads():
+    for thread in threading.enumerate():
+        if thread.name.startswith(
+            ("RunActor", "ContainerActor", "RegistryActor", "stageline-timers")
+        ):
+            thread.join(10)
+
+
+def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
+    warm = PipelineFactory(checkout(Counter(), Pause("ship", timeout=999)), store=store)
+    warm.prepare().run(timeout=10)  # the shared step pool and event loop exist from here on
+    _join_actor_threads()
+    before = threading.active_count()
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(state, ctx):
+        started.set()
+        release.wait(10)
+        return {"slow": "done"}
+
+    long_run = Pipeline(
+        "long",
+        [
+            Stage("one", 1, steps=[Step("slow", slow)]),
+            Stage("two", 2, steps=[Step("never", lambda s, c: {"two": True})]),
+        ],
+    )
+    registry = Registry(clock=ManualClock())
+    paused = (
+        PipelineFactory(
+            checkout(Counter(), Pause("ship", timeout=999)), store=store, registry=registry
+        )
+        .prepare()
+        .run(timeout=10)
+    )
+    running = PipelineFactory(long_run, store=store, registry=registry).prepare()
+    future = running.start()
+    assert started.wait(10)
+    drained = threading.Event()
+    drain = running._drain
+
+    def drain_then_signal():  # release the step only once stop() has asked the run to drain
+        answer = drain()
+        drained.set()
+        return answer
+
+    running._drain = drain_then_signal
+    stopper = threading.Thread(target=registry.stop, kwargs={"timeout": 10})
+    stopper.start()
+    assert drained.wait(10)
+    release.set()
+    stopper.join(20)
+    result = future.result(10)
+    assert result.status == "running" and result.state == {"slow": "done"}
+    info = store.get_run(running.run_id)
+    assert info.status == "running" and info.stage == "two" and info.state == {"slow": "done"}
+    assert read_checkpoint(store, "checkout", paused.run_id).container_bundle is not None
+    _join_actor_threads()
+    assert threading.active_count() == before
