@@ -333,9 +333,7 @@ def test_registry_stop_exports_live_paused_runs(store):
 
 def _join_actor_threads():
     for thread in threading.enumerate():
-        if thread.name.startswith(
-            ("RunActor", "ContainerActor", "RegistryActor", "stageline-timers")
-        ):
+        if thread.name.startswith(("RunActor", "ContainerActor", "RegistryActor")):
             thread.join(10)
 
 
