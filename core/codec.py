@@ -62,6 +62,17 @@ def encode(value: Any) -> bytes:
         raise BundleError(f"cannot encode value: {exc}") from exc
 
 
+def encode_trusted(value: Any) -> bytes:
+    """CBOR bytes for a value already checked as state (skips the walk `encode` does).
+
+    For the runtime's own writes: states built from validated patches, events it made.
+    """
+    try:
+        return cbor2.dumps(value, default=_encode_delete)
+    except Exception as exc:
+        raise BundleError(f"cannot encode value: {exc}") from exc
+
+
 def decode(
     data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, what: str = "data", patches: bool = False
 ) -> Any:

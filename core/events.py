@@ -95,3 +95,33 @@ def event_from_record(record: dict[str, Any]) -> Event:
     if isinstance(values.get("error"), dict):
         values["error"] = error_from_record(values["error"])
     return Event(**values)
+
+
+def journal_record(event: Event) -> dict[str, Any]:
+    """The smallest record that `event_from_journal` can rebuild the event from.
+
+    Leaves out what the journal row already knows (name, run_id, pipeline_id), the path
+    when it is just (pipeline, stage) of a root run, and a label equal to the stage id.
+    """
+    record = event_to_record(event)
+    del record["name"], record["run_id"]
+    record.pop("pipeline_id", None)
+    if event.path == default_path(event):
+        del record["path"]
+    if record.get("label") is not None and record["label"] == event.stage_id:
+        del record["label"]
+    return record
+
+
+def event_from_journal(record: dict[str, Any], name: str, run_id: str, pipeline_id: str) -> Event:
+    """Rebuild an event stored with `journal_record`."""
+    full = dict(record, name=name, run_id=run_id, pipeline_id=pipeline_id)
+    if "path" not in full:
+        full["path"] = [[pipeline_id, record.get("stage_id")]]
+    if name.startswith("stage:") and "label" not in full:
+        full["label"] = record.get("stage_id")
+    return event_from_record(full)
+
+
+def default_path(event: Event) -> tuple[PathNode, ...]:
+    return (PathNode(str(event.pipeline_id), event.stage_id),)

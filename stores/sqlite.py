@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from stageline.core.codec import decode, encode
+from stageline.core.codec import decode, encode, encode_trusted
 from stageline.core.errors import StoreError
-from stageline.core.events import Event, event_from_record, event_to_record, is_journaled
+from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.store import Commit, RunInfo, RunRecord
 
 from ._common import conflict, run_exists, run_not_found
@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 """
+
+_SET = (
+    "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
+    "stage_runs = ?, updated_at = ? WHERE run_id = ? AND version = ?"
+)
+_UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
+_UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
 
 _COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
@@ -164,30 +171,29 @@ class SqliteStore:
         return _record(rows[0])
 
     def commit(self, commit: Commit) -> int:
-        state = encode(commit.state)
+        state = encode_trusted(commit.state)
         events = [
-            (commit.run_id, e.seq, e.name, encode(event_to_record(e)))
+            (commit.run_id, e.seq, e.name, encode_trusted(journal_record(e)))
             for e in commit.events
             if is_journaled(e.name)
         ]
         with self._transaction(f"committing run {commit.run_id!r}") as db:
-            cursor = db.execute(
-                "UPDATE runs SET status = ?, stage = ?, state = ?, checkpoint = ?, error = ?, "
-                "version = version + 1, last_seq = ?, stage_runs = ?, updated_at = ? "
-                "WHERE run_id = ? AND version = ?",
-                (
-                    commit.status,
-                    commit.stage,
-                    state,
-                    commit.checkpoint,
-                    _maybe_encode(commit.error),
-                    commit.last_seq,
-                    commit.stage_runs,
-                    commit.updated_at,
-                    commit.run_id,
-                    commit.expected_version,
-                ),
+            # `status` is indexed: a commit that keeps the status leaves it out of the SET,
+            # so a plain stage commit rewrites one row and no index page.
+            values = (
+                commit.stage,
+                state,
+                commit.checkpoint,
+                _maybe_encode(commit.error),
+                commit.last_seq,
+                commit.stage_runs,
+                commit.updated_at,
+                commit.run_id,
+                commit.expected_version,
             )
+            cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+            if cursor.rowcount == 0:
+                cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
             if cursor.rowcount != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
@@ -222,14 +228,18 @@ class SqliteStore:
         return [_record(row).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
+        if not run:
+            raise run_not_found(run_id)
         rows = self._query(
-            "SELECT data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            "SELECT name, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, after_seq),
         )
-        if not rows and not self._query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
-            raise run_not_found(run_id)
         return [
-            event_from_record(decode(row[0], what="journal event", patches=True)) for row in rows
+            event_from_journal(
+                decode(data, what="journal event", patches=True), name, run_id, run[0][0]
+            )
+            for name, data in rows
         ]
 
     def close(self) -> None:
