@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -102,6 +101,8 @@ class RunContext:
 
     async def run_async(self) -> RunResult:
         """`await` the run without blocking the event loop."""
+        import asyncio  # imported here: a process that never awaits pays nothing for it
+
         return await asyncio.wrap_future(self.start())
 
     def abort(self, reason: str | None = None) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import uuid6
-
 from stageline.core import lifecycle
 from stageline.core.checkpoint import Checkpoint, decode_bundle, read_checkpoint
 from stageline.core.clock import Clock, SystemClock
@@ -138,6 +136,8 @@ class PipelineFactory:
 
     def _run_id(self, run_id: str | None) -> str:
         if run_id is None:
+            import uuid6  # deferred: it costs a cold start ~20 ms
+
             return str(uuid6.uuid7())
         if not isinstance(run_id, str) or not run_id or "\x00" in run_id:
             raise StagelineError(f"run_id must be a non-empty string without NUL, got {run_id!r}")

@@ -4,14 +4,16 @@ If the application configured structlog, events go to `structlog.get_logger("sta
 Otherwise they go through structlog to the standard `logging` logger "stageline", so an
 application that configured nothing sees nothing, and a disabled level is checked before
 any event dict is built.
+
+structlog itself is imported only when something is to be logged: an application that has
+not imported structlog cannot have configured it, and a cold start stays fast.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
-
-import structlog
 
 from stageline.core.events import Event
 
@@ -35,7 +37,15 @@ _METHOD_OF = {
 _PAYLOAD = ("attempt", "duration", "routing", "resume_at", "entry", "resumed", "pause_timeout")
 
 
+def structlog_configured() -> bool:
+    """Has the application configured structlog? (Without importing it if it has not.)"""
+    module = sys.modules.get("structlog")
+    return module is not None and bool(module.is_configured())
+
+
 def _stdlib_structlog(**context: Any) -> Any:
+    import structlog
+
     return structlog.wrap_logger(
         STDLIB_LOGGER,
         processors=[
@@ -51,7 +61,9 @@ def library_logger(custom: Any = None, **context: Any) -> Any:
     """A structlog logger bound with `context`: the custom one, the app's, or stdlib's."""
     if custom is not None:
         return custom.bind(**context)
-    if structlog.is_configured():
+    if structlog_configured():
+        import structlog
+
         return structlog.get_logger("stageline").bind(**context)
     return _stdlib_structlog(**context)
 
@@ -68,7 +80,7 @@ class EventLogger:
 
     def __init__(self, custom: Any = None) -> None:
         self._custom = custom
-        self._structlog = custom is not None or structlog.is_configured()
+        self._structlog = custom is not None or structlog_configured()
 
     def enabled(self, event_name: str) -> bool:
         """Whether an event of this name would be logged (cheap; no event dict built)."""

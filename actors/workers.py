@@ -8,13 +8,15 @@ starve other runs.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import queue
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 Job = Callable[[], None]
 
@@ -72,11 +74,15 @@ class Workers:
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule a coroutine on the runtime's event loop thread."""
+        import asyncio  # only processes with async steps pay for importing asyncio
+
         return asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
 

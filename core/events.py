@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
 from .errors import error_from_record, error_to_record
@@ -73,18 +74,21 @@ _FIELD_NAMES: Final = tuple(f.name for f in fields(Event))
 _OMIT_FROM_JOURNAL: Final = frozenset({"state", "checkpoint"})
 
 
+_JOURNALED_FIELDS: Final = tuple(n for n in _FIELD_NAMES if n not in _OMIT_FROM_JOURNAL)
+_read_journaled: Final = attrgetter(*_JOURNALED_FIELDS)
+
+
 def event_to_record(event: Event) -> dict[str, Any]:
     """A compact storable form: set fields only; state and checkpoint live in the run row."""
-    record: dict[str, Any] = {}
-    for name in _FIELD_NAMES:
-        value = getattr(event, name)
-        if value is None or name in _OMIT_FROM_JOURNAL:
-            continue
-        if name == "path":
-            value = [list(node) for node in value]
-        elif name == "error" and isinstance(value, BaseException):
-            value = error_to_record(value)
-        record[name] = value
+    record = {
+        name: value
+        for name, value in zip(_JOURNALED_FIELDS, _read_journaled(event), strict=True)
+        if value is not None
+    }
+    record["path"] = [list(node) for node in event.path]
+    error = record.get("error")
+    if isinstance(error, BaseException):
+        record["error"] = error_to_record(error)
     return record
 
 
