@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stageline.core import lifecycle
-from stageline.core.checkpoint import Checkpoint, decode_bundle, read_checkpoint
+from stageline.core.checkpoint import Checkpoint, checkpoint_of, decode_bundle
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.definition import Pipeline
@@ -38,6 +38,11 @@ from .emitter import Emitter
 from .logs import EventLogger
 from .run import RunDeps
 from .runtime import Runtime, runtime_for
+
+
+class _StaleCopy(Exception):
+    """A live paused copy is older than the store's run (resumed and paused elsewhere)."""
+
 
 InitialState = Callable[[], Mapping[str, Any]] | Mapping[str, Any] | None
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -179,14 +184,21 @@ class PipelineFactory:
             live: RunContext | None = self.registry._lookup(run_id)
             if live is not None and live.pipeline_id == self.pipeline.id:
                 store = live._deps.store
-                live._claim_resume(lambda record: self._claim(store, record, checked, None))
-                return live
+                try:
+                    live._claim_resume(
+                        lambda record: self._claim(store, record, checked, None, fast=True)
+                    )
+                    return live
+                except _StaleCopy:
+                    # Another process resumed it since (it may be paused again, later on):
+                    # this process's copy is out of date; the store decides.
+                    self.registry._forget(run_id)
         return self._resume_from_store(run_id, checked)
 
     def _resume_from_store(self, run_id: str, patch: Mapping[str, Any] | None) -> RunContext:
         store = self.store_for(run_id)
         record = self._paused_record(store, run_id)
-        checkpoint = read_checkpoint(store, self.pipeline.id, run_id)
+        checkpoint = checkpoint_of(record, self.pipeline.id)  # from this read: no second one
         migrate = self._migration_for(checkpoint)
         if not self.pipeline.has_stage(checkpoint.resume_at):
             raise CheckpointMismatch(
@@ -251,6 +263,8 @@ class PipelineFactory:
         record: RunRecord,
         patch: Mapping[str, Any] | None,
         migrate: Migration | None,
+        *,
+        fast: bool = False,
     ) -> RunRecord:
         """paused -> running with the patch, in one compare-and-set on the run's version."""
         status = lifecycle.transition(record.status, "resume")
@@ -274,6 +288,10 @@ class PipelineFactory:
         try:
             version = store.commit(commit)
         except ConflictError as exc:
+            if fast:
+                current = store.load_run(record.run_id)
+                if current.status == lifecycle.PAUSED:
+                    raise _StaleCopy(record.run_id) from exc
             raise RunNotPaused(
                 f"run {record.run_id!r} is no longer paused: another resume won the race"
             ) from exc

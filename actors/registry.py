@@ -61,6 +61,11 @@ class _TtlExpired:
 
 
 @dataclass(frozen=True, slots=True)
+class _Forget:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Lookup:
     run_id: str
 
@@ -108,6 +113,9 @@ class RegistryActor(pykka.ThreadingActor):
             self._on_pause_expired(message)
         elif isinstance(message, _TtlExpired):
             self._on_ttl_expired(message)
+        elif isinstance(message, _Forget):
+            self._cancel_window(message.run_id)
+            self.live.pop(message.run_id, None)
         elif isinstance(message, _Lookup):
             return self._lookup(message.run_id)
         elif isinstance(message, _LiveRuns):
@@ -183,9 +191,13 @@ class RegistryActor(pykka.ThreadingActor):
             checkpoint = checkpoint_from_bytes(context._record.checkpoint, run_id)
             bundle = context._container.export_bundle(self.registry.max_bundle_bytes)
             try:
-                write_checkpoint(context._deps.store, checkpoint.with_bundle(bundle))
+                write_checkpoint(
+                    context._deps.store,
+                    checkpoint.with_bundle(bundle),
+                    expected_version=context._record.version,
+                )
             except RunNotPaused:
-                pass  # another process resumed it; our copy is stale either way
+                pass  # resumed elsewhere since (maybe paused again): our copy is stale
             self.live.pop(run_id, None)
         self.counts["exported"] += 1
 
@@ -313,6 +325,10 @@ class Registry:
             self._actor.ask(_Ended(context, result, timeout), timeout=30)
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
+
+    def _forget(self, run_id: str) -> None:
+        """Drop a live copy found stale (the store moved on without this process)."""
+        self._actor.tell(_Forget(run_id))
 
     def _lookup(self, run_id: str) -> RunContext | None:
         if self._stopped:

@@ -21,7 +21,8 @@ from .errors import (
     RunNotFound,
     RunNotPaused,
 )
-from .store import Store
+from .patch import show
+from .store import RunRecord, Store
 
 BUNDLE_FORMAT: Final = "stageline.bundle"
 BUNDLE_VERSION: Final = 1
@@ -90,7 +91,7 @@ def checkpoint_from_bytes(data: bytes, run_id: str = "?") -> Checkpoint:
         raise CheckpointCorrupt(f"checkpoint of run {run_id!r} is not a record")
     if record.get("v") != CHECKPOINT_VERSION:
         raise CheckpointCorrupt(
-            f"checkpoint of run {run_id!r} has version {record.get('v')!r}; this stageline "
+            f"checkpoint of run {run_id!r} has version {show(record.get('v'))}; this stageline "
             f"reads version {CHECKPOINT_VERSION}"
         )
     bad = [name for name in _TEXT_FIELDS if not isinstance(record.get(name), str)]
@@ -147,12 +148,12 @@ def decode_bundle(data: bytes, run_id: str, *, max_bytes: int = DEFAULT_MAX_BYTE
         raise BundleError(f"bundle of run {run_id!r} has no stageline bundle header")
     if value.get("version") != BUNDLE_VERSION:
         raise BundleError(
-            f"bundle of run {run_id!r} has version {value.get('version')!r}; "
+            f"bundle of run {run_id!r} has version {show(value.get('version'))}; "
             f"this stageline reads version {BUNDLE_VERSION}"
         )
     if value.get("run_id") != run_id:
         raise BundleError(
-            f"bundle belongs to run {value.get('run_id')!r}, not {run_id!r}; "
+            f"bundle belongs to run {show(value.get('run_id'))}, not {run_id!r}; "
             "it was copied from another run"
         )
     artifacts = value.get("artifacts")
@@ -161,11 +162,21 @@ def decode_bundle(data: bytes, run_id: str, *, max_bytes: int = DEFAULT_MAX_BYTE
     return artifacts
 
 
-def write_checkpoint(store: Store, checkpoint: Checkpoint) -> None:
-    """Replace a paused run's checkpoint (e.g. to add its bundle); raise if not paused."""
-    if not store.set_checkpoint(checkpoint.run_id, checkpoint_to_bytes(checkpoint)):
+def write_checkpoint(
+    store: Store, checkpoint: Checkpoint, *, expected_version: int | None = None
+) -> None:
+    """Replace a paused run's checkpoint (e.g. to add its bundle); raise if not paused.
+
+    With `expected_version`, write only if the run is still at that version: a stale
+    copy (the run was resumed and paused again elsewhere) never overwrites a newer one.
+    """
+    written = store.set_checkpoint(
+        checkpoint.run_id, checkpoint_to_bytes(checkpoint), expected_version=expected_version
+    )
+    if not written:
         raise RunNotPaused(
-            f"run {checkpoint.run_id!r} is not paused; its checkpoint was not written"
+            f"run {checkpoint.run_id!r} is not paused (at this version); its checkpoint "
+            "was not written"
         )
 
 
@@ -175,6 +186,12 @@ def read_checkpoint(store: Store, pipeline_id: str, run_id: str) -> Checkpoint:
         record = store.load_run(run_id)
     except RunNotFound as exc:
         raise CheckpointNotFound(f"no run {run_id!r} in the store, so no checkpoint") from exc
+    return checkpoint_of(record, pipeline_id)
+
+
+def checkpoint_of(record: RunRecord, pipeline_id: str) -> Checkpoint:
+    """The checkpoint in an already loaded run record (see `read_checkpoint`)."""
+    run_id = record.run_id
     if record.pipeline_id != pipeline_id:
         raise CheckpointMismatch(
             f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not {pipeline_id!r}; "

@@ -81,7 +81,7 @@ def leaf_paths(patch: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of the leaves a patch writes (a replaced list counts as one leaf)."""
     paths: list[str] = []
     for key, value in patch.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
+        path = f"{prefix}.{show(key)}" if prefix else show(key)
         if type(value) is dict and value:
             paths.extend(leaf_paths(value, path))
         else:
@@ -130,6 +130,18 @@ def check_patch(patch: object, where: str) -> Mapping[str, Any] | None:
     return patch
 
 
+def show(value: object, limit: int = 80) -> str:
+    """A short, always-printable text for a value from untrusted input (in messages)."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # e.g. an int too long to print
+            text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe(bad: object) -> str:
     """Why a value cannot be stored, and what to use instead."""
     if isinstance(bad, _TooDeep):
@@ -165,7 +177,7 @@ def find_unstorable(
             return (path or "<root>", _TooDeep())
         if kind is dict:
             for key, item in value.items():
-                at = f"{path}.{key}" if path else str(key)
+                at = f"{path}.{show(key)}" if path else show(key)
                 if type(key) is not str:
                     return (at, key)
                 if not key.isascii() and not _is_utf8(key):

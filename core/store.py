@@ -101,9 +101,18 @@ class Store(Protocol):
         ...
 
     def set_checkpoint(
-        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+        self,
+        run_id: str,
+        checkpoint: bytes | None,
+        *,
+        only_if_paused: bool = True,
+        expected_version: int | None = None,
     ) -> bool:
-        """Replace a run's checkpoint bytes without a version change; False if not paused."""
+        """Replace a run's checkpoint bytes without a version change.
+
+        Returns False (writing nothing) if `only_if_paused` and the run is not paused, or
+        if `expected_version` is given and the run is at another version.
+        """
         ...
 
     def get_run(self, run_id: str) -> RunInfo:

@@ -63,13 +63,20 @@ class MemoryStore:
             return int(version)
 
     def set_checkpoint(
-        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+        self,
+        run_id: str,
+        checkpoint: bytes | None,
+        *,
+        only_if_paused: bool = True,
+        expected_version: int | None = None,
     ) -> bool:
         with self._lock:
             current = self._runs.get(run_id)
             if current is None:
                 raise run_not_found(run_id)
             if only_if_paused and current.status != "paused":
+                return False
+            if expected_version is not None and current.version != expected_version:
                 return False
             self._runs[run_id] = replace(current, checkpoint=checkpoint)
             return True

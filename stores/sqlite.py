@@ -203,12 +203,18 @@ class SqliteStore:
         return int(commit.expected_version) + 1
 
     def set_checkpoint(
-        self, run_id: str, checkpoint: bytes | None, *, only_if_paused: bool = True
+        self,
+        run_id: str,
+        checkpoint: bytes | None,
+        *,
+        only_if_paused: bool = True,
+        expected_version: int | None = None,
     ) -> bool:
         with self._transaction(f"writing the checkpoint of run {run_id!r}") as db:
             cursor = db.execute(
-                "UPDATE runs SET checkpoint = ? WHERE run_id = ? AND (? = 0 OR status = 'paused')",
-                (checkpoint, run_id, int(only_if_paused)),
+                "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
+                "AND (? = 0 OR status = 'paused') AND (? IS NULL OR version = ?)",
+                (checkpoint, run_id, int(only_if_paused), expected_version, expected_version),
             )
             if cursor.rowcount == 1:
                 return True

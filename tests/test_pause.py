@@ -390,3 +390,54 @@ def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
     assert read_checkpoint(store, "checkout", paused.run_id).container_bundle is not None
     _join_actor_threads()
     assert threading.active_count() == before
+
+
+def test_a_stale_live_copy_never_overwrites_a_newer_checkpoint(store):
+    """A holds a run live; B resumes it and it pauses again; A's expiry must not win."""
+    runs = []
+
+    def step(name):
+        def action(state, ctx):
+            runs.append(name)
+            return {name: True}
+
+        return action
+
+    p = Pipeline(
+        "p",
+        [
+            Stage("a", 1, steps=[Step("a", step("a"))], router=lambda s, r: Pause("b")),
+            Stage("b", 2, steps=[Step("b", step("b"))], router=lambda s, r: Pause("c")),
+            Stage("c", 3, steps=[Step("c", step("c"))]),
+        ],
+    )
+    clock = ManualClock()
+    with Registry(clock=clock, default_pause_timeout=60) as registry:
+        holder = PipelineFactory(p, store=store, registry=registry)
+        run_id = holder.prepare().run(10).run_id  # live in this registry, paused at "b"
+        PipelineFactory(p, store=store).resume(run_id).run(10)  # elsewhere: paused at "c"
+        advance(clock, 61, registry)  # the live window ends: the stale copy must not export
+        assert read_checkpoint(store, "p", run_id).resume_at == "c"
+        # the holder's resume falls back to the store, which knows better
+        final = holder.resume(run_id).run(10)
+    assert final.status == "succeeded"
+    assert runs == ["a", "b", "c"]
+
+
+def test_stale_live_copy_resume_falls_back_to_the_store(store):
+    p = Pipeline(
+        "p",
+        [
+            Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})], router=lambda s, r: Pause("b")),
+            Stage("b", 2, steps=[Step("b", lambda s, c: {"b": 1})], router=lambda s, r: Pause("c")),
+            Stage("c", 3, steps=[Step("c", lambda s, c: {"c": 1})]),
+        ],
+    )
+    with Registry(clock=ManualClock(), default_pause_timeout=999) as registry:
+        holder = PipelineFactory(p, store=store, registry=registry)
+        live = holder.prepare()
+        run_id = live.run(10).run_id
+        PipelineFactory(p, store=store).resume(run_id).run(10)  # now paused at "c"
+        resumed = holder.resume(run_id)
+        assert resumed is not live  # the stale copy was dropped
+        assert resumed.run(10).state == {"a": 1, "b": 1, "c": 1}
