@@ -51,14 +51,31 @@ class Container:
         self._data: Artifacts = data if data is not None else {}
         self._lock = threading.Lock()
         self._ref: pykka.ActorRef[ContainerActor] | None = None
+        self._open = False
 
-    def call(self, operation: Callable[[Artifacts], Any]) -> Any:
+    def open(self) -> None:
+        """Allow access for a new segment of the run (its actor starts on first use)."""
+        with self._lock:
+            self._open = True
+
+    def call(self, operation: Callable[[Artifacts], Any], who: str = "") -> Any:
         """Run `operation(data)` on the container's actor and return its answer."""
         with self._lock:
+            if not self._open:
+                raise ArtifactError(
+                    f"the artifacts of run {self.run_id!r} are closed{who}: the run paused or "
+                    "ended, or this step attempt was abandoned; a step may use artifacts only "
+                    "while it runs"
+                )
             if self._ref is None:
                 self._ref = ContainerActor.start(self._data)
             ref = self._ref
-        return ref.ask(operation)
+        try:
+            return ref.ask(operation, timeout=60)
+        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            raise ArtifactError(
+                f"the artifacts of run {self.run_id!r} are unavailable{who}: {exc}"
+            ) from exc
 
     def record_result(self, stage_id: str, step_id: str, patch: Any) -> None:
         """Keep a step's result; without a running actor the caller is the only accessor."""
@@ -84,8 +101,9 @@ class Container:
         return bytes(answer)
 
     def stop(self) -> None:
-        """Stop the actor (after the accesses already queued); the data stays."""
+        """Close access and stop the actor (after queued accesses); the data stays."""
         with self._lock:
+            self._open = False
             ref, self._ref = self._ref, None
         if ref is not None:
             ref.stop(block=True, timeout=10)
@@ -94,26 +112,45 @@ class Container:
     def running(self) -> bool:
         return self._ref is not None
 
-    def view(self, namespace: str) -> ArtifactsView:
-        return ArtifactsView(self, namespace)
+    def view(self, namespace: str, who: str = "") -> ArtifactsView:
+        return ArtifactsView(self, namespace, who)
 
 
 class ArtifactsView:
-    """`ctx.artifacts`: get/put/delete/keys scoped to a pipeline path; `.root` is run-wide."""
+    """`ctx.artifacts`: get/put/delete/keys scoped to a pipeline path; `.root` is run-wide.
 
-    __slots__ = ("_container", "namespace")
+    A view belongs to one step attempt; once the run stops waiting for that attempt
+    (timeout, abort, failed stage) it is closed and every access raises ArtifactError.
+    """
 
-    def __init__(self, container: Container, namespace: str) -> None:
+    __slots__ = ("_closed", "_container", "_who", "namespace")
+
+    def __init__(self, container: Container, namespace: str, who: str = "") -> None:
         self._container = container
         self.namespace = namespace
+        self._who = who
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _call(self, operation: Callable[[Artifacts], Any]) -> Any:
+        if self._closed:
+            raise ArtifactError(
+                f"artifacts are closed{self._who} of run {self._container.run_id!r}: this "
+                "attempt was abandoned (timeout, abort or a failed sibling)"
+            )
+        return self._container.call(operation, self._who)
 
     @property
     def root(self) -> ArtifactsView:
-        return ArtifactsView(self._container, "")
+        view = ArtifactsView(self._container, "", self._who)
+        view._closed = self._closed
+        return view
 
     def get(self, key: str, default: Any = None) -> Any:
         ns = self.namespace
-        value = self._container.call(lambda data: data.get(ns, {}).get(key, _MISSING))
+        value = self._call(lambda data: data.get(ns, {}).get(key, _MISSING))
         return default if value is _MISSING else copy_state(value)
 
     def put(self, key: str, value: Any) -> None:
@@ -122,19 +159,19 @@ class ArtifactsView:
         if problem is not None:
             where = f"{key}.{problem[0]}" if problem[0] != "<root>" else key
             raise ArtifactError(
-                f"artifact {where!r} of run {self._container.run_id!r} cannot be bundled: "
-                f"{describe(problem[1])}"
+                f"artifact {where!r}{self._who} of run {self._container.run_id!r} cannot be "
+                f"bundled: {describe(problem[1])}"
             )
         ns, stored = self.namespace, copy_state(value)
-        self._container.call(lambda data: data.setdefault(ns, {}).__setitem__(key, stored))
+        self._call(lambda data: data.setdefault(ns, {}).__setitem__(key, stored))
 
     def delete(self, key: str) -> None:
         ns = self.namespace
-        self._container.call(lambda data: data.get(ns, {}).pop(key, None))
+        self._call(lambda data: data.get(ns, {}).pop(key, None))
 
     def keys(self) -> list[str]:
         ns = self.namespace
-        return list(self._container.call(lambda data: sorted(data.get(ns, {}))))
+        return list(self._call(lambda data: sorted(data.get(ns, {}))))
 
     def __repr__(self) -> str:
         return f"Artifacts(namespace={self.namespace!r})"

@@ -5,13 +5,22 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from stageline.core import events as ev
 from stageline.core import lifecycle
-from stageline.core.errors import RunNotPaused, RunStateError
-from stageline.core.events import Event
+from stageline.core.errors import (
+    ConflictError,
+    RunAborted,
+    RunNotPaused,
+    RunStateError,
+    error_to_record,
+)
+from stageline.core.events import Event, PathNode
+from stageline.core.patch import copy_state, public_state
 from stageline.core.results import RunResult
-from stageline.core.store import RunRecord
+from stageline.core.store import Commit, RunRecord
 
 from .container import Container
 from .messages import Abort, Begin, Drain
@@ -21,6 +30,10 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 __all__ = ["RunContext", "RunResult"]
+
+
+class _NotSettled(Exception):
+    """The live context is still finishing its pause; resume through the store instead."""
 
 
 class RunContext:
@@ -87,6 +100,11 @@ class RunContext:
                 )
             if self._status != lifecycle.PENDING and not self._resumed:
                 raise RunStateError(f"run {self.run_id!r} is {self._status!r} and cannot start")
+            if self._registry is not None and self._registry._stopped:
+                raise RunStateError(
+                    f"run {self.run_id!r} cannot start: its registry was stopped; "
+                    "create a new Registry and PipelineFactory"
+                )
             self._future = concurrent.futures.Future()
             self._future.set_running_or_notify_cancel()
             self._actor = RunActor.start(self._deps, self._record)
@@ -97,7 +115,14 @@ class RunContext:
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run to the end (or to a pause) and return the result."""
-        return self.start().result(timeout)
+        future = self.start()
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"run {self.run_id!r} did not end within {timeout}s; it goes on (status "
+                f"{self._status!r}): wait on run.start()'s future or abort it"
+            ) from None
 
     async def run_async(self) -> RunResult:
         """`await` the run without blocking the event loop."""
@@ -106,18 +131,74 @@ class RunContext:
         return await asyncio.wrap_future(self.start())
 
     def abort(self, reason: str | None = None) -> None:
-        """End the run "aborted" promptly; in-flight steps are signalled and discarded."""
+        """End the run "aborted" promptly; in-flight steps are signalled and discarded.
+
+        A paused run is aborted by one compare-and-set in the store (no actor starts);
+        RunNotPaused if it was resumed elsewhere meanwhile.
+        """
         with self._lock:
-            actor = self._actor
-            if self._future is None or (self._future.done() and self._status == "paused"):
-                self._future = concurrent.futures.Future()
-                self._future.set_running_or_notify_cancel()
-                self._actor = actor = RunActor.start(self._deps, self._record)
+            if self._status == lifecycle.PAUSED:
+                event, result = self._abort_paused(reason)
+            else:
+                event = result = None
+                actor = self._actor
+                if self._future is None:
+                    self._future = concurrent.futures.Future()
+                    self._future.set_running_or_notify_cancel()
+                    self._actor = actor = RunActor.start(self._deps, self._record)
+        if event is not None:
+            self._deps.emitter.emit(event)
+            if self._registry is not None:
+                self._registry._ended(self, result, None)
+            return
         if actor is not None:
             try:
                 actor.tell(Abort(reason))
             except Exception:
                 pass  # already ended
+
+    def _abort_paused(self, reason: str | None) -> tuple[Event, RunResult]:
+        record = self._record
+        error = RunAborted(
+            f"run {self.run_id!r} was aborted while paused" + (f": {reason}" if reason else "")
+        )
+        state = public_state(record.state)
+        event = Event(
+            name=ev.PIPELINE_FAILURE,
+            run_id=self.run_id,
+            path=(PathNode(self.pipeline_id, None),),
+            seq=record.last_seq + 1,
+            ts=self._deps.clock.wall(),
+            pipeline_id=self.pipeline_id,
+            error=error,
+            state=copy_state(state),
+        )
+        commit = Commit(
+            run_id=self.run_id,
+            expected_version=record.version,
+            status=lifecycle.transition(record.status, "abort"),
+            stage=record.stage,
+            state=record.state,
+            last_seq=event.seq,
+            stage_runs=record.stage_runs,
+            updated_at=event.ts,
+            events=(event,),
+            checkpoint=None,
+            error=error_to_record(error),
+        )
+        try:
+            version = self._deps.store.commit(commit)
+        except ConflictError as exc:
+            raise RunNotPaused(
+                f"run {self.run_id!r} is no longer paused (resumed elsewhere); not aborted"
+            ) from exc
+        self._record = replace(
+            record, status=commit.status, version=version, last_seq=event.seq,
+            checkpoint=None, error=commit.error, updated_at=event.ts,
+        )  # fmt: skip
+        self._status = commit.status
+        self._result = RunResult(self.run_id, self.pipeline_id, commit.status, state, error=error)
+        return event, self._result
 
     # --- shutdown ---------------------------------------------------------------------
 
@@ -136,13 +217,20 @@ class RunContext:
     def _force_stop(self) -> None:
         """Stop the run's actors now; the store keeps its last commit (like a crash)."""
         with self._lock:
-            actor = self._actor
+            actor, future = self._actor, self._future
         if actor is not None:
             try:
                 actor.stop(block=False)
             except Exception:
                 pass
         self._container.stop()
+        if future is not None and not future.done():
+            future.set_exception(
+                RunStateError(
+                    f"run {self.run_id!r} was stopped by registry.stop() before its stage "
+                    "finished; it is left at its last commit (status 'running') to recover"
+                )
+            )
 
     # --- the registry's fast path -----------------------------------------------------
 
@@ -153,7 +241,8 @@ class RunContext:
                 raise RunNotPaused(
                     f"run {self.run_id!r} is {self._status!r} in this process, not paused"
                 )
-            assert self._result is not None and self._result.checkpoint is not None
+            if not self._future.done() or self._result is None or not self._result.checkpoint:
+                raise _NotSettled(self.run_id)  # still finishing its pause: use the store
             self._record = claim(self._record)
             self._entry = self._result.checkpoint.resume_at
             self._status = self._record.status
@@ -166,6 +255,11 @@ class RunContext:
     def _set_status(self, status: str) -> None:
         self._status = status
 
+    def _committed(self, record: RunRecord) -> None:
+        with self._lock:
+            self._record = record
+            self._status = record.status
+
     def _ended(
         self,
         result: RunResult | None,
@@ -175,8 +269,11 @@ class RunContext:
     ) -> None:
         with self._lock:
             future = self._future
+            if self._status == lifecycle.ABORTED and result is not None:
+                result = replace(result, status=self._status)  # aborted while pausing
             self._result = result
-            self._record = record
+            if record.version >= self._record.version:
+                self._record = record
         if self._registry is not None:
             self._registry._ended(self, result, pause)
         if future is None or future.done():

@@ -33,7 +33,7 @@ from stageline.core.patch import (
 from stageline.core.store import Commit, RunRecord, Store
 
 from .container import Container
-from .context import RunContext
+from .context import RunContext, _NotSettled
 from .emitter import Emitter
 from .logs import EventLogger
 from .run import RunDeps
@@ -182,14 +182,17 @@ class PipelineFactory:
         checked = check_patch(patch, f"resume patch for run {run_id!r}")
         if self.registry is not None:
             live: RunContext | None = self.registry._lookup(run_id)
-            if live is not None and live.pipeline_id == self.pipeline.id:
+            same = live is not None and live._deps.pipeline == self.pipeline
+            if live is not None and not same:
+                self.registry._forget(run_id)  # another definition or version: use the store
+            if live is not None and same:
                 store = live._deps.store
                 try:
                     live._claim_resume(
                         lambda record: self._claim(store, record, checked, None, fast=True)
                     )
                     return live
-                except _StaleCopy:
+                except (_StaleCopy, _NotSettled):
                     # Another process resumed it since (it may be paused again, later on):
                     # this process's copy is out of date; the store decides.
                     self.registry._forget(run_id)
@@ -347,7 +350,8 @@ class PipelineFactory:
             emitter=Emitter(EventLogger(self.logger)),
             logger=self.logger,
             container=container,
-            on_status=context._set_status,
+            on_commit=context._committed,
             on_end=context._ended,
             max_bundle_bytes=self.max_bundle_bytes,
+            live_window=self.registry is not None,
         )

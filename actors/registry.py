@@ -124,7 +124,7 @@ class RegistryActor(pykka.ThreadingActor):
             return self._stats()
         elif isinstance(message, _ExportAll):
             for run_id in [r for r, c in self.live.items() if c.status == lifecycle.PAUSED]:
-                self._export(run_id)
+                self._export_safely(run_id)
         return None
 
     def _on_ended(self, message: _Ended) -> None:
@@ -148,7 +148,7 @@ class RegistryActor(pykka.ThreadingActor):
         token = self.next_token
         if timeout <= 0:
             self.windows[run_id] = (token, None)
-            self._export(run_id)
+            self._export_safely(run_id)
             return
         message = _PauseExpired(run_id, token)
         handle = self.registry._timers.schedule(timeout, lambda: self._tell(message))
@@ -177,7 +177,24 @@ class RegistryActor(pykka.ThreadingActor):
         window = self.windows.get(message.run_id)
         if window is None or window[0] != message.token:
             return  # resumed or re-paused since
-        self._export(message.run_id)
+        self._export_safely(message.run_id)
+
+    def _export_safely(self, run_id: str) -> None:
+        """Export one run; if its bundle cannot be made, say so and let the run go anyway.
+
+        The checkpoint (without artifacts) stays, so the run can still be resumed; only
+        artifacts over `max_bundle_bytes` (or unencodable) are lost, and the log says so.
+        """
+        try:
+            self._export(run_id)
+        except Exception:
+            _log.exception(
+                "stageline registry: exporting the artifacts of paused run %r failed; the run "
+                "stays resumable from its checkpoint without them",
+                run_id,
+            )
+            self.windows.pop(run_id, None)
+            self.live.pop(run_id, None)
 
     def _export(self, run_id: str) -> None:
         """Write the run's bundle into its checkpoint, then let go of the run."""
@@ -307,11 +324,17 @@ class Registry:
         live = self.live_runs()
         draining = [f for f in (c._drain() for c in live) if f is not None]
         concurrent.futures.wait(draining, timeout=_remaining(deadline))
-        self._actor.ask(_ExportAll(), timeout=_remaining(deadline))
+        try:  # exporting is never skipped for lack of time: it is what keeps artifacts
+            self._actor.ask(_ExportAll(), timeout=max(_remaining(deadline) or 0.0, 30.0))
+        except pykka.Timeout:
+            _log.error("stageline registry: exporting paused runs did not finish in time")
         for context in live:
-            if context.status == lifecycle.RUNNING:
+            if context.status in (lifecycle.RUNNING, lifecycle.PENDING):
                 context._force_stop()
-        self._actor.stop(timeout=_remaining(deadline))
+        try:
+            self._actor.stop(timeout=5.0)
+        except pykka.Timeout:
+            _log.error("stageline registry: its actor did not stop in time")
         self._timers.stop()
 
     # --- used by RunContext and PipelineFactory ---------------------------------------

@@ -24,6 +24,7 @@ from stageline.core.checkpoint import Checkpoint, checkpoint_to_bytes
 from stageline.core.clock import Clock, iso_utc
 from stageline.core.definition import Pipeline, Stage, Step
 from stageline.core.errors import (
+    BundleError,
     InternalError,
     RoutingError,
     RunAborted,
@@ -63,6 +64,9 @@ class _Slot:
     patch: Any = None
     failure: StepFailure | None = None
     done: bool = False
+    retry_timer: TimerHandle | None = None
+    waiting: tuple[BaseException, str, float] | None = None
+    """The last failed attempt's (error, traceback, duration) while a retry is pending."""
 
 
 @dataclass(slots=True)
@@ -88,9 +92,11 @@ class RunDeps:
     emitter: Emitter
     logger: Any
     container: Container
-    on_status: Callable[[str], None]
+    on_commit: Callable[[RunRecord], None]
     on_end: Callable[[RunResult | None, BaseException | None, Any, RunRecord], None]
     max_bundle_bytes: int
+    live_window: bool = False
+    """True when a registry holds paused runs live (and exports their artifacts later)."""
 
 
 class RunActor(pykka.ThreadingActor):
@@ -117,7 +123,6 @@ class RunActor(pykka.ThreadingActor):
         self.ended = False
         self.draining = False
         self.root_path = (PathNode(self.pipeline.id, None),)
-        self.artifacts = deps.container.view(self.pipeline.id)
         self._wall = deps.clock.wall
 
     # ------------------------------------------------------------------ messages
@@ -181,6 +186,9 @@ class RunActor(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ run start
 
+    def on_start(self) -> None:
+        self.deps.container.open()
+
     def _begin(self, message: Begin) -> None:
         start = self._event(ev.PIPELINE_START, entry=message.entry, resumed=message.resumed)
         transition = "commit" if message.resumed else "start"
@@ -243,7 +251,9 @@ class RunActor(pykka.ThreadingActor):
             attempt=slot.attempt,
             path=(PathNode(self.pipeline.id, run.stage.id),),
             deadline=deadline,
-            artifacts=self.artifacts,
+            artifacts=self.deps.container.view(
+                self.pipeline.id, f" (step {step.id!r} of stage {run.stage.id!r})"
+            ),
             logger=self.deps.logger,
         )
         self._step_event(ev.STEP_START, run.stage.id, step_id=step.id, attempt=slot.attempt)
@@ -305,6 +315,7 @@ class RunActor(pykka.ThreadingActor):
         _cancel(slot.timer)
         if slot.ctx is not None:
             slot.ctx.aborted.set()
+            slot.ctx.artifacts.close()
         if slot.future is not None:
             slot.future.cancel()
         if slot.ticket is not None:
@@ -318,7 +329,8 @@ class RunActor(pykka.ThreadingActor):
             backoff = step.backoff(slot.attempt)
             if backoff > 0:  # armed before the event, so a test that sees it can advance time
                 message = RetryStep(step.id, run.number)
-                self.deps.timers.schedule(backoff, lambda: self._tell(message))
+                slot.waiting = (error, tb, duration)
+                slot.retry_timer = self.deps.timers.schedule(backoff, lambda: self._tell(message))
             self._emit(
                 self._event(
                     ev.STEP_RETRY,
@@ -332,9 +344,19 @@ class RunActor(pykka.ThreadingActor):
             if backoff <= 0:
                 self._dispatch_step(run, slot)
             return
+        self._record_failure(run, slot, error, tb, duration)
+        if not run.doomed:
+            run.doomed = True
+            self._settle_siblings(run)
+        self._maybe_finish(run)
+
+    def _record_failure(
+        self, run: _StageRun, slot: _Slot, error: BaseException, tb: str, duration: float
+    ) -> None:
         slot.done = True
+        slot.waiting = None
         slot.failure = StepFailure(
-            step_id=step.id,
+            step_id=slot.step.id,
             type=type(error).__name__,
             message=_describe(error),
             traceback=tb,
@@ -344,31 +366,43 @@ class RunActor(pykka.ThreadingActor):
             self._event(
                 ev.STEP_FAILURE,
                 run.stage.id,
-                step_id=step.id,
+                step_id=slot.step.id,
                 attempt=slot.attempt,
                 error=error,
                 duration=duration,
             )
         )
-        if not run.doomed:
-            run.doomed = True
-            for other in run.slots.values():
-                if not other.done and other.ctx is not None:
-                    other.ctx.aborted.set()
-        self._maybe_finish(run)
+
+    def _settle_siblings(self, run: _StageRun) -> None:
+        """A step failed for good: the stage will fail. Decide now about every sibling.
+
+        A sibling waiting out a retry backoff fails with its last error (no more retries);
+        a running sibling with a timeout is signalled and waited for (its timeout bounds
+        the wait, and the error will list it if it fails); one with no timeout is
+        signalled and let go at once, so a step that ignores `ctx.aborted` cannot hold
+        the run.
+        """
+        for other in run.slots.values():
+            if other.done:
+                continue
+            if other.waiting is not None:
+                _cancel(other.retry_timer)
+                self._record_failure(run, other, *other.waiting)
+            elif other.step.timeout is None:
+                self.tokens.pop(other.token, None)
+                self._abandon(other)
+                other.done = True
+            elif other.ctx is not None:
+                other.ctx.aborted.set()
 
     def _on_retry(self, message: RetryStep) -> None:
         run = self.current
         if run is None or run.number != message.stage_run:
             return
         slot = run.slots[message.step_id]
-        if run.doomed:
-            slot.done = True
-            slot.failure = slot.failure or StepFailure(
-                slot.step.id, "StageError", "not retried: a sibling step failed", "", slot.attempt
-            )
-            self._maybe_finish(run)
-            return
+        if run.doomed or slot.done:
+            return  # settled when the stage was doomed
+        slot.waiting = None
         self._dispatch_step(run, slot)
 
     def _on_stage_timeout(self, number: int) -> None:
@@ -413,7 +447,7 @@ class RunActor(pykka.ThreadingActor):
         if stage.router is None:
             return decide(self.pipeline, stage.id, None)
         try:
-            answer = stage.router(copy_state(public_state(state)), results)
+            answer = stage.router(_user_state(state), copy_state(results))
         except BaseException as exc:
             raise StageError(
                 f"router of stage {stage.label}:{stage.id} raised {exc!r}",
@@ -436,20 +470,20 @@ class RunActor(pykka.ThreadingActor):
         )
         events: tuple[Event, ...] = (run.start_event, success)
         if decision.ends_run:
-            end = self._event(ev.PIPELINE_SUCCESS, state=public_state(state))
+            end = self._event(ev.PIPELINE_SUCCESS, state=_user_state(state))
             self._commit("succeed", None, state, (*events, end), patch=results)
             self.current = None
             self._emit(success)
             self._emit(end)
             self._end(
-                RunResult(self.record.run_id, self.pipeline.id, self.status, public_state(state))
+                RunResult(self.record.run_id, self.pipeline.id, self.status, _user_state(state))
             )
             return
         self._commit("commit", decision.next_stage, state, events, patch=results)
         self.current = None
         self._emit(success)
         if self.draining:  # shutting down: stop between stages; the run stays resumable
-            public = public_state(state)
+            public = _user_state(state)
             self._end(RunResult(self.record.run_id, self.pipeline.id, self.status, public))
             return
         self._start_stage(str(decision.next_stage))
@@ -469,14 +503,26 @@ class RunActor(pykka.ThreadingActor):
             paused_at_stage_label=str(stage.label),
             paused_on=iso_utc(self._wall()),
         )
-        if pause.persist:
-            bundle = self.deps.container.export_bundle(self.deps.max_bundle_bytes)
+        if pause.persist or not self.deps.live_window:
+            # Without a registry nobody would export the artifacts later: persist them now.
+            try:
+                bundle = self.deps.container.export_bundle(self.deps.max_bundle_bytes)
+            except BundleError as exc:
+                self._fail_stage(
+                    StageError(
+                        f"stage {stage.label}:{stage.id} paused but its run's artifacts "
+                        f"cannot be bundled: {exc}",
+                        stage_id=stage.id,
+                        kind="bundle",
+                    )
+                )
+                return
             checkpoint = checkpoint.with_bundle(bundle)
         paused = self._event(
             ev.STAGE_PAUSED, stage.id, label=stage.label, results=results,
             resume_at=pause.resume_at, routing="pause",
         )  # fmt: skip
-        public = public_state(state)
+        public = _user_state(state)
         end = self._event(
             ev.PIPELINE_PAUSED, checkpoint=checkpoint, state=public, pause_timeout=pause.timeout
         )
@@ -505,14 +551,14 @@ class RunActor(pykka.ThreadingActor):
     ) -> None:
         """Record the run as failed at `stage_id`, keeping the state of its last commit."""
         state = self.record.state
-        end = self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(state))
+        end = self._event(ev.PIPELINE_FAILURE, error=error, state=_user_state(state))
         self._commit("fail", stage_id, state, (*stage_events, end), error=error)
         for event in stage_events[1:]:
             self._emit(event)
         self._emit(end)
         self._end(
             RunResult(
-                self.record.run_id, self.pipeline.id, self.status, public_state(state), error=error
+                self.record.run_id, self.pipeline.id, self.status, _user_state(state), error=error
             )
         )
 
@@ -532,7 +578,7 @@ class RunActor(pykka.ThreadingActor):
         error = RunAborted(
             f"run {self.record.run_id!r} was aborted" + (f": {reason}" if reason else "")
         )
-        end = self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(self.record.state))
+        end = self._event(ev.PIPELINE_FAILURE, error=error, state=_user_state(self.record.state))
         stage_id = run.stage.id if run is not None else self.record.stage
         self._commit("abort", stage_id, self.record.state, (end,), error=error)
         self._emit(end)
@@ -541,7 +587,7 @@ class RunActor(pykka.ThreadingActor):
                 self.record.run_id,
                 self.pipeline.id,
                 self.status,
-                public_state(self.record.state),
+                _user_state(self.record.state),
                 error=error,
             )
         )
@@ -594,7 +640,7 @@ class RunActor(pykka.ThreadingActor):
             updated_at=commit.updated_at,
         )
         self.status = status
-        self.deps.on_status(status)
+        self.deps.on_commit(self.record)
 
     def _conflict_logger(self, stage_id: str) -> Callable[[str, str, str], None] | None:
         if not STDLIB_LOGGER.isEnabledFor(logging.DEBUG) and self.deps.logger is None:
@@ -639,7 +685,7 @@ class RunActor(pykka.ThreadingActor):
             self._stop_stage(self.current)
         try:
             self._emit(
-                self._event(ev.PIPELINE_FAILURE, error=error, state=public_state(self.record.state))
+                self._event(ev.PIPELINE_FAILURE, error=error, state=_user_state(self.record.state))
             )
         finally:
             self.ended = True
@@ -666,3 +712,9 @@ def _stage_error(run: _StageRun) -> StageError:
         stage_id=run.stage.id,
         steps=ordered,
     )
+
+
+def _user_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the state for users (results, events): theirs to mutate, never ours."""
+    copied: dict[str, Any] = copy_state(public_state(state))
+    return copied

@@ -17,6 +17,10 @@ from stageline.core.clock import Clock
 _log = logging.getLogger("stageline")
 
 
+def _nothing() -> None:
+    pass
+
+
 class TimerHandle:
     """A scheduled callback; `cancel()` keeps it from firing (idempotent)."""
 
@@ -29,6 +33,7 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _nothing  # let go of what the callback holds (a run, its state)
 
 
 class TimerService:

@@ -5,19 +5,26 @@
 Every case has one small function per library that builds what it needs (untimed), times
 the work with `time.perf_counter` and returns one sample. Each side is warmed up once,
 then the two sides are sampled alternately and the table shows the median sample. The
-ratio is stageline / LangGraph: lower is better for stageline.
+ratio is stageline / LangGraph: lower is better for stageline. Two cases run child
+processes: `cold_resume_fresh_process` times whole fresh interpreters (one per sample),
+and `live_paused_runs_memory` measures one child (`--probe-paused-memory N`, once).
 
 Units: microseconds, except `checkpoint_bytes_per_stage` whose numbers are bytes written
-per stage (the JSON keys keep their `_us` names for every case). Rows marked in
+per stage, and `live_paused_runs_memory` whose numbers are bytes of RSS per paused run and
+a count of threads (the JSON keys keep their `_us` names for every case). Rows marked in
 parentheses are information rows: a variant of the case above on the LangGraph side (or
 both sides for the WAL row), compared with the same kind of stageline figure.
+`live_paused_runs_memory` is stageline only: its LangGraph figure and ratio are None (`-`
+in the table, null in the JSON). Some cases have a target, printed met or MISSED under the
+table; a missed target does not change the exit code.
 
 LangGraph is used the idiomatic way: `StateGraph`, `add_node`, `add_edge`, `START`/`END`,
 `compile(checkpointer=...)` and `invoke(input, {"configurable": {"thread_id": ...}})`. Its
 default durability ("async": a step's checkpoint is written while the next step runs) is
-used everywhere except `durable_sqlite_stage_commit`, which asks for `durability="sync"`:
-that is stageline's guarantee (a stage is committed before the next one starts). An
-information row shows the default there too.
+used everywhere except on SQLite (`durable_sqlite_stage_commit` and the two SQLite resume
+cases), which ask for `durability="sync"`: that is stageline's guarantee (a stage is
+committed before the next one starts). An information row of the durable case shows the
+default too.
 
 Needs the `bench` extra: pip install -e '.[bench]'
 """
@@ -25,6 +32,7 @@ Needs the `bench` extra: pip install -e '.[bench]'
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -32,6 +40,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,13 +53,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypedDict
 
-from stageline import Pipeline, PipelineFactory, Stage, Step
+from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.stores import SqliteStore
 
 try:
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Command, interrupt
 except ImportError:  # pragma: no cover - reported by main()
     StateGraph = None  # type: ignore[assignment,misc]
 
@@ -67,12 +77,36 @@ class Settings:
     fanout_runs: int  # runs of the 4-step fan-out per sample
     durable_runs: int  # runs of the 20-stage SQLite pipeline per sample
     throughput_runs: int  # runs of the 10-stage pipeline per sample
+    resume_runs: int  # paused runs resumed per sample, in memory
+    slow_resume_runs: int  # paused runs resumed per sample from SQLite
+    cold_reps: int  # fresh processes per side (each is one sample)
+    paused_live_runs: int  # paused runs held live for the memory probe
     concurrency: int = 50
     tmpdir: str | None = None
 
 
-FULL = Settings(reps=5, linear_runs=5, fanout_runs=200, durable_runs=5, throughput_runs=1000)
-QUICK = Settings(reps=3, linear_runs=3, fanout_runs=100, durable_runs=3, throughput_runs=200)
+FULL = Settings(
+    reps=5,
+    linear_runs=5,
+    fanout_runs=200,
+    durable_runs=5,
+    throughput_runs=1000,
+    resume_runs=200,
+    slow_resume_runs=30,
+    cold_reps=7,
+    paused_live_runs=10_000,
+)
+QUICK = Settings(
+    reps=3,
+    linear_runs=3,
+    fanout_runs=100,
+    durable_runs=3,
+    throughput_runs=200,
+    resume_runs=100,
+    slow_resume_runs=15,
+    cold_reps=3,
+    paused_live_runs=2_000,
+)
 
 LINEAR_STAGES = 100
 DURABLE_STAGES = 20
@@ -407,9 +441,321 @@ def lg_throughput(s: Settings) -> float:
     return elapsed
 
 
+# --------------------------------------------------------------------------- pause/resume
+#
+# A 3-stage pipeline whose first stage pauses and resumes at the third (the second is
+# skipped); the resume patch `{"approved": True}` is committed with the claim. LangGraph's
+# equivalent: s1 -> gate -> s3, where `gate` calls `interrupt()` and returns the value it is
+# resumed with, and `Command(resume=True)` resumes it; that gate node runs again on resume,
+# which is how LangGraph resumes. Both end with {"n": 2, "approved": True}.
+
+RESUMED_STATE = {"n": 2, "approved": True}
+
+
+class GateState(TypedDict, total=False):
+    n: int
+    approved: bool
+
+
+def sl_pause_router(state: dict[str, Any], results: Any) -> Pause:
+    return Pause("s3", timeout=300)
+
+
+def sl_pause_pipeline() -> Pipeline:
+    return Pipeline(
+        "pause3",
+        [
+            Stage("s1", order=1, steps=[Step("inc", sl_inc)], router=sl_pause_router),
+            Stage("s2", order=2, steps=[Step("inc", sl_inc)]),
+            Stage("s3", order=3, steps=[Step("inc", sl_inc)]),
+        ],
+    )
+
+
+def lg_gate_inc(state: GateState) -> dict[str, Any]:
+    return {"n": state["n"] + 1}
+
+
+def lg_gate(state: GateState) -> dict[str, Any]:
+    return {"approved": interrupt("approve?")}
+
+
+def lg_gate_builder() -> Any:
+    graph = StateGraph(GateState)
+    graph.add_node("s1", lg_gate_inc)
+    graph.add_node("gate", lg_gate)
+    graph.add_node("s3", lg_gate_inc)
+    graph.add_edge(START, "s1")
+    graph.add_edge("s1", "gate")
+    graph.add_edge("gate", "s3")
+    graph.add_edge("s3", END)
+    return graph
+
+
+def sl_pause_runs(factory: PipelineFactory, runs: int) -> list[str]:
+    """Start `runs` runs and run each to its pause (untimed); their run ids."""
+    run_ids = []
+    for _ in range(runs):
+        result = factory.prepare().run()
+        check(result.status == "paused", f"stageline run ended {result.status}, not paused")
+        run_ids.append(result.run_id)
+    return run_ids
+
+
+def sl_resumed_ok(result: Any) -> None:
+    check(
+        result.status == "succeeded" and result.state == RESUMED_STATE,
+        f"stageline resumed run ended {result.status} with {result.state}: {result.error}",
+    )
+
+
+def lg_pause_threads(app: Any, runs: int) -> list[dict[str, Any]]:
+    """Invoke `runs` threads up to their interrupt (untimed); their configs."""
+    configs = []
+    for _ in range(runs):
+        config = thread(new_thread_id("pause"))
+        output = app.invoke({"n": 0}, config)
+        check("__interrupt__" in output, f"LangGraph run did not interrupt: {output}")
+        configs.append(config)
+    return configs
+
+
+def lg_resumed_ok(output: dict[str, Any]) -> None:
+    check(output == RESUMED_STATE, f"LangGraph resumed run ended with {output}")
+
+
+def sl_pause_resume(s: Settings) -> float:
+    with Registry() as registry:
+        factory = PipelineFactory(sl_pause_pipeline(), initial_state={"n": 0}, registry=registry)
+        run_ids = sl_pause_runs(factory, s.resume_runs)
+        start = time.perf_counter()
+        for run_id in run_ids:
+            sl_resumed_ok(factory.resume(run_id, patch={"approved": True}).run())
+        elapsed = per(start, s.resume_runs)
+        check(registry.stats()["resumed_fast"] == s.resume_runs, "a resume missed the fast path")
+        return elapsed
+
+
+def lg_pause_resume(s: Settings) -> float:
+    app = lg_gate_builder().compile(checkpointer=InMemorySaver())
+    configs = lg_pause_threads(app, s.resume_runs)
+    start = time.perf_counter()
+    for config in configs:
+        lg_resumed_ok(app.invoke(Command(resume=True), config))
+    return per(start, s.resume_runs)
+
+
+def sl_slow_resume(s: Settings) -> float:
+    pipeline = sl_pause_pipeline()
+    with scratch_dir(s) as tmp:
+        store = SqliteStore(tmp / "stageline.db")
+        try:
+            run_ids = sl_pause_runs(
+                PipelineFactory(pipeline, store=store, initial_state={"n": 0}), s.slow_resume_runs
+            )
+            start = time.perf_counter()
+            for run_id in run_ids:  # a new factory, no registry: the slow path every time
+                factory = PipelineFactory(pipeline, store=store)
+                sl_resumed_ok(factory.resume(run_id, patch={"approved": True}).run())
+            return per(start, s.slow_resume_runs)
+        finally:
+            store.close()
+
+
+def _lg_slow_resume(s: Settings, compile_each: bool) -> float:
+    builder = lg_gate_builder()
+    with scratch_dir(s) as tmp:
+        conn = sqlite3.connect(tmp / "langgraph.db", check_same_thread=False)
+        try:
+            saver = SqliteSaver(conn)
+            saver.setup()
+            configs = lg_pause_threads(builder.compile(checkpointer=saver), s.slow_resume_runs)
+            compiled = builder.compile(checkpointer=saver)
+            start = time.perf_counter()
+            for config in configs:
+                app = builder.compile(checkpointer=saver) if compile_each else compiled
+                lg_resumed_ok(app.invoke(Command(resume=True), config, durability="sync"))
+            return per(start, s.slow_resume_runs)
+        finally:
+            conn.close()
+
+
+def lg_slow_resume(s: Settings) -> float:
+    return _lg_slow_resume(s, compile_each=True)
+
+
+def lg_slow_resume_compiled_once(s: Settings) -> float:
+    return _lg_slow_resume(s, compile_each=False)
+
+
+# What a fresh process runs to resume: the same definitions as above, written out the way a
+# user's script would, so that the child imports only the library it measures. argv[1] is
+# the database, argv[2] the run or thread id. A wrong final state exits with status 3.
+
+SL_COLD_RESUME = """
+import sys
+from stageline import Pause, Pipeline, PipelineFactory, Stage, Step
+from stageline.stores import SqliteStore
+
+def inc(state, ctx):
+    return {"n": state["n"] + 1}
+
+pipeline = Pipeline("pause3", [
+    Stage("s1", order=1, steps=[Step("inc", inc)], router=lambda s, r: Pause("s3", timeout=300)),
+    Stage("s2", order=2, steps=[Step("inc", inc)]),
+    Stage("s3", order=3, steps=[Step("inc", inc)]),
+])
+store = SqliteStore(sys.argv[1])
+result = PipelineFactory(pipeline, store=store).resume(sys.argv[2], patch={"approved": True}).run()
+store.close()
+sys.exit(0 if result.status == "succeeded" and result.state == {"n": 2, "approved": True} else 3)
+"""
+
+LG_COLD_RESUME = """
+import sqlite3, sys
+from typing import TypedDict
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+class GateState(TypedDict, total=False):
+    n: int
+    approved: bool
+
+def inc(state):
+    return {"n": state["n"] + 1}
+
+def gate(state):
+    return {"approved": interrupt("approve?")}
+
+graph = StateGraph(GateState)
+graph.add_node("s1", inc)
+graph.add_node("gate", gate)
+graph.add_node("s3", inc)
+graph.add_edge(START, "s1")
+graph.add_edge("s1", "gate")
+graph.add_edge("gate", "s3")
+graph.add_edge("s3", END)
+conn = sqlite3.connect(sys.argv[1], check_same_thread=False)
+app = graph.compile(checkpointer=SqliteSaver(conn))
+config = {"configurable": {"thread_id": sys.argv[2]}}
+output = app.invoke(Command(resume=True), config, durability="sync")
+conn.close()
+sys.exit(0 if output == {"n": 2, "approved": True} else 3)
+"""
+
+
+def _cold_resume(code: str, db: Path, run_id: str, cwd: Path) -> float:
+    """Wall time of a fresh interpreter resuming one run, in microseconds."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(db), run_id], cwd=cwd, capture_output=True, text=True
+    )
+    elapsed = per(start, 1)
+    check(proc.returncode == 0, f"cold resume exited {proc.returncode}: {proc.stderr.strip()}")
+    return elapsed
+
+
+def sl_cold_resume(s: Settings) -> float:
+    with scratch_dir(s) as tmp:
+        db = tmp / "stageline.db"
+        store = SqliteStore(db)
+        try:
+            factory = PipelineFactory(sl_pause_pipeline(), store=store, initial_state={"n": 0})
+            (run_id,) = sl_pause_runs(factory, 1)
+        finally:
+            store.close()
+        return _cold_resume(SL_COLD_RESUME, db, run_id, tmp)
+
+
+def lg_cold_resume(s: Settings) -> float:
+    with scratch_dir(s) as tmp:
+        db = tmp / "langgraph.db"
+        conn = sqlite3.connect(db, check_same_thread=False)
+        try:
+            saver = SqliteSaver(conn)
+            saver.setup()
+            app = lg_gate_builder().compile(checkpointer=saver)
+            (config,) = lg_pause_threads(app, 1)
+        finally:
+            conn.close()
+        return _cold_resume(LG_COLD_RESUME, db, config["configurable"]["thread_id"], tmp)
+
+
+# The memory probe runs in a child process (`bench.py --probe-paused-memory N`), so neither
+# the other cases' garbage nor the paused runs' memory distorts anything else.
+
+PROBE_FLAG = "--probe-paused-memory"
+PROBE_WARMUP_RUNS = 50
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def paused_memory_probe(runs: int) -> dict[str, float]:
+    """Pause `runs` runs held live by one Registry; RSS and thread growth."""
+    with Registry() as registry:
+        factory = PipelineFactory(sl_pause_pipeline(), initial_state={"n": 0}, registry=registry)
+        sl_pause_runs(factory, PROBE_WARMUP_RUNS)  # pools, timers, caches: started before
+        gc.collect()
+        rss_before, threads_before = rss_bytes(), threading.active_count()
+        sl_pause_runs(factory, runs)
+        gc.collect()
+        rss_after, threads_after = rss_bytes(), threading.active_count()
+        live = registry.stats()["paused_live"]
+        check(live == runs + PROBE_WARMUP_RUNS, f"registry holds {live} paused runs")
+        return {
+            "bytes_per_run": (rss_after - rss_before) / runs,
+            "extra_threads": threads_after - threads_before,
+            "threads_before": threads_before,
+        }
+
+
+@functools.cache
+def probe_paused_memory(s: Settings) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, __file__, PROBE_FLAG, str(s.paused_live_runs)],
+        capture_output=True,
+        text=True,
+    )
+    check(proc.returncode == 0, f"memory probe exited {proc.returncode}: {proc.stderr.strip()}")
+    result: dict[str, float] = json.loads(proc.stdout)
+    return result
+
+
+def sl_paused_memory(s: Settings) -> float:
+    return probe_paused_memory(s)["bytes_per_run"]
+
+
+def sl_paused_threads(s: Settings) -> float:
+    return probe_paused_memory(s)["extra_threads"]
+
+
 # --------------------------------------------------------------------------- registry
 
 Measure = Callable[[Settings], float]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal printed under the table, met or missed; a miss does not fail the bench."""
+
+    of: str  # "ratio" (stageline / LangGraph) or "stageline" (its own figure)
+    limit: float
+    strict: bool = False  # `<` rather than `<=`
+
+    def describe(self, unit: str) -> str:
+        return f"{self.of} {'<' if self.strict else '<='} {self.show(self.limit, unit)}"
+
+    def show(self, value: float, unit: str) -> str:
+        if self.of == "ratio":
+            return f"{value:.2f}"
+        return format_value(value, unit) + (" µs" if unit == "us" else "")
+
+    def met(self, value: float) -> bool:
+        return value < self.limit if self.strict else value <= self.limit
 
 
 @dataclass(frozen=True)
@@ -417,8 +763,10 @@ class Variant:
     """An information row under a case: another LangGraph (and maybe stageline) setup."""
 
     label: str
-    langgraph: Measure
+    langgraph: Measure | None  # None: no LangGraph figure (an information row)
     stageline: Measure | None = None  # None: reuse the case's stageline median
+    unit: str | None = None  # None: the case's unit
+    target: Target | None = None
 
 
 @dataclass(frozen=True)
@@ -426,9 +774,12 @@ class Case:
     name: str
     what: str
     stageline: Measure
-    langgraph: Measure
-    unit: str = "us"  # "us" or "bytes"
+    langgraph: Measure | None  # None: stageline only (an information row)
+    unit: str = "us"  # "us", "bytes" or "threads"
     variants: tuple[Variant, ...] = ()
+    reps: Callable[[Settings], int] | None = None  # None: settings.reps (1 for bytes)
+    warmup: bool = True  # one untimed sample of each side first
+    target: Target | None = None
 
 
 CASES: tuple[Case, ...] = (
@@ -466,6 +817,51 @@ CASES: tuple[Case, ...] = (
         sl_throughput,
         lg_throughput,
     ),
+    Case(
+        "pause_resume_same_process",
+        "resume a paused run in memory (registry fast path) to its next stage and the end; "
+        "time per resume",
+        sl_pause_resume,
+        lg_pause_resume,
+        target=Target("ratio", 0.2),
+    ),
+    Case(
+        "slow_path_resume_sqlite",
+        "resume a paused run from SQLite with a new factory (or a newly compiled graph) to "
+        "its next stage and the end; time per resume",
+        sl_slow_resume,
+        lg_slow_resume,
+        variants=(Variant("langgraph graph compiled once", lg_slow_resume_compiled_once),),
+        target=Target("stageline", 2000.0, strict=True),
+    ),
+    Case(
+        "cold_resume_fresh_process",
+        "a new Python process imports the library and resumes a paused run from SQLite; "
+        "wall time per process",
+        sl_cold_resume,
+        lg_cold_resume,
+        reps=lambda s: s.cold_reps,
+    ),
+    Case(
+        "live_paused_runs_memory",
+        "10,000 (2,000 with --quick) paused runs held live by one Registry, in a child "
+        "process: RSS growth per run (unit: bytes), and extra threads",
+        sl_paused_memory,
+        None,
+        unit="bytes",
+        variants=(
+            Variant(
+                "extra threads",
+                None,
+                sl_paused_threads,
+                unit="threads",
+                target=Target("stageline", 0.0),
+            ),
+        ),
+        reps=lambda s: 1,
+        warmup=False,
+        target=Target("stageline", 10 * 1024.0, strict=True),
+    ),
 )
 
 
@@ -473,20 +869,32 @@ CASES: tuple[Case, ...] = (
 class Row:
     case: str
     stageline: float
-    langgraph: float
+    langgraph: float | None  # None: an information row with no LangGraph figure
     unit: str
+    target: Target | None = None
 
     @property
-    def ratio(self) -> float:
-        return self.stageline / self.langgraph
+    def ratio(self) -> float | None:
+        return None if self.langgraph is None else self.stageline / self.langgraph
 
     def record(self) -> dict[str, Any]:
+        ratio = self.ratio
         return {
             "case": self.case,
             "stageline_us": round(self.stageline, 3),
-            "langgraph_us": round(self.langgraph, 3),
-            "ratio": round(self.ratio, 4),
+            "langgraph_us": None if self.langgraph is None else round(self.langgraph, 3),
+            "ratio": None if ratio is None else round(ratio, 4),
         }
+
+    def target_line(self) -> str | None:
+        if self.target is None:
+            return None
+        value = self.ratio if self.target.of == "ratio" else self.stageline
+        if value is None:
+            return None
+        verdict = "met" if self.target.met(value) else "MISSED"
+        shown = self.target.show(value, self.unit)
+        return f"  {self.case}: {self.target.describe(self.unit)}: {verdict} ({shown})"
 
 
 # --------------------------------------------------------------------------- running
@@ -497,10 +905,13 @@ def sample(measure: Measure, settings: Settings) -> float:
     return measure(settings)
 
 
-def medians(measures: Sequence[Measure], settings: Settings, reps: int) -> list[float]:
+def medians(
+    measures: Sequence[Measure], settings: Settings, reps: int, warmup: bool = True
+) -> list[float]:
     """Warm each measure up once, then sample them alternately `reps` times; medians."""
-    for measure in measures:
-        sample(measure, settings)
+    if warmup:
+        for measure in measures:
+            sample(measure, settings)
     samples: list[list[float]] = [[] for _ in measures]
     for _ in range(reps):
         for i, measure in enumerate(measures):
@@ -509,22 +920,48 @@ def medians(measures: Sequence[Measure], settings: Settings, reps: int) -> list[
 
 
 def run_case(case: Case, settings: Settings) -> list[Row]:
-    # Byte counts do not depend on warm caches or noise: one sample each.
-    reps = 1 if case.unit == "bytes" else settings.reps
-    variant_measures: list[Measure] = [v.langgraph for v in case.variants]
-    variant_measures += [v.stageline for v in case.variants if v.stageline is not None]
-    values = iter(medians([case.stageline, case.langgraph, *variant_measures], settings, reps))
-    stageline, langgraph = next(values), next(values)
-    variant_lg = [next(values) for _ in case.variants]
-    rows = [Row(case.name, stageline, langgraph, case.unit)]
-    for variant, lg in zip(case.variants, variant_lg, strict=True):
-        sl = next(values) if variant.stageline is not None else stageline
-        rows.append(Row(f"{case.name} ({variant.label})", sl, lg, case.unit))
+    if case.reps is not None:
+        reps = case.reps(settings)
+    else:  # byte counts do not depend on warm caches or noise: one sample each
+        reps = 1 if case.unit == "bytes" else settings.reps
+    measures: list[Measure] = [case.stageline]  # index 0
+
+    def slot(measure: Measure | None) -> int | None:
+        if measure is None:
+            return None
+        measures.append(measure)
+        return len(measures) - 1
+
+    langgraph = slot(case.langgraph)
+    variant_slots = [(slot(v.stageline), slot(v.langgraph)) for v in case.variants]
+    values = medians(measures, settings, reps, case.warmup)
+
+    def value(index: int | None) -> float | None:
+        return None if index is None else values[index]
+
+    stageline = values[0]
+    rows = [Row(case.name, stageline, value(langgraph), case.unit, case.target)]
+    for variant, (sl, lg) in zip(case.variants, variant_slots, strict=True):
+        rows.append(
+            Row(
+                f"{case.name} ({variant.label})",
+                stageline if sl is None else values[sl],
+                value(lg),
+                variant.unit or case.unit,
+                variant.target,
+            )
+        )
     return rows
 
 
-def format_value(value: float, unit: str) -> str:
-    return f"{value:,.0f} B" if unit == "bytes" else f"{value:,.1f}"
+def format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return f"{value:,.0f} B"
+    if unit == "threads":
+        return f"{value:,.0f} threads"
+    return f"{value:,.1f}"
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -534,7 +971,7 @@ def format_table(rows: Sequence[Row]) -> str:
             row.case,
             format_value(row.stageline, row.unit),
             format_value(row.langgraph, row.unit),
-            f"{row.ratio:.2f}",
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
         )
         for row in rows
     ]
@@ -547,8 +984,19 @@ def format_table(rows: Sequence[Row]) -> str:
 
     out = [line(header), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
     out.append("ratio = stageline / LangGraph, lower is better; medians of repetitions.")
-    if any(row.unit == "bytes" for row in rows):
-        out.append("Rows in B are bytes written per stage, not microseconds.")
+    units = {row.unit for row in rows}
+    if "bytes" in units:
+        out.append(
+            "Rows in B are bytes, not µs: written per stage (checkpoint_bytes_per_stage*), "
+            "or RSS growth per paused run (live_paused_runs_memory)."
+        )
+    if "threads" in units:
+        out.append("Rows in threads count threads alive after the runs paused, minus before.")
+    if any(row.langgraph is None for row in rows):
+        out.append("Rows with - in the LangGraph column are stageline-only information rows.")
+    targets = [line for line in (row.target_line() for row in rows) if line is not None]
+    if targets:
+        out += ["targets (a missed target does not fail the bench):", *targets]
     return "\n".join(out)
 
 
@@ -573,6 +1021,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions per case (default 5, quick 3)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write records as JSON")
     parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
+    parser.add_argument(PROBE_FLAG, type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cases:
         args.cases = [name.strip() for name in args.cases.split(",") if name.strip()]
@@ -586,6 +1035,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.probe_paused_memory is not None:  # the child process of live_paused_runs_memory
+        print(json.dumps(paused_memory_probe(args.probe_paused_memory)))
+        return 0
     if StateGraph is None:
         print(
             "LangGraph is not installed; install the bench extra: pip install -e '.[bench]'",

@@ -221,7 +221,14 @@ def test_every_failed_step_is_reported(store):
 
     pipeline = Pipeline(
         "p",
-        [Stage("ship", 1, label="Ship", steps=[Step("label", boom), Step("notify", late_boom)])],
+        [
+            Stage(
+                "ship",
+                1,
+                label="Ship",
+                steps=[Step("label", boom), Step("notify", late_boom, timeout=30.0)],
+            )
+        ],
     )
     result = PipelineFactory(pipeline, store=store).prepare().run(timeout=10)
     assert str(result.error) == (
