@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stageline.core import events as ev
 from stageline.core import lifecycle
 from stageline.core.checkpoint import Checkpoint, checkpoint_of, decode_bundle
 from stageline.core.clock import Clock, SystemClock
@@ -22,6 +23,7 @@ from stageline.core.errors import (
     RunNotPaused,
     StagelineError,
 )
+from stageline.core.events import Event, PathNode
 from stageline.core.patch import (
     PIPELINE_DATA_KEY,
     check_patch,
@@ -191,6 +193,7 @@ class PipelineFactory:
                     live._claim_resume(
                         lambda record: self._claim(store, record, checked, None, fast=True)
                     )
+                    self.registry._resumed_fast()
                     return live
                 except (_StaleCopy, _NotSettled):
                     # Another process resumed it since (it may be paused again, later on):
@@ -276,15 +279,28 @@ class PipelineFactory:
             state = self._migrated(record, migrate)
         if patch:
             state = merge(state, patch)
+        now = self.clock.wall()
+        # The resumed segment's pipeline:start rides on the claim: one commit, not two.
+        start = Event(
+            name=ev.PIPELINE_START,
+            run_id=record.run_id,
+            path=(PathNode(self.pipeline.id, None),),
+            seq=record.last_seq + 1,
+            ts=now,
+            pipeline_id=self.pipeline.id,
+            entry=record.stage,
+            resumed=True,
+        )
         commit = Commit(
             run_id=record.run_id,
             expected_version=record.version,
             status=status,
             stage=record.stage,
             state=state,
-            last_seq=record.last_seq,
+            last_seq=start.seq,
             stage_runs=record.stage_runs,
-            updated_at=self.clock.wall(),
+            updated_at=now,
+            events=(start,),
             checkpoint=record.checkpoint,
             error=record.error,
         )
@@ -308,7 +324,7 @@ class PipelineFactory:
             version=version,
             checkpoint=record.checkpoint,
             error=record.error,
-            last_seq=record.last_seq,
+            last_seq=start.seq,
             stage_runs=record.stage_runs,
             created_at=record.created_at,
             updated_at=commit.updated_at,

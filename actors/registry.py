@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -65,11 +65,6 @@ class _Forget:
     run_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Lookup:
-    run_id: str
-
-
 class _LiveRuns:
     pass
 
@@ -91,10 +86,11 @@ class RegistryActor(pykka.ThreadingActor):
     def __init__(self, registry: Registry) -> None:
         super().__init__()
         self.registry = registry
-        self.live: dict[str, RunContext] = {}
+        # Written only by this actor; other threads may read it (the fast-path lookup).
+        self.live: dict[str, RunContext] = registry._live
         self.windows: dict[str, tuple[int, TimerHandle | None]] = {}
         self.next_token = 0
-        self.counts = {"paused": 0, "exported": 0, "expired": 0, "ended": 0, "resumed_fast": 0}
+        self.counts = {"paused": 0, "exported": 0, "expired": 0, "ended": 0}
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -116,8 +112,6 @@ class RegistryActor(pykka.ThreadingActor):
         elif isinstance(message, _Forget):
             self._cancel_window(message.run_id)
             self.live.pop(message.run_id, None)
-        elif isinstance(message, _Lookup):
-            return self._lookup(message.run_id)
         elif isinstance(message, _LiveRuns):
             return list(self.live.values())
         elif isinstance(message, _Stats):
@@ -243,12 +237,6 @@ class RegistryActor(pykka.ThreadingActor):
         if context is not None:
             context._set_status(lifecycle.EXPIRED)
 
-    def _lookup(self, run_id: str) -> RunContext | None:
-        context = self.live.get(run_id)
-        if context is not None and context.status == lifecycle.PAUSED:
-            self.counts["resumed_fast"] += 1
-        return context
-
     def _stats(self) -> dict[str, int]:
         statuses = [c.status for c in self.live.values()]
         return {
@@ -287,6 +275,8 @@ class Registry:
         self.supervision = supervision
         self.clock: Clock = clock or SystemClock()
         self.max_bundle_bytes = max_bundle_bytes
+        self._live: dict[str, RunContext] = {}
+        self._fast_resumes = 0
         self._timers = TimerService(self.clock)
         self._runtime = Runtime(self.clock, self._timers, shared_workers())
         self._actor = RegistryActor.start(self)
@@ -306,7 +296,7 @@ class Registry:
     def stats(self) -> dict[str, int]:
         """Counts: live, running, paused_live, pause_windows, paused, exported, expired..."""
         stats: Any = self._actor.ask(_Stats())
-        return dict(stats)
+        return {**stats, "resumed_fast": self._fast_resumes}
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Shut down gracefully: no run is lost, no thread of this registry is left.
@@ -344,8 +334,13 @@ class Registry:
 
     def _ended(self, context: RunContext, result: RunResult | None, pause: Any) -> None:
         timeout = getattr(pause, "timeout", None)
-        try:  # an ask: when run() returns "paused", the pause window is already armed
-            self._actor.ask(_Ended(context, result, timeout), timeout=30)
+        message = _Ended(context, result, timeout)
+        try:
+            if context.status == lifecycle.PAUSED:
+                # an ask: when run() returns "paused", the pause window is already armed
+                self._actor.ask(message, timeout=30)
+            else:
+                self._actor.tell(message)
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
 
@@ -353,11 +348,14 @@ class Registry:
         """Drop a live copy found stale (the store moved on without this process)."""
         self._actor.tell(_Forget(run_id))
 
+    def _resumed_fast(self) -> None:
+        self._fast_resumes += 1  # a statistic: a lost increment under a race is harmless
+
     def _lookup(self, run_id: str) -> RunContext | None:
+        """The live context of a run, if this registry holds it (a plain dict read)."""
         if self._stopped:
             return None
-        context: Any = self._actor.ask(_Lookup(run_id))
-        return context if context is None else cast("RunContext", context)
+        return self._live.get(run_id)
 
 
 def _remaining(deadline: float | None) -> float | None:

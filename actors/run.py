@@ -190,9 +190,21 @@ class RunActor(pykka.ThreadingActor):
         self.deps.container.open()
 
     def _begin(self, message: Begin) -> None:
-        start = self._event(ev.PIPELINE_START, entry=message.entry, resumed=message.resumed)
-        transition = "commit" if message.resumed else "start"
-        self._commit(transition, message.entry, self.record.state, (start,))
+        if message.resumed:
+            # The resume's claim committed this segment's pipeline:start already.
+            start = Event(
+                name=ev.PIPELINE_START,
+                run_id=self.record.run_id,
+                path=self.root_path,
+                seq=self.record.last_seq,
+                ts=self.record.updated_at,
+                pipeline_id=self.pipeline.id,
+                entry=message.entry,
+                resumed=True,
+            )
+        else:
+            start = self._event(ev.PIPELINE_START, entry=message.entry, resumed=False)
+            self._commit("start", message.entry, self.record.state, (start,))
         self._emit(start)
         self._start_stage(message.entry)
 
