@@ -20,7 +20,7 @@ from stageline.core.errors import (
 from stageline.core.events import Event, PathNode
 from stageline.core.patch import copy_state, public_state
 from stageline.core.results import RunResult
-from stageline.core.store import Commit, RunRecord
+from stageline.core.store import RunRecord, commit_from
 
 from .container import Container
 from .messages import Abort, Begin, Drain
@@ -173,15 +173,11 @@ class RunContext:
             error=error,
             state=copy_state(state),
         )
-        commit = Commit(
-            run_id=self.run_id,
-            expected_version=record.version,
-            status=lifecycle.transition(record.status, "abort"),
-            stage=record.stage,
-            state=record.state,
+        commit = commit_from(
+            record,
+            "abort",
+            event.ts,
             last_seq=event.seq,
-            stage_runs=record.stage_runs,
-            updated_at=event.ts,
             events=(event,),
             checkpoint=None,
             error=error_to_record(error),
@@ -192,10 +188,7 @@ class RunContext:
             raise RunNotPaused(
                 f"run {self.run_id!r} is no longer paused (resumed elsewhere); not aborted"
             ) from exc
-        self._record = replace(
-            record, status=commit.status, version=version, last_seq=event.seq,
-            checkpoint=None, error=commit.error, updated_at=event.ts,
-        )  # fmt: skip
+        self._record = record.applied(commit, version)
         self._status = commit.status
         self._result = RunResult(self.run_id, self.pipeline_id, commit.status, state, error=error)
         return event, self._result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from stageline.core import events as ev
@@ -32,7 +33,7 @@ from stageline.core.patch import (
     find_unstorable,
     merge,
 )
-from stageline.core.store import Commit, RunRecord, Store
+from stageline.core.store import RunRecord, Store, commit_from
 
 from .container import Container
 from .context import RunContext, _NotSettled
@@ -273,7 +274,6 @@ class PipelineFactory:
         fast: bool = False,
     ) -> RunRecord:
         """paused -> running with the patch, in one compare-and-set on the run's version."""
-        status = lifecycle.transition(record.status, "resume")
         state = record.state
         if migrate is not None:
             state = self._migrated(record, migrate)
@@ -291,18 +291,8 @@ class PipelineFactory:
             entry=record.stage,
             resumed=True,
         )
-        commit = Commit(
-            run_id=record.run_id,
-            expected_version=record.version,
-            status=status,
-            stage=record.stage,
-            state=state,
-            last_seq=start.seq,
-            stage_runs=record.stage_runs,
-            updated_at=now,
-            events=(start,),
-            checkpoint=record.checkpoint,
-            error=record.error,
+        commit = commit_from(
+            record, "resume", now, state=state, last_seq=start.seq, events=(start,)
         )
         try:
             version = store.commit(commit)
@@ -314,21 +304,7 @@ class PipelineFactory:
             raise RunNotPaused(
                 f"run {record.run_id!r} is no longer paused: another resume won the race"
             ) from exc
-        return RunRecord(
-            run_id=record.run_id,
-            pipeline_id=record.pipeline_id,
-            pipeline_version=self.pipeline.version,
-            status=status,
-            state=state,
-            stage=record.stage,
-            version=version,
-            checkpoint=record.checkpoint,
-            error=record.error,
-            last_seq=start.seq,
-            stage_runs=record.stage_runs,
-            created_at=record.created_at,
-            updated_at=commit.updated_at,
-        )
+        return replace(record.applied(commit, version), pipeline_version=self.pipeline.version)
 
     def _migrated(self, record: RunRecord, migrate: Migration) -> dict[str, Any]:
         state = migrate(copy_state(record.state))

@@ -23,7 +23,7 @@ from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.errors import RunNotPaused, StagelineError
 from stageline.core.results import RunResult
-from stageline.core.store import Commit, Store
+from stageline.core.store import Store, commit_from
 
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
@@ -217,20 +217,7 @@ class RegistryActor(pykka.ThreadingActor):
         record = store.load_run(message.run_id)
         if record.status != lifecycle.PAUSED or record.version != message.version:
             return
-        store.commit(
-            Commit(
-                run_id=record.run_id,
-                expected_version=record.version,
-                status=lifecycle.transition(record.status, "expire"),
-                stage=record.stage,
-                state=record.state,
-                last_seq=record.last_seq,
-                stage_runs=record.stage_runs,
-                updated_at=self.registry.clock.wall(),
-                checkpoint=None,
-                error=record.error,
-            )
-        )
+        store.commit(commit_from(record, "expire", self.registry.clock.wall(), checkpoint=None))
         self.counts["expired"] += 1
         context = self.live.pop(message.run_id, None)
         self._cancel_window(message.run_id)

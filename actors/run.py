@@ -636,21 +636,7 @@ class RunActor(pykka.ThreadingActor):
             checkpoint=checkpoint,
         )
         version = self.deps.store.commit(commit)
-        self.record = RunRecord(
-            run_id=record.run_id,
-            pipeline_id=record.pipeline_id,
-            pipeline_version=record.pipeline_version,
-            status=status,
-            state=state,
-            stage=stage_id,
-            version=version,
-            checkpoint=checkpoint,
-            error=commit.error,
-            last_seq=self.seq,
-            stage_runs=self.stage_runs,
-            created_at=record.created_at,
-            updated_at=commit.updated_at,
-        )
+        self.record = record.applied(commit, version)
         self.status = status
         self.deps.on_commit(self.record)
 

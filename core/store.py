@@ -33,6 +33,24 @@ class RunRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
 
+    def applied(self, commit: Commit, version: int) -> RunRecord:
+        """This record as it is after `commit` was stored at `version`."""
+        return RunRecord(
+            run_id=self.run_id,
+            pipeline_id=self.pipeline_id,
+            pipeline_version=self.pipeline_version,
+            status=commit.status,
+            state=commit.state,
+            stage=commit.stage,
+            version=version,
+            checkpoint=commit.checkpoint,
+            error=commit.error,
+            last_seq=commit.last_seq,
+            stage_runs=commit.stage_runs,
+            created_at=self.created_at,
+            updated_at=commit.updated_at,
+        )
+
     def info(self) -> RunInfo:
         return RunInfo(
             run_id=self.run_id,
@@ -83,6 +101,33 @@ class Commit:
     checkpoint: bytes | None = None
     error: dict[str, Any] | None = None
     patch: dict[str, Any] | None = field(default=None, compare=False)
+
+
+def commit_from(
+    record: RunRecord, lifecycle_event: str, updated_at: float, **changes: Any
+) -> Commit:
+    """A commit of `record` through `lifecycle_event`; fields not in `changes` are kept.
+
+    The status comes from the lifecycle table, so an illegal move raises RunStateError.
+    """
+    from .lifecycle import transition
+
+    fields: dict[str, Any] = {
+        "stage": record.stage,
+        "state": record.state,
+        "last_seq": record.last_seq,
+        "stage_runs": record.stage_runs,
+        "checkpoint": record.checkpoint,
+        "error": record.error,
+        **changes,
+    }
+    return Commit(
+        run_id=record.run_id,
+        expected_version=record.version,
+        status=transition(record.status, lifecycle_event),
+        updated_at=updated_at,
+        **fields,
+    )
 
 
 @runtime_checkable

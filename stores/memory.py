@@ -41,21 +41,7 @@ class MemoryStore:
                 found = None if current is None else current.version
                 raise conflict(commit.run_id, commit.expected_version, found)
             version = commit.expected_version + 1
-            self._runs[commit.run_id] = RunRecord(
-                current.run_id,
-                current.pipeline_id,
-                current.pipeline_version,
-                commit.status,
-                commit.state,
-                commit.stage,
-                version,
-                commit.checkpoint,
-                commit.error,
-                commit.last_seq,
-                commit.stage_runs,
-                current.created_at,
-                commit.updated_at,
-            )
+            self._runs[commit.run_id] = current.applied(commit, version)
             journal = self._journal[commit.run_id]
             for event in commit.events:
                 if is_journaled(event.name):
