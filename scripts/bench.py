@@ -1,6 +1,7 @@
 """Side-by-side benchmark: stageline against LangGraph, on the same work, in one process.
 
     python scripts/bench.py [--quick] [--cases NAME[,NAME...]] [--reps N] [--json FILE]
+                            [--plot FILE.png [--plot-only]]
 
 Every case has one small function per library that builds what it needs (untimed), times
 the work with `time.perf_counter` and returns one sample. Each side is warmed up once,
@@ -25,6 +26,12 @@ used everywhere except on SQLite (`durable_sqlite_stage_commit` and the two SQLi
 cases), which ask for `durability="sync"`: that is stageline's guarantee (a stage is
 committed before the next one starts). An information row of the durable case shows the
 default too.
+
+`--plot FILE.png` also runs two scaling sweeps (see "sweeps" below), prints their numbers
+as a second table and draws them, per-stage cost on log-log axes, into FILE.png. It needs
+matplotlib, which no extra installs (pip install matplotlib); `--plot-only` skips the cases.
+The full sweeps take about 4 minutes, and LangGraph's 10,000-node run holds about 7 GB of
+checkpoints in its InMemorySaver; `--quick` stops both sweeps at 1,000.
 
 Needs the `bench` extra: pip install -e '.[bench]'
 """
@@ -214,8 +221,8 @@ def lg_fanout_graph(checkpointer: Any) -> Any:
     return graph.compile(checkpointer=checkpointer)
 
 
-def thread(thread_id: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
+def thread(thread_id: str, recursion_limit: int = RECURSION_LIMIT) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id}, "recursion_limit": recursion_limit}
 
 
 _ids = itertools.count(1)  # next() on a count is atomic: safe from many threads
@@ -964,6 +971,18 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{value:,.1f}"
 
 
+def aligned(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a plain-text table: the first column left-aligned, the others right."""
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        first = values[0].ljust(widths[0])
+        rest = (value.rjust(width) for value, width in zip(values[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest])
+
+    return [line(header), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
+
+
 def format_table(rows: Sequence[Row]) -> str:
     header = ("case", "stageline µs", "LangGraph µs", "ratio")
     cells = [
@@ -975,14 +994,7 @@ def format_table(rows: Sequence[Row]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
-
-    def line(values: Sequence[str]) -> str:
-        first = values[0].ljust(widths[0])
-        rest = (value.rjust(width) for value, width in zip(values[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest])
-
-    out = [line(header), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
+    out = aligned(header, cells)
     out.append("ratio = stageline / LangGraph, lower is better; medians of repetitions.")
     units = {row.unit for row in rows}
     if "bytes" in units:
@@ -998,6 +1010,233 @@ def format_table(rows: Sequence[Row]) -> str:
     if targets:
         out += ["targets (a missed target does not fail the bench):", *targets]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- sweeps (--plot)
+#
+# How the cost of one stage changes with scale, on the one-step in-memory stages of the
+# linear case: (a) more stages in one run; (b) more 10-stage runs started together. A point
+# is a sample's wall time divided by the stages it ran (runs x stages), in microseconds.
+
+SWEEP_SIZES = (10, 100, 1_000, 10_000)
+SWEEP_QUICK_CAP = 1_000  # --quick stops both sweeps here
+SWEEP_RUN_STAGES = 10  # stages of every run of the concurrent-runs sweep
+SWEEP_MIN_STAGES = 1_000  # the stages sweep repeats short runs until a sample has this many
+SWEEP_REPS = 3  # samples of a point that runs at most SWEEP_MIN_STAGES stages (else one)
+SWEEP_WORKERS = 64  # LangGraph's threads in the concurrent-runs sweep: min(runs, 64)
+
+
+def stages_sweep_runs(stages: int) -> int:
+    """Runs per sample of the stages sweep: at least SWEEP_MIN_STAGES stages a sample."""
+    return max(1, SWEEP_MIN_STAGES // stages)
+
+
+def sl_stages_point(stages: int) -> float:
+    runs = stages_sweep_runs(stages)
+    factory = PipelineFactory(sl_linear_pipeline(stages), initial_state={"n": 0})
+    start = time.perf_counter()
+    for _ in range(runs):
+        sl_run_ok(factory.prepare().run(), stages)
+    return per(start, runs * stages)
+
+
+def lg_stages_point(stages: int) -> float:
+    runs = stages_sweep_runs(stages)
+    app = lg_linear_graph(stages, InMemorySaver())  # 10,000 nodes compile in seconds: untimed
+    limit = max(RECURSION_LIMIT, 2 * stages)  # one superstep per node
+    start = time.perf_counter()
+    for _ in range(runs):
+        lg_run_ok(app.invoke({"n": 0}, thread(new_thread_id("stages"), limit)), stages)
+    return per(start, runs * stages)
+
+
+def sl_runs_point(runs: int) -> float:
+    """`runs` runs started at once (`start()` returns a future), then all awaited."""
+    factory = PipelineFactory(sl_linear_pipeline(SWEEP_RUN_STAGES), initial_state={"n": 0})
+    start = time.perf_counter()
+    futures = [factory.prepare().start() for _ in range(runs)]
+    results = [future.result() for future in futures]
+    elapsed = per(start, runs * SWEEP_RUN_STAGES)
+    for result in results:
+        sl_run_ok(result, SWEEP_RUN_STAGES)
+    return elapsed
+
+
+def lg_runs_point(runs: int) -> float:
+    """`runs` invocations with distinct thread_ids on a pool of min(runs, 64) threads."""
+    app = lg_linear_graph(SWEEP_RUN_STAGES, InMemorySaver())
+
+    def invoke(_: int) -> dict[str, Any]:
+        output: dict[str, Any] = app.invoke({"n": 0}, thread(new_thread_id("runs")))
+        return output
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(runs, SWEEP_WORKERS)) as pool:
+        outputs = list(pool.map(invoke, range(runs)))
+    elapsed = per(start, runs * SWEEP_RUN_STAGES)
+    for output in outputs:
+        lg_run_ok(output, SWEEP_RUN_STAGES)
+    return elapsed
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    title: str  # of its subplot
+    x_label: str
+    stageline: Callable[[int], float]
+    langgraph: Callable[[int], float]
+    stages: Callable[[int], int]  # stages one sample runs, at a given size
+
+
+SWEEPS: tuple[Sweep, ...] = (
+    Sweep(
+        "stages_in_one_run",
+        "(a) one run of N one-step stages",
+        "N = stages in one run",
+        sl_stages_point,
+        lg_stages_point,
+        lambda n: stages_sweep_runs(n) * n,
+    ),
+    Sweep(
+        "concurrent_runs",
+        f"(b) N runs of {SWEEP_RUN_STAGES} stages started together",
+        "N = concurrent runs",
+        sl_runs_point,
+        lg_runs_point,
+        lambda n: n * SWEEP_RUN_STAGES,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    sweep: str
+    size: int
+    stageline: float  # µs per stage, median of `samples`
+    langgraph: float
+    samples: int
+
+    @property
+    def ratio(self) -> float:
+        return self.stageline / self.langgraph
+
+
+def sweep_sizes(quick: bool) -> tuple[int, ...]:
+    return tuple(n for n in SWEEP_SIZES if not quick or n <= SWEEP_QUICK_CAP)
+
+
+def at(point: Callable[[int], float], size: int) -> Measure:
+    return lambda settings: point(size)
+
+
+def run_sweep(
+    sweep: Sweep, sizes: Sequence[int], settings: Settings, reps: int = SWEEP_REPS
+) -> list[SweepPoint]:
+    """Every size, smallest first: each side warmed up once (at the first size), then
+    sampled alternately, `reps` times where a sample is small and once where it is not."""
+    points = []
+    for size in sizes:
+        samples = reps if sweep.stages(size) <= SWEEP_MIN_STAGES else 1
+        print(f"  {sweep.name} N={size:,} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        measures = [at(sweep.stageline, size), at(sweep.langgraph, size)]
+        stageline, langgraph = medians(measures, settings, samples, warmup=size == sizes[0])
+        print(f"    done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+        points.append(SweepPoint(sweep.name, size, stageline, langgraph, samples))
+    gc.collect()  # LangGraph's largest points leave gigabytes of checkpoints behind
+    return points
+
+
+def format_sweeps(points: Sequence[SweepPoint]) -> str:
+    header = ("sweep", "N", "samples", "stageline µs/stage", "LangGraph µs/stage", "ratio")
+    cells = [
+        (
+            p.sweep,
+            f"{p.size:,}",
+            str(p.samples),
+            f"{p.stageline:,.1f}",
+            f"{p.langgraph:,.1f}",
+            f"{p.ratio:.2f}",
+        )
+        for p in points
+    ]
+    out = aligned(header, cells)
+    out.append(
+        "µs per stage = a sample's wall time / (runs x stages); median of the samples; "
+        "ratio = stageline / LangGraph."
+    )
+    return "\n".join(out)
+
+
+def load_pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None if matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweeps(plt: Any, points: Sequence[SweepPoint], path: Path, title: str) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, axes = plt.subplots(
+        1, len(SWEEPS), figsize=(12, 5.4), sharey=True, constrained_layout=True
+    )
+    for ax, sweep in zip(axes, SWEEPS, strict=True):
+        mine = [p for p in points if p.sweep == sweep.name]
+        sizes = [p.size for p in mine]
+        for label, values, marker in (
+            ("stageline", [p.stageline for p in mine], "o"),
+            ("LangGraph (InMemorySaver)", [p.langgraph for p in mine], "s"),
+        ):
+            ax.plot(sizes, values, marker=marker, label=label)
+            for x, y in zip(sizes, values, strict=True):
+                ax.annotate(
+                    f"{y:,.0f}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=8
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.margins(x=0.1, y=0.1)  # room for the labels of the end points
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.set_title(sweep.title, fontsize=10)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(sweep.x_label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("µs per stage (wall time / stages run)")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def sweep_title(quick: bool, reps: int) -> str:
+    load = f", load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    cpu = cpu_model()
+    return (
+        f"Cost per stage, in memory: stageline {metadata.version('stageline')} vs LangGraph "
+        f"{metadata.version('langgraph')} ({'--quick' if quick else 'full'} sweep)\n"
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs{f' ({cpu})' if cpu else ''}{load} at start; each point: the "
+        f"median of {reps} samples, or 1 sample where a sample runs over "
+        f"{SWEEP_MIN_STAGES:,} stages"
+    )
 
 
 def environment(settings: Settings, quick: bool) -> str:
@@ -1018,9 +1257,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="less work and 3 repetitions")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--reps", type=int, help="repetitions per case (default 5, quick 3)")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        help="repetitions per case (default 5, quick 3), and per small sweep point (default 3)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write records as JSON")
     parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also run the scaling sweeps (stages per run, concurrent runs: 10 to 10,000, "
+        "1,000 with --quick), print them and plot them into FILE.png (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--plot-only", action="store_true", help="with --plot: run the sweeps, not the cases"
+    )
     parser.add_argument(PROBE_FLAG, type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cases:
@@ -1030,6 +1283,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(names)}")
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.plot_only and args.plot is None:
+        parser.error("--plot-only needs --plot FILE.png")
+    if args.plot_only and args.cases:
+        parser.error("--plot-only runs no case: drop --cases or --plot-only")
+    if args.plot is not None and not args.plot.parent.is_dir():
+        parser.error(f"--plot: no directory {args.plot.parent}")
     return args
 
 
@@ -1044,6 +1303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    plt = None
+    if args.plot is not None:
+        plt = load_pyplot()  # imported only now, and before minutes of work
+        if plt is None:
+            print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+            return 2
     settings = QUICK if args.quick else FULL
     if args.reps is not None:
         settings = Settings(**{**settings.__dict__, "reps": args.reps})
@@ -1051,20 +1316,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**{**settings.__dict__, "tmpdir": args.tmpdir})
     selected = [case for case in CASES if not args.cases or case.name in args.cases]
 
-    print(environment(settings, args.quick), flush=True)
-    rows: list[Row] = []
-    for case in selected:
-        print(f"  {case.name}: {case.what} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
+    if not args.plot_only:
+        print(environment(settings, args.quick), flush=True)
+        rows: list[Row] = []
+        for case in selected:
+            print(f"  {case.name}: {case.what} ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            try:
+                rows += run_case(case, settings)
+            except BenchError as exc:
+                print(f"{case.name}: {exc}", file=sys.stderr)
+                return 1
+            print(f"    done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+        print(format_table(rows), flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps([row.record() for row in rows], indent=2) + "\n")
+    if args.plot is not None:
+        if not args.plot_only:
+            print()
+        return run_sweeps(plt, args.plot, settings, args.quick, args.reps or SWEEP_REPS)
+    return 0
+
+
+def run_sweeps(plt: Any, path: Path, settings: Settings, quick: bool, reps: int) -> int:
+    title = sweep_title(quick, reps)
+    print(f"sweeps for --plot: {title.replace(chr(10), '; ')}", flush=True)
+    points: list[SweepPoint] = []
+    started = time.perf_counter()
+    for sweep in SWEEPS:
         try:
-            rows += run_case(case, settings)
+            points += run_sweep(sweep, sweep_sizes(quick), settings, reps)
         except BenchError as exc:
-            print(f"{case.name}: {exc}", file=sys.stderr)
+            print(f"{sweep.name}: {exc}", file=sys.stderr)
             return 1
-        print(f"    done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-    print(format_table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps([row.record() for row in rows], indent=2) + "\n")
+    print(format_sweeps(points))
+    print(f"sweeps took {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    plot_sweeps(plt, points, path, title)
+    print(f"plot written to {path}")
     return 0
 
 

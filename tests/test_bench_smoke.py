@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -88,3 +90,64 @@ def test_pause_cases_and_the_stageline_only_rows(tmp_path: Path) -> None:
     for record in (memory, threads):  # information rows: no LangGraph figure, no ratio
         assert record["langgraph_us"] is None and record["ratio"] is None, record
     assert "targets" in proc.stdout and "pause_resume_same_process: ratio <=" in proc.stdout
+
+
+def load_bench() -> ModuleType:
+    """scripts/bench.py imported as a module, to call its sweep functions directly."""
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while decorating
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweeps_measure_both_libraries_at_a_small_size() -> None:
+    bench = load_bench()
+    points = []
+    for sweep in bench.SWEEPS:
+        points += bench.run_sweep(sweep, (10,), bench.QUICK, reps=1)
+    assert [(p.sweep, p.size) for p in points] == [(s.name, 10) for s in bench.SWEEPS]
+    for point in points:
+        assert point.stageline > 0 and point.langgraph > 0 and point.samples == 1, point
+    table = bench.format_sweeps(points)
+    assert all(s.name in table for s in bench.SWEEPS) and "µs/stage" in table
+    assert bench.sweep_sizes(quick=True) == (10, 100, 1_000)
+    assert bench.sweep_sizes(quick=False) == (10, 100, 1_000, 10_000)
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    try:  # not importorskip: a broken install raises ImportError, not ModuleNotFoundError
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pytest.skip("--plot needs matplotlib")
+    bench = load_bench()
+    points = [
+        bench.SweepPoint(sweep.name, size, 100.0 + size / 100, 500.0 + size / 10, 1)
+        for sweep in bench.SWEEPS
+        for size in (10, 100, 1_000)
+    ]
+    out = tmp_path / "sweeps.png"
+    bench.plot_sweeps(bench.load_pyplot(), points, out, bench.sweep_title(True, 3))
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_plot_without_matplotlib_exits_2_before_any_work(tmp_path: Path) -> None:
+    hide = (  # None in sys.modules makes `import matplotlib` raise ImportError
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = [{BENCH!r}, '--quick', '--plot', {str(tmp_path / 'x.png')!r}]; "
+        f"runpy.run_path({BENCH!r}, run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", hide], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install matplotlib" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "x.png").exists()
+
+
+def test_plot_only_needs_plot() -> None:
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--plot-only"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "--plot-only needs --plot" in proc.stderr
