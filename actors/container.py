@@ -18,25 +18,18 @@ from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.errors import ArtifactError
 from stageline.core.patch import copy_state, describe, find_unstorable
 
+from .base import StagelineActor
+
 RESULTS_NAMESPACE = "__results__"
 _MISSING = object()
 
 
-class ContainerActor(pykka.ThreadingActor):
+class ContainerActor(StagelineActor):
     """Serializes every read and write of one run's artifacts."""
-
-    # A process may exit with runs mid-stage: that is a crash, which commits keep safe.
-    use_daemon_thread = True
 
     def __init__(self, data: Artifacts) -> None:
         super().__init__()
         self.data = data
-
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        import queue
-
-        return queue.SimpleQueue()
 
     def on_receive(self, message: Any) -> Any:
         operation: Callable[[Artifacts], Any] = message
@@ -107,10 +100,6 @@ class Container:
             ref, self._ref = self._ref, None
         if ref is not None:
             ref.stop(block=True, timeout=10)
-
-    @property
-    def running(self) -> bool:
-        return self._ref is not None
 
     def view(self, namespace: str, who: str = "") -> ArtifactsView:
         return ArtifactsView(self, namespace, who)

@@ -84,10 +84,10 @@ class EventLogger:
 
     def enabled(self, event_name: str) -> bool:
         """Whether an event of this name would be logged (cheap; no event dict built)."""
-        return self._structlog or STDLIB_LOGGER.isEnabledFor(_LEVEL_OF.get(event_name, 20))
+        return self._structlog or STDLIB_LOGGER.isEnabledFor(level_of(event_name))
 
     def log(self, event: Event) -> None:
-        level = _LEVEL_OF.get(event.name, logging.INFO)
+        level = level_of(event.name)
         if not self._structlog and not STDLIB_LOGGER.isEnabledFor(level):
             return
         fields: dict[str, Any] = {

@@ -25,6 +25,7 @@ from stageline.core.errors import RunNotPaused, StagelineError
 from stageline.core.results import RunResult
 from stageline.core.store import Store, commit_from
 
+from .base import StagelineActor
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
 from .workers import shared_workers
@@ -77,11 +78,8 @@ class _ExportAll:
     pass
 
 
-class RegistryActor(pykka.ThreadingActor):
+class RegistryActor(StagelineActor):
     """Owns the live runs, their pause windows and the checkpoint TTL timers."""
-
-    # A process may exit with runs mid-stage: that is a crash, which commits keep safe.
-    use_daemon_thread = True
 
     def __init__(self, registry: Registry) -> None:
         super().__init__()

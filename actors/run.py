@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import queue
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from stageline.core.results import RunResult
 from stageline.core.routing import Decision, check_stage_budget, decide
 from stageline.core.store import Commit, RunRecord, Store
 
+from .base import StagelineActor
 from .container import Container
 from .emitter import Emitter
 from .logs import STDLIB_LOGGER
@@ -99,15 +99,8 @@ class RunDeps:
     """True when a registry holds paused runs live (and exports their artifacts later)."""
 
 
-class RunActor(pykka.ThreadingActor):
+class RunActor(StagelineActor):
     """One run's mailbox and driver. Stops itself when the run ends or pauses."""
-
-    # A process may exit with runs mid-stage: that is a crash, which commits keep safe.
-    use_daemon_thread = True
-
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        return queue.SimpleQueue()  # has get/put/empty like queue.Queue, at a fraction of the cost
 
     def __init__(self, deps: RunDeps, record: RunRecord) -> None:
         super().__init__()

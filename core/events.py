@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -65,9 +65,6 @@ class Event:
     step_id: str | None = None
     attempt: int | None = None
     duration: float | None = None
-
-    def with_seq(self, seq: int) -> Event:
-        return replace(self, seq=seq)
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(Event))
