@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
+from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
 
 
 def run_exists(run_id: str) -> RunExistsError:
@@ -19,4 +19,14 @@ def conflict(run_id: str, expected: int, found: int | None) -> ConflictError:
     return ConflictError(
         f"commit to run {run_id!r} expected version {expected} but the store has {found}: "
         "another writer took the run; this process must stop driving it"
+    )
+
+
+def request_exists(request_id: str) -> StoreError:
+    return StoreError(f"mailbox request {request_id!r} already exists; post with a new id")
+
+
+def request_not_found(request_id: str) -> StoreError:
+    return StoreError(
+        f"mailbox request {request_id!r} is not in this store; check the id and the store"
     )
