@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUSES = ("pending", "running", "paused", "succeeded", "failed", "aborted", "expired")
-ENDED = frozenset({"succeeded", "failed", "aborted", "expired"})
+STOPPED = frozenset({"succeeded", "failed", "aborted", "expired", "paused"})
 NO_ANSWER = 3
 _COLOURS = {
     "succeeded": "green",
@@ -415,8 +415,8 @@ def logs(
 ) -> None:
     """Print RUN's journal (stage and pipeline events), oldest first.
 
-    With --follow, wait for new events and exit when the run succeeds, fails, is aborted
-    or expires (a paused run is followed through its resume).
+    With --follow, wait for new events and exit when the run stops: it succeeded, failed,
+    was aborted or expired, or it paused (follow it again after resuming it).
     """
     store = _open(store_url)
     after = 0
@@ -426,7 +426,7 @@ def logs(
         for event in events:
             click.echo(_dumps(_event_dict(event)) if as_json else _event_line(event))
             after = event.seq
-        if not follow or status in ENDED:
+        if not follow or status in STOPPED:
             return
         time.sleep(poll_interval)
 
