@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
+from stageline.core.store import RunRecord
 
 
 def run_exists(run_id: str) -> RunExistsError:
@@ -30,3 +31,12 @@ def request_not_found(request_id: str) -> StoreError:
     return StoreError(
         f"mailbox request {request_id!r} is not in this store; check the id and the store"
     )
+
+
+def claimable(record: RunRecord, owner: str, now: float) -> bool:
+    """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
+    if record.status != "running":
+        return False
+    if record.owner is None or record.owner == owner:
+        return True
+    return record.lease_until is None or record.lease_until <= now

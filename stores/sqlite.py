@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -23,12 +23,14 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 
 from ._common import conflict, request_exists, request_not_found, run_exists, run_not_found
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[v] takes a file from schema version v - 1 to v (0: a new file). Each is
 # applied once, in one transaction, so files written by an older stageline keep working.
+# 1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery).
+# 3: the mailbox (`requests`).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -56,6 +58,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID""",
     ),
     2: (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_until REAL",
+    ),
+    3: (
         """CREATE TABLE IF NOT EXISTS requests (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             request_id TEXT NOT NULL UNIQUE,
@@ -84,10 +90,14 @@ _SET = (
 )
 _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
-
+_UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
+_CLAIM = (
+    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 AND status = 'running' "
+    "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
+)
 _COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
 )
 
 
@@ -161,7 +171,7 @@ class SqliteStore:
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.run_id,
                     record.pipeline_id,
@@ -176,6 +186,8 @@ class SqliteStore:
                     record.stage_runs,
                     record.created_at,
                     record.updated_at,
+                    record.owner,
+                    record.lease_until,
                 ),
             )
 
@@ -206,9 +218,13 @@ class SqliteStore:
                 commit.run_id,
                 commit.expected_version,
             )
-            cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
-            if cursor.rowcount == 0:
-                cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
+            if commit.owner is not None:  # a claim: it also takes the lease
+                lease = (commit.status, commit.owner, commit.lease_until)
+                cursor = db.execute(_UPDATE_WITH_LEASE, (*lease, *values))
+            else:
+                cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+                if cursor.rowcount == 0:
+                    cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
             if cursor.rowcount != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
@@ -236,6 +252,27 @@ class SqliteStore:
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise run_not_found(run_id)
             return False
+
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        with self._transaction(f"claiming run {run_id!r}") as db:
+            cursor = db.execute(_CLAIM, (owner, lease_until, run_id, now))
+            if cursor.rowcount == 1:
+                return True
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise run_not_found(run_id)
+            return False
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        renewed = []
+        with self._transaction(f"renewing the leases of {owner!r}") as db:
+            for run_id in run_ids:
+                cursor = db.execute(
+                    "UPDATE runs SET lease_until = ? WHERE run_id = ? AND owner = ?",
+                    (lease_until, run_id, owner),
+                )
+                if cursor.rowcount == 1:
+                    renewed.append(run_id)
+        return renewed
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.load_run(run_id).info()
@@ -382,4 +419,6 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         stage_runs=row[10],
         created_at=row[11],
         updated_at=row[12],
+        owner=row[13],
+        lease_until=row[14],
     )
