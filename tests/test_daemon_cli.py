@@ -288,3 +288,18 @@ def test_a_daemon_recovers_the_runs_of_a_killed_one(env, tmp_path):
     finally:
         second.stop()
     assert run_json("c1", env, tmp_path)["state"] == {"finished": True}
+
+
+def test_help_leaves_the_daemon_stores_and_logging_unimported(tmp_path):
+    code = (
+        "import sys\nfrom stageline.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nheavy = ('structlog', 'sqlite3', 'stageline.stores', "
+        "'stageline.daemon', 'uuid6', 'psycopg')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(None), cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout and result.stdout.splitlines()[-1] == "[]"
