@@ -152,6 +152,10 @@ class RegistryActor(StagelineActor):
         except Exception:  # a registry never stops over one run's problem
             _log.exception("stageline registry: handling %r failed", type(message).__name__)
             return None
+        finally:
+            with self.registry._changed:  # for stageline.testing.wait_for_stats
+                self.registry._generation += 1
+                self.registry._changed.notify_all()
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, _Track):
@@ -503,6 +507,8 @@ class Registry:
         self._factories: dict[str, PipelineFactory] = {}
         self._factories_lock = threading.Lock()
         self._fast_resumes = 0
+        self._changed = threading.Condition()
+        self._generation = 0
         self._timers = TimerService(self.clock)
         self._runtime = Runtime(self.clock, self._timers, shared_workers())
         self._actor = RegistryActor.start(self)
