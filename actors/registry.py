@@ -581,11 +581,14 @@ class Registry:
     def recover(self, factory: PipelineFactory) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
 
-        A run is taken over when it has no owner (it was driven without a registry) or its
-        owner's lease has run out, by one `claim_run` compare-and-set: of processes racing
-        for a run exactly one wins. Each continues from its last committed stage (the stage
-        in flight when the owner died runs again; committed stages never do). Returns the
-        started RunContexts (`wait()` on them). The factory is remembered for `retry`.
+        A running run is taken over when it has no owner (it was driven without a
+        registry) or its owner's lease has run out; a pending run when the registry that
+        prepared it let its lease run out (it died before starting it). Each is taken by
+        one `claim_run` compare-and-set: of processes racing for a run exactly one wins.
+        It continues from its last committed stage (the stage in flight when the owner
+        died runs again; committed stages never do); a pending run starts at its entry.
+        Returns the started RunContexts (`wait()` on them). The factory is remembered for
+        `retry`.
         """
         self._check_open("recover")
         if factory.store is None:
@@ -596,7 +599,11 @@ class Registry:
         self._register(factory)
         store = factory.store
         contexts = []
-        for info in store.list_runs(lifecycle.RUNNING, factory.pipeline.id):
+        found = [
+            *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
+            *store.list_runs(lifecycle.PENDING, factory.pipeline.id),
+        ]
+        for info in found:
             if info.run_id in self._live:
                 continue
             now = self.clock.wall()
@@ -605,11 +612,19 @@ class Registry:
             if not store.claim_run(info.run_id, self.owner, now + self.lease_ttl, now=now):
                 continue  # another process was first
             record = store.load_run(info.run_id)
-            if record.status != lifecycle.RUNNING or record.owner != self.owner:
+            if record.owner != self.owner:
                 continue
-            context = self._claim(factory, store, record, "recover")
-            if context is not None:
+            if record.status == lifecycle.PENDING:  # never started: start it as planned
+                container = Container(record.run_id)
+                context = factory._context(
+                    store, record, str(record.stage), container, resumed=False
+                )
+                context.start()
                 contexts.append(context)
+            elif record.status == lifecycle.RUNNING:
+                claimed = self._claim(factory, store, record, "recover")
+                if claimed is not None:
+                    contexts.append(claimed)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 

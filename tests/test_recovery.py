@@ -241,6 +241,22 @@ def test_recover_takes_runs_with_no_owner_and_skips_other_pipelines(store):
         future.result(10)
 
 
+def test_recover_starts_a_pending_run_whose_registry_is_gone(store):
+    blocking = Blocking()
+    blocking.release.set()
+    registry_a = Registry(clock=ManualClock(), owner="host-a")
+    prepared = PipelineFactory(blocking.pipeline(), store=store, registry=registry_a).prepare()
+    unowned = PipelineFactory(blocking.pipeline(), store=store).prepare()  # no registry
+    registry_a.stop()  # as if host A died before starting its run
+    with Registry(clock=ManualClock(wall_start=WALL + 31.0), owner="host-b") as registry_b:
+        (run,) = registry_b.recover(PipelineFactory(blocking.pipeline(), store=store))
+        assert run.run_id == prepared.run_id
+        assert run.wait(10).status == "succeeded"
+    assert store.get_run(unowned.run_id).status == "pending"  # its preparer may still start it
+    journal = store.read_events(prepared.run_id)
+    assert [(e.resumed, e.entry) for e in journal if e.name == "pipeline:start"] == [(False, "a")]
+
+
 def test_two_registries_racing_recover_on_one_sqlite_file_resume_each_run_once(tmp_path):
     db = tmp_path / "runs.db"
     blocking = Blocking()
