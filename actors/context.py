@@ -152,8 +152,12 @@ class RunContext:
         """End the run "aborted" promptly; in-flight steps are signalled and discarded.
 
         A paused run is aborted by one compare-and-set in the store (no actor starts);
-        RunNotPaused if it was resumed elsewhere meanwhile.
+        RunNotPaused if it was resumed elsewhere meanwhile. A failed run waiting for its
+        registry's restart is not restarted: it stays failed and its future ends.
         """
+        if self._status == lifecycle.FAILED and self._registry is not None:
+            self._registry._cancel_restart(self.run_id)
+            return
         with self._lock:
             if self._status == lifecycle.PAUSED:
                 event, result = self._abort_paused(reason)

@@ -90,6 +90,11 @@ class _RetryNow:
     run_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _CancelRestart:
+    run_id: str
+
+
 class _Renew:
     pass
 
@@ -168,6 +173,8 @@ class RegistryActor(StagelineActor):
             self._on_restart_due(message)
         elif isinstance(message, _RetryNow):
             return self._retry_now(message.run_id)
+        elif isinstance(message, _CancelRestart):
+            self._cancel_restart(message.run_id)
         elif isinstance(message, _Renew):
             self._renew()
         elif isinstance(message, _GiveUpAll):
@@ -315,15 +322,22 @@ class RegistryActor(StagelineActor):
         context._restart(claimed)
         return True
 
+    def _cancel_restart(self, run_id: str) -> None:
+        """Do not restart this run after all: it stays failed (retry it by hand later)."""
+        waiting = self.retries.pop(run_id, None)
+        if waiting is None:
+            return
+        waiting[1].cancel()
+        context = self.live.get(run_id)
+        if context is not None:
+            self.counts["failed"] += 1
+            self._drop(context)
+            context._give_up(waiting[2])
+
     def _give_up_all(self) -> None:
         """registry.stop: runs waiting for a restart stay failed (retry them later)."""
-        for run_id, (_, handle, crash) in list(self.retries.items()):
-            handle.cancel()
-            del self.retries[run_id]
-            context = self.live.pop(run_id, None)
-            if context is not None:
-                self.counts["failed"] += 1
-                context._give_up(crash)
+        for run_id in list(self.retries):
+            self._cancel_restart(run_id)
 
     # --- leases -----------------------------------------------------------------------
 
@@ -693,6 +707,13 @@ class Registry:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
         return False
+
+    def _cancel_restart(self, run_id: str) -> None:
+        """A failed run's context was aborted: if it waits for a restart, it stays failed."""
+        try:
+            self._actor.ask(_CancelRestart(run_id), timeout=30)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
 
     def _forget(self, run_id: str) -> None:
         """Drop a live copy found stale (the store moved on without this process)."""
