@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
@@ -575,9 +575,9 @@ class Registry:
             self._register(factory)
         live = self._live.get(run_id)
         if live is not None and live.status == lifecycle.FAILED:
-            context: Any = self._actor.ask(_RetryNow(run_id))
-            if context is not None:
-                return context  # type: ignore[no-any-return]
+            restarted = cast("RunContext | None", self._actor.ask(_RetryNow(run_id)))
+            if restarted is not None:
+                return restarted
         factory, store, record = self._find(run_id, factory)
         if record.status != lifecycle.FAILED:
             raise RunStateError(
@@ -590,7 +590,7 @@ class Registry:
                 f"run {run_id!r} is no longer failed: another retry won the race; "
                 "it runs elsewhere now"
             )
-        return context  # type: ignore[no-any-return]
+        return context
 
     def recover(self, factory: PipelineFactory) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from recover_worker import STAGES, STEPS  # tests/ is on sys.path (pytest's rootdir importing)
-from test_crash import committed_prefix, wait_ready, worker_env
+from test_crash import check_integrity, committed_prefix, wait_ready, worker_env
 
 from stageline.stores import SqliteStore
 
@@ -64,11 +63,7 @@ class Rounds:
 
 def snapshot(db: Path, run_id: str, where: str) -> tuple[str | None, int]:
     """(status, committed stages) of the run, after checking the file and the prefix."""
-    raw = sqlite3.connect(db)
-    try:
-        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)], where
-    finally:
-        raw.close()
+    check_integrity(db, where)
     store = SqliteStore(db)
     try:
         if not any(info.run_id == run_id for info in store.list_runs()):
