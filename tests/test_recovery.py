@@ -154,6 +154,19 @@ def test_a_registry_owns_its_running_runs_and_renews_their_leases(store):
         assert future.result(10).status == "succeeded"
 
 
+def test_a_run_prepared_long_ago_renews_its_lease_before_it_starts(store):
+    blocking = Blocking()
+    blocking.release.set()
+    clock = ManualClock()
+    with Registry(clock=clock, lease_ttl=30.0, owner="host-a") as registry:
+        run = PipelineFactory(blocking.pipeline(), store=store, registry=registry).prepare()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 30.0)
+        clock.advance(100.0)  # no timer is armed yet: nothing else moves
+        future = run.start()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 130.0)
+        assert future.result(10).status == "succeeded"
+
+
 def test_stop_releases_the_leases_of_runs_it_leaves_running(store):
     blocking = Blocking()
     registry = Registry(clock=ManualClock(), owner="host-a")
