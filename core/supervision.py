@@ -1,4 +1,4 @@
-"""Supervision decisions: whether and when a failed run restarts, and its attempts' record.
+"""Supervision decisions: when a failed or orphaned run is taken up again.
 
 Pure logic; the registry (stageline.actors.registry) carries the decisions out.
 

@@ -10,6 +10,8 @@ import threading
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stageline import (
     ManualClock,
@@ -398,3 +400,20 @@ def test_abort_of_a_run_waiting_for_its_restart_keeps_it_failed(store):
     assert stats["restarts"] == 0 and flaky.runs["b"] == 1
     assert store.get_run(run.run_id).status == "failed"
     assert RetryPolicy(retry_on=[ValueError, KeyError]).retry_on == (ValueError, KeyError)
+
+
+@given(
+    backoff=st.floats(0, 100, allow_nan=False),
+    cap=st.floats(0, 1000, allow_nan=False),
+    n=st.integers(1, 40),
+)
+def test_prop_restart_delays_double_up_to_the_cap(backoff, cap, n):
+    policy = RetryPolicy(max_restarts=50, backoff=backoff, max_backoff=cap)
+    assert policy.delay(n) == min(backoff * 2 ** (n - 1), cap)
+    assert policy.delay(n) <= policy.delay(n + 1) <= cap
+
+
+def test_wait_needs_a_started_run(store):
+    run = PipelineFactory(three_stages(Flaky()), store=store).prepare()
+    with pytest.raises(RunStateError, match="not started"):
+        run.wait(1)
