@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
@@ -90,6 +90,11 @@ class _RetryNow:
     run_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _CancelRestart:
+    run_id: str
+
+
 class _Renew:
     pass
 
@@ -152,6 +157,10 @@ class RegistryActor(StagelineActor):
         except Exception:  # a registry never stops over one run's problem
             _log.exception("stageline registry: handling %r failed", type(message).__name__)
             return None
+        finally:
+            with self.registry._changed:  # for stageline.testing.wait_for_stats
+                self.registry._generation += 1
+                self.registry._changed.notify_all()
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, _Track):
@@ -164,6 +173,8 @@ class RegistryActor(StagelineActor):
             self._on_restart_due(message)
         elif isinstance(message, _RetryNow):
             return self._retry_now(message.run_id)
+        elif isinstance(message, _CancelRestart):
+            self._cancel_restart(message.run_id)
         elif isinstance(message, _Renew):
             self._renew()
         elif isinstance(message, _GiveUpAll):
@@ -311,15 +322,22 @@ class RegistryActor(StagelineActor):
         context._restart(claimed)
         return True
 
+    def _cancel_restart(self, run_id: str) -> None:
+        """Do not restart this run after all: it stays failed (retry it by hand later)."""
+        waiting = self.retries.pop(run_id, None)
+        if waiting is None:
+            return
+        waiting[1].cancel()
+        context = self.live.get(run_id)
+        if context is not None:
+            self.counts["failed"] += 1
+            self._drop(context)
+            context._give_up(waiting[2])
+
     def _give_up_all(self) -> None:
         """registry.stop: runs waiting for a restart stay failed (retry them later)."""
-        for run_id, (_, handle, crash) in list(self.retries.items()):
-            handle.cancel()
-            del self.retries[run_id]
-            context = self.live.pop(run_id, None)
-            if context is not None:
-                self.counts["failed"] += 1
-                context._give_up(crash)
+        for run_id in list(self.retries):
+            self._cancel_restart(run_id)
 
     # --- leases -----------------------------------------------------------------------
 
@@ -503,6 +521,8 @@ class Registry:
         self._factories: dict[str, PipelineFactory] = {}
         self._factories_lock = threading.Lock()
         self._fast_resumes = 0
+        self._changed = threading.Condition()
+        self._generation = 0
         self._timers = TimerService(self.clock)
         self._runtime = Runtime(self.clock, self._timers, shared_workers())
         self._actor = RegistryActor.start(self)
@@ -555,9 +575,9 @@ class Registry:
             self._register(factory)
         live = self._live.get(run_id)
         if live is not None and live.status == lifecycle.FAILED:
-            context: Any = self._actor.ask(_RetryNow(run_id))
-            if context is not None:
-                return context  # type: ignore[no-any-return]
+            restarted = cast("RunContext | None", self._actor.ask(_RetryNow(run_id)))
+            if restarted is not None:
+                return restarted
         factory, store, record = self._find(run_id, factory)
         if record.status != lifecycle.FAILED:
             raise RunStateError(
@@ -570,16 +590,19 @@ class Registry:
                 f"run {run_id!r} is no longer failed: another retry won the race; "
                 "it runs elsewhere now"
             )
-        return context  # type: ignore[no-any-return]
+        return context
 
     def recover(self, factory: PipelineFactory) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
 
-        A run is taken over when it has no owner (it was driven without a registry) or its
-        owner's lease has run out, by one `claim_run` compare-and-set: of processes racing
-        for a run exactly one wins. Each continues from its last committed stage (the stage
-        in flight when the owner died runs again; committed stages never do). Returns the
-        started RunContexts (`wait()` on them). The factory is remembered for `retry`.
+        A running run is taken over when it has no owner (it was driven without a
+        registry) or its owner's lease has run out; a pending run when the registry that
+        prepared it let its lease run out (it died before starting it). Each is taken by
+        one `claim_run` compare-and-set: of processes racing for a run exactly one wins.
+        It continues from its last committed stage (the stage in flight when the owner
+        died runs again; committed stages never do); a pending run starts at its entry.
+        Returns the started RunContexts (`wait()` on them). The factory is remembered for
+        `retry`.
         """
         self._check_open("recover")
         if factory.store is None:
@@ -590,7 +613,11 @@ class Registry:
         self._register(factory)
         store = factory.store
         contexts = []
-        for info in store.list_runs(lifecycle.RUNNING, factory.pipeline.id):
+        found = [
+            *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
+            *store.list_runs(lifecycle.PENDING, factory.pipeline.id),
+        ]
+        for info in found:
             if info.run_id in self._live:
                 continue
             now = self.clock.wall()
@@ -599,11 +626,19 @@ class Registry:
             if not store.claim_run(info.run_id, self.owner, now + self.lease_ttl, now=now):
                 continue  # another process was first
             record = store.load_run(info.run_id)
-            if record.status != lifecycle.RUNNING or record.owner != self.owner:
+            if record.owner != self.owner:
                 continue
-            context = self._claim(factory, store, record, "recover")
-            if context is not None:
+            if record.status == lifecycle.PENDING:  # never started: start it as planned
+                container = Container(record.run_id)
+                context = factory._context(
+                    store, record, str(record.stage), container, resumed=False
+                )
+                context.start()
                 contexts.append(context)
+            elif record.status == lifecycle.RUNNING:
+                claimed = self._claim(factory, store, record, "recover")
+                if claimed is not None:
+                    contexts.append(claimed)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 
@@ -672,6 +707,13 @@ class Registry:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
         return False
+
+    def _cancel_restart(self, run_id: str) -> None:
+        """A failed run's context was aborted: if it waits for a restart, it stays failed."""
+        try:
+            self._actor.ask(_CancelRestart(run_id), timeout=30)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
 
     def _forget(self, run_id: str) -> None:
         """Drop a live copy found stale (the store moved on without this process)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
+from stageline.core.lifecycle import PENDING, RUNNING
 from stageline.core.store import RunRecord
 
 
@@ -35,7 +36,7 @@ def request_not_found(request_id: str) -> StoreError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status != "running":
+    if record.status not in (RUNNING, PENDING):
         return False
     if record.owner is None or record.owner == owner:
         return True
