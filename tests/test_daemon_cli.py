@@ -294,7 +294,7 @@ def test_help_leaves_the_daemon_stores_and_logging_unimported(tmp_path):
     code = (
         "import sys\nfrom stageline.cli import main\ntry:\n    main(['--help'])\n"
         "except SystemExit:\n    pass\nheavy = ('structlog', 'sqlite3', 'stageline.stores', "
-        "'stageline.daemon', 'uuid6', 'psycopg')\n"
+        "'stageline.daemon', 'uuid6', 'psycopg', 'pykka', 'cbor2', 'stageline.actors')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run(
