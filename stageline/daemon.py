@@ -291,7 +291,7 @@ class Daemon:
             def ended(done: Any) -> None:
                 exc = done.exception()
                 if exc is not None:
-                    self.log.error("run:crashed", run_id=run_id, error=str(exc))
+                    self.log.error("run:error", run_id=run_id, error=str(exc))
 
             future.add_done_callback(ended)
         if self.on_start is not None:
