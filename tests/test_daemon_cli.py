@@ -278,7 +278,9 @@ def test_a_daemon_recovers_the_runs_of_a_killed_one(env, tmp_path):
         first.proc.wait(timeout=30)
     finally:
         first.stop()
-    assert run_json("c1", env, tmp_path)["status"] == "running"
+    orphan = run_json("c1", env, tmp_path)
+    assert orphan["status"] == "running" and orphan["owner"] and orphan["lease_until"]
+    assert "owner " in cli_ok("show", "c1", env=env, cwd=tmp_path)
 
     second = Daemon("shop:app", env, tmp_path, "--lease-ttl", "1")
     try:
