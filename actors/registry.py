@@ -241,6 +241,10 @@ class RegistryActor(StagelineActor):
         message = _RestartDue(context.run_id, self.next_token)
         handle = self.registry._timers.schedule(delay, lambda: self._tell(message))
         self.retries[context.run_id] = (self.next_token, handle, crash)
+        _log.warning(
+            "stageline registry: run %r failed at stage %r; restart %d in %ss",
+            context.run_id, record.stage, restarts(record.state) + 1, delay,
+        )  # fmt: skip
         return True
 
     def _on_crash(self, context: RunContext, error: BaseException) -> bool:
@@ -639,6 +643,8 @@ class Registry:
                 claimed = self._claim(factory, store, record, "recover")
                 if claimed is not None:
                     contexts.append(claimed)
+        for context in contexts:
+            _log.info("stageline registry: recovered run %r", context.run_id)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 
