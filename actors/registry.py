@@ -241,6 +241,10 @@ class RegistryActor(StagelineActor):
         message = _RestartDue(context.run_id, self.next_token)
         handle = self.registry._timers.schedule(delay, lambda: self._tell(message))
         self.retries[context.run_id] = (self.next_token, handle, crash)
+        _log.warning(
+            "stageline registry: run %r failed at stage %r; restart %d in %ss",
+            context.run_id, record.stage, restarts(record.state) + 1, delay,
+        )  # fmt: skip
         return True
 
     def _on_crash(self, context: RunContext, error: BaseException) -> bool:
@@ -625,20 +629,15 @@ class Registry:
                 continue
             if not store.claim_run(info.run_id, self.owner, now + self.lease_ttl, now=now):
                 continue  # another process was first
-            record = store.load_run(info.run_id)
-            if record.owner != self.owner:
+            try:
+                claimed = self._take_over(factory, store, store.load_run(info.run_id))
+            except StagelineError:  # this run cannot go on here; the others still can
+                _log.exception("stageline registry: recovering run %r failed", info.run_id)
                 continue
-            if record.status == lifecycle.PENDING:  # never started: start it as planned
-                container = Container(record.run_id)
-                context = factory._context(
-                    store, record, str(record.stage), container, resumed=False
-                )
-                context.start()
-                contexts.append(context)
-            elif record.status == lifecycle.RUNNING:
-                claimed = self._claim(factory, store, record, "recover")
-                if claimed is not None:
-                    contexts.append(claimed)
+            if claimed is not None:
+                contexts.append(claimed)
+        for context in contexts:
+            _log.info("stageline registry: recovered run %r", context.run_id)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 
@@ -795,6 +794,22 @@ class Registry:
             self._actor.tell(_Counted("restarts", 1))
         context.start()
         return context
+
+    def _take_over(
+        self, factory: PipelineFactory, store: Store, record: RunRecord
+    ) -> RunContext | None:
+        """Start a run this registry just claimed: a pending one at its entry, a running
+        one from its last commit."""
+        if record.owner != self.owner:
+            return None
+        if record.status == lifecycle.PENDING:  # never started: start it as planned
+            container = Container(record.run_id)
+            context = factory._context(store, record, str(record.stage), container, resumed=False)
+            context.start()
+            return context
+        if record.status == lifecycle.RUNNING:
+            return self._claim(factory, store, record, "recover")
+        return None
 
     def _release(self, contexts: list[RunContext]) -> None:
         """Let other processes take these runs at once (their lease ends now)."""

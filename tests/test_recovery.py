@@ -67,8 +67,8 @@ class Blocking:
             return {name: self.runs[(run_id, name)] for name in "abc"}
 
 
-def record(run_id="r1", status="running", **fields) -> RunRecord:
-    return RunRecord(run_id, "p", 1, status, {}, "b", **fields)
+def record(run_id="r1", status="running", stage="b", **fields) -> RunRecord:
+    return RunRecord(run_id, "p", 1, status, {}, stage, **fields)
 
 
 # --- the store's lease operations ---------------------------------------------------------
@@ -269,6 +269,17 @@ def test_recover_starts_a_pending_run_whose_registry_is_gone(store):
     assert store.get_run(unowned.run_id).status == "pending"  # its preparer may still start it
     journal = store.read_events(prepared.run_id)
     assert [(e.resumed, e.entry) for e in journal if e.name == "pipeline:start"] == [(False, "a")]
+
+
+def test_recover_goes_on_past_a_run_it_cannot_continue(store):
+    blocking = Blocking()
+    blocking.release.set()
+    store.create_run(record("gone", stage="nowhere"))  # a stage this version does not have
+    store.create_run(record("fine", stage="c"))
+    with Registry(clock=ManualClock()) as registry:
+        (run,) = registry.recover(PipelineFactory(blocking.pipeline(), store=store))
+        assert run.run_id == "fine" and run.wait(10).status == "succeeded"
+    assert store.get_run("gone").status == "running"
 
 
 def test_two_registries_racing_recover_on_one_sqlite_file_resume_each_run_once(tmp_path):
