@@ -21,6 +21,8 @@ from stageline import (
     Stage,
     Step,
 )
+from stageline.actors.child import ChildRunActor
+from stageline.actors.messages import Drain
 from stageline.testing import EventRecorder
 
 pytestmark = pytest.mark.timeout(30)
@@ -440,3 +442,49 @@ def test_a_child_stage_that_fails_its_router_fails_the_parent(store: Any) -> Non
         result.error
     )
     assert result.state == {}  # the failed child stage's patch is not committed
+
+
+def test_registry_stop_lets_child_stages_commit_and_leaves_the_run_resumable(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls, drained = threading.Event(), Calls(), threading.Event()
+    dispatch = ChildRunActor._dispatch
+
+    def seen_drain(self: ChildRunActor, message: Any) -> Any:
+        answer = dispatch(self, message)
+        if isinstance(message, Drain):
+            drained.set()
+        return answer
+
+    monkeypatch.setattr(ChildRunActor, "_dispatch", seen_drain)
+
+    def slow(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        assert gate.wait(10)
+        return {"first": True}
+
+    child = Pipeline(
+        "child",
+        [
+            Stage("s1", 1, steps=[Step("slow", slow)]),
+            Stage("s2", 2, steps=[Step("second", calls.step("second", {"second": True}))]),
+        ],
+    )
+    parent = Pipeline("order", [Stage("fanout", 1, pipelines=[child])])
+    registry = Registry()
+    run = PipelineFactory(parent, store=store, registry=registry).prepare()
+    recorder = EventRecorder(run)
+    future = run.start()
+    recorder.wait_for("step:start", timeout=10)
+    stopper = threading.Thread(target=registry.stop, kwargs={"timeout": 10})
+    stopper.start()
+    assert drained.wait(10)  # the child has the drain before its step ends
+    gate.set()
+    stopper.join(15)
+    assert not stopper.is_alive()
+    assert future.result(timeout=5).status == "running"
+    record = store.load_run(run.run_id)
+    assert record.status == "running" and record.stage == "fanout"
+    assert store.get_run(run.run_id).state == {"first": True}
+    position = record.state[PIPELINE_DATA_KEY]["children"]["order/fanout/child"]
+    assert position == {"status": "running", "stage": "s2", "stage_runs": 1}
+    assert calls.counts == {}  # stopped between the child's stages
