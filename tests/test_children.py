@@ -23,7 +23,7 @@ from stageline import (
 )
 from stageline.actors.child import ChildRunActor
 from stageline.actors.messages import Drain
-from stageline.testing import EventRecorder
+from stageline.testing import EventRecorder, ManualClock, advance
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -365,9 +365,11 @@ def test_child_artifacts_survive_a_pause_through_the_bundle(store: Any) -> None:
 
 def test_abort_reaches_every_child_promptly(store: Any) -> None:
     saw_abort = {"inner": threading.Event(), "other": threading.Event()}
+    running = threading.Barrier(3, timeout=10)  # both steps and the test
 
     def stuck(name: str) -> Any:
         def action(state: dict[str, Any], ctx: Any) -> None:
+            running.wait()
             if ctx.aborted.wait(20):
                 saw_abort[name].set()
 
@@ -383,7 +385,7 @@ def test_abort_reaches_every_child_promptly(store: Any) -> None:
     run = PipelineFactory(parent, store=store).prepare()
     recorder = EventRecorder(run)
     future = run.start()
-    recorder.wait_for("step:start", count=2, timeout=10)
+    running.wait()  # both steps really run (not only announced) before the abort
     run.abort("operator said so")
     result = future.result(timeout=5)
     assert result.status == "aborted"
@@ -488,3 +490,40 @@ def test_registry_stop_lets_child_stages_commit_and_leaves_the_run_resumable(
     position = record.state[PIPELINE_DATA_KEY]["children"]["order/fanout/child"]
     assert position == {"status": "running", "stage": "s2", "stage_runs": 1}
     assert calls.counts == {}  # stopped between the child's stages
+
+
+def test_parent_stage_timeout_stops_its_children(store: Any) -> None:
+    clock = ManualClock()
+    started, released = threading.Event(), threading.Event()
+
+    def stuck(state: dict[str, Any], ctx: Any) -> None:
+        started.set()
+        ctx.aborted.wait(20)
+        released.set()
+
+    parent = Pipeline(
+        "order",
+        [Stage("fanout", 1, timeout=5.0, pipelines=[one_step("slow", stuck)])],
+    )
+    run = PipelineFactory(parent, store=store, clock=clock).prepare()
+    future = run.start()
+    assert started.wait(10)
+    advance(clock, 5.0)
+    result = future.result(timeout=10)
+    assert result.status == "failed"
+    assert "exceeded its timeout of 5.0s" in str(result.error)
+    assert released.wait(5)  # the child's step was signalled
+
+
+def test_a_runtime_bug_in_a_child_fails_the_parent_stage(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: ChildRunActor, run: Any, slot: Any) -> str:
+        raise RuntimeError("bug in the runtime")
+
+    monkeypatch.setattr(ChildRunActor, "_result_key", broken)
+    parent = Pipeline("order", [Stage("fanout", 1, pipelines=[one_step("c", lambda s, c: None)])])
+    result = PipelineFactory(parent, store=store).prepare().run(timeout=20)
+    assert result.status == "failed"
+    assert "stageline runtime error in child pipeline 'order/fanout/c'" in str(result.error)
+    assert store.get_run(result.run_id).status == "failed"
