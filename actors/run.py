@@ -33,12 +33,14 @@ from stageline.core.errors import (
     StepFailure,
     StepTimeout,
     error_to_record,
+    exception_types,
 )
 from stageline.core.events import Event, PathNode
 from stageline.core.patch import PIPELINE_DATA_KEY, copy_state, merge_all, public_state
 from stageline.core.results import ChildResult, RunResult
 from stageline.core.routing import Decision, check_stage_budget, decide
 from stageline.core.store import Commit, RunRecord, Store
+from stageline.core.supervision import attempt_errors, with_attempts
 
 from .base import StagelineActor
 from .container import Container
@@ -419,6 +421,7 @@ class RunActor(StagelineActor):
             message=_describe(error),
             traceback=tb,
             attempts=slot.attempt,
+            types=exception_types(error),
         )
         self._emit(
             self._event(
@@ -620,11 +623,10 @@ class RunActor(StagelineActor):
                 continue  # delivered when the stage started
             self._emit(event)
         self._emit(end)
-        self._end(
-            RunResult(
-                self.record.run_id, self.pipeline.id, self.status, _user_state(state), error=error
-            )
-        )
+        attempts = attempt_errors(self.record.error, error)
+        public = _user_state(state)
+        run_id = self.record.run_id
+        self._end(RunResult(run_id, self.pipeline.id, self.status, public, None, error, attempts))
 
     def _stop_stage(self, run: _StageRun) -> None:
         """Stop waiting for anything of the current stage; signal its steps and children."""
@@ -883,7 +885,7 @@ class RunActor(StagelineActor):
             stage_runs=self.stage_runs,
             updated_at=self.deps.clock.wall(),
             events=events,
-            error=None if error is None else error_to_record(error),
+            error=None if error is None else with_attempts(error_to_record(error), state),
             patch=patch,
             checkpoint=checkpoint,
         )
@@ -940,7 +942,9 @@ class RunActor(StagelineActor):
         finally:
             self.ended = True
             self.deps.container.stop()
-            self.deps.on_end(None, error, None, self.record)
+            # last_seq: the seq of the failure event just emitted (not stored), so that a
+            # registry recording the crash journals that same event.
+            self.deps.on_end(None, error, None, replace(self.record, last_seq=self.seq))
             self.stop_soon()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
+from stageline.core.store import RunRecord
 
 
 def run_exists(run_id: str) -> RunExistsError:
@@ -20,3 +21,12 @@ def conflict(run_id: str, expected: int, found: int | None) -> ConflictError:
         f"commit to run {run_id!r} expected version {expected} but the store has {found}: "
         "another writer took the run; this process must stop driving it"
     )
+
+
+def claimable(record: RunRecord, owner: str, now: float) -> bool:
+    """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
+    if record.status != "running":
+        return False
+    if record.owner is None or record.owner == owner:
+        return True
+    return record.lease_until is None or record.lease_until <= now

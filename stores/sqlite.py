@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -21,7 +21,8 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 
 from ._common import conflict, run_exists, run_not_found
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +39,9 @@ CREATE TABLE IF NOT EXISTS runs (
     last_seq INTEGER NOT NULL,
     stage_runs INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, pipeline_id);
 CREATE TABLE IF NOT EXISTS events (
@@ -56,10 +59,22 @@ _SET = (
 )
 _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
+_UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
+_CLAIM = (
+    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 AND status = 'running' "
+    "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
+)
+_MIGRATIONS = {
+    # from version: statements that bring a file to the next version
+    1: (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_until REAL",
+    ),
+}
 
 _COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
 )
 
 
@@ -95,19 +110,46 @@ class SqliteStore:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
     def _check_schema(self) -> None:
-        row = self._db.execute(
-            "SELECT value FROM stageline_meta WHERE key = 'schema_version'"
-        ).fetchone()
+        row = self._schema_version()
         if row is None:
             self._db.execute(
                 "INSERT OR IGNORE INTO stageline_meta VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        elif int(row[0]) > SCHEMA_VERSION:
+        elif int(row) > SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path!r} has schema version {row[0]}, newer than this stageline "
+                f"{self.path!r} has schema version {row}, newer than this stageline "
                 f"understands ({SCHEMA_VERSION}); upgrade stageline"
             )
+        elif int(row) < SCHEMA_VERSION:
+            self._migrate()
+
+    def _schema_version(self) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM stageline_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _migrate(self) -> None:
+        """Bring a file made by an older stageline up to SCHEMA_VERSION, in one transaction.
+
+        Another process may be migrating the same file: the version is read again under
+        the write lock, so each step runs once.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._schema_version() or SCHEMA_VERSION)
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    self._db.execute(statement)
+                version += 1
+            self._db.execute(
+                "UPDATE stageline_meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -146,7 +188,7 @@ class SqliteStore:
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.run_id,
                     record.pipeline_id,
@@ -161,6 +203,8 @@ class SqliteStore:
                     record.stage_runs,
                     record.created_at,
                     record.updated_at,
+                    record.owner,
+                    record.lease_until,
                 ),
             )
 
@@ -191,9 +235,13 @@ class SqliteStore:
                 commit.run_id,
                 commit.expected_version,
             )
-            cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
-            if cursor.rowcount == 0:
-                cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
+            if commit.owner is not None:  # a claim: it also takes the lease
+                lease = (commit.status, commit.owner, commit.lease_until)
+                cursor = db.execute(_UPDATE_WITH_LEASE, (*lease, *values))
+            else:
+                cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+                if cursor.rowcount == 0:
+                    cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
             if cursor.rowcount != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
@@ -221,6 +269,27 @@ class SqliteStore:
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise run_not_found(run_id)
             return False
+
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        with self._transaction(f"claiming run {run_id!r}") as db:
+            cursor = db.execute(_CLAIM, (owner, lease_until, run_id, now))
+            if cursor.rowcount == 1:
+                return True
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise run_not_found(run_id)
+            return False
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        renewed = []
+        with self._transaction(f"renewing the leases of {owner!r}") as db:
+            for run_id in run_ids:
+                cursor = db.execute(
+                    "UPDATE runs SET lease_until = ? WHERE run_id = ? AND owner = ?",
+                    (lease_until, run_id, owner),
+                )
+                if cursor.rowcount == 1:
+                    renewed.append(run_id)
+        return renewed
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.load_run(run_id).info()
@@ -278,4 +347,6 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         stage_runs=row[10],
         created_at=row[11],
         updated_at=row[12],
+        owner=row[13],
+        lease_until=row[14],
     )

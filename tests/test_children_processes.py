@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(240)
 
 WORKER = Path(__file__).with_name("children_worker.py")
 SEED = 20261124
-ITERATIONS = 12
+MAX_ITERATIONS = 30
+MID_RUN_KILLS = 6  # stop once this many kills landed while the children ran
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
@@ -101,15 +102,20 @@ def check_run(store: SqliteStore, run_id: str, where: str) -> tuple[str, dict[st
 def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     db = tmp_path / "crash.db"
-    baseline = spawn("crash", str(db), "baseline")
-    wait_ready(baseline)
-    t0 = time.monotonic()
-    baseline.communicate(timeout=60)
-    duration = time.monotonic() - t0
-    assert baseline.returncode == 0
+    durations = []
+    for name in ("baseline-0", "baseline-1"):  # the faster of two: load varies
+        baseline = spawn("crash", str(db), name)
+        wait_ready(baseline)
+        t0 = time.monotonic()
+        baseline.communicate(timeout=60)
+        durations.append(time.monotonic() - t0)
+        assert baseline.returncode == 0
+    duration = min(durations)
 
     mid_run: list[dict[str, int]] = []
-    for i in range(ITERATIONS):
+    for i in range(MAX_ITERATIONS):
+        if len(mid_run) >= MID_RUN_KILLS:
+            break
         run_id = f"run-{i:02d}"
         delay = rng.uniform(0.0, duration)
         where = f"seed={SEED} iteration={i} delay={delay:.3f}s of {duration:.3f}s"
@@ -124,11 +130,11 @@ def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) ->
                 status, done = check_run(store, run_id, where)
                 if status == "running":
                     mid_run.append(done)
-            check_run(store, "baseline", where)
+            check_run(store, "baseline-0", where)
         finally:
             store.close()
     print(f"seed={SEED} run={duration:.3f}s child stages committed when killed: {mid_run}")
-    assert len(mid_run) >= 3, f"too few kills landed while children ran: {mid_run}"
+    assert len(mid_run) >= MID_RUN_KILLS, f"too few kills landed while children ran: {mid_run}"
     assert any(0 < m < STAGES for done in mid_run for m in done.values()), mid_run
 
 
