@@ -24,8 +24,19 @@ from stageline.core.events import Event
 from stageline.core.results import RunResult
 from stageline.core.store import RunRecord
 
-from .messages import Begin, ChildEmit, ChildEnded, ChildScope, ChildStageEnded, Verdict
+from .messages import (
+    Begin,
+    ChildEmit,
+    ChildEnded,
+    ChildScope,
+    ChildStageEnded,
+    ChildStarted,
+    Verdict,
+)
 from .run import RunActor, RunDeps, _StageRun
+
+_PATIENCE = 1.0
+"""Seconds between checks that the root still lives while a child waits for its verdict."""
 
 
 class ChildRunActor(RunActor):
@@ -55,6 +66,15 @@ class ChildRunActor(RunActor):
     def _root_ref(self) -> Any:
         return self.root
 
+    def _register_child(self, scope: ChildScope) -> None:
+        try:
+            self.root.tell(ChildStarted(scope.key, scope.token))
+        except pykka.ActorDeadError:
+            pass  # the run ended; the child's requests will find no root
+
+    def _forget_children(self, key: str, stage_id: str) -> None:
+        pass  # the root keeps the run's live children
+
     def _begin(self, message: Begin) -> None:
         self._start_stage(message.entry)
 
@@ -65,7 +85,7 @@ class ChildRunActor(RunActor):
 
     def _emit(self, event: Event) -> Event:
         try:
-            self.root.tell(ChildEmit(event))
+            self.root.tell(ChildEmit(event, self.scope.key, self.scope.token))
         except pykka.ActorDeadError:
             pass  # the run ended
         return event
@@ -130,15 +150,28 @@ class ChildRunActor(RunActor):
 
     def _ask_root(self, request: ChildStageEnded) -> Verdict | None:
         """Have the root commit; then end this child unless it goes on to another stage."""
-        try:
-            verdict: Verdict | None = self.root.ask(request)
-        except pykka.ActorDeadError:
-            verdict = None
+        verdict = self._answer(request)
         if verdict is None:  # the run ended or the parent stage stopped meanwhile
             self._stop_quietly()
         elif verdict.kind != "next":
             self._end_child(verdict.kind, verdict.error)
         return verdict
+
+    def _answer(self, request: ChildStageEnded) -> Verdict | None:
+        """The root's verdict; None if the root stopped (then no answer would ever come)."""
+        try:
+            future = self.root.ask(request, block=False)
+        except pykka.ActorDeadError:
+            return None
+        while True:
+            try:
+                verdict: Verdict | None = future.get(timeout=_PATIENCE)
+                return verdict
+            except pykka.Timeout:
+                if not self.root.is_alive():
+                    return None
+            except pykka.ActorDeadError:
+                return None
 
     # --- ending -----------------------------------------------------------------------
 

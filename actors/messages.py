@@ -66,6 +66,16 @@ class ChildScope:
     pipeline: Pipeline
     key: str
     prefix: tuple[PathNode, ...]
+    token: int = 0
+    """Unique per started child actor: the root hears only from children it knows live."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStarted:
+    """Told to the root before a child actor starts, so it precedes all the child says."""
+
+    key: str
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,8 @@ class ChildEmit:
     """A child's event (seq 0) for the root to number and deliver: one sequence per run."""
 
     event: Event
+    key: str
+    token: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ commits each stage as one store transaction.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import traceback
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from .messages import (
     ChildEnded,
     ChildScope,
     ChildStageEnded,
+    ChildStarted,
     Drain,
     RetryStep,
     StageTimedOut,
@@ -152,6 +154,8 @@ class RunActor(StagelineActor):
         """The path of the parent stage (empty for the root pipeline)."""
         self.root_path = (PathNode(self.pipeline.id, None),)
         self.unjournaled: list[Event] = []
+        self.live: dict[str, int] = {}
+        """The root's children (any depth) whose requests it accepts: path key -> token."""
         """Children's stage:start events, numbered and delivered, for the next commit."""
         self._wall = deps.clock.wall
 
@@ -178,7 +182,10 @@ class RunActor(StagelineActor):
         elif isinstance(message, Begin):
             self._begin(message)
         elif isinstance(message, ChildEmit):
-            self._on_child_emit(message.event)
+            if self.live.get(message.key) == message.token:
+                self._on_child_emit(message.event)
+        elif isinstance(message, ChildStarted):
+            self.live[message.key] = message.token
         elif isinstance(message, ChildStageEnded):
             return self._on_child_stage(message)
         elif isinstance(message, ChildEnded):
@@ -636,6 +643,7 @@ class RunActor(StagelineActor):
                 self._abandon(slot)
         self._tell_children(run, Abort("the parent stage stopped"))
         run.child_refs.clear()
+        self._forget_children(self.key, run.stage.id)
         self.tokens.clear()
         self.current = None
 
@@ -676,19 +684,21 @@ class RunActor(StagelineActor):
         for child in stage.pipelines:
             key = kids.child_key(self.key, stage.id, child.id)
             position = kids.position_of(self.record.state, key)
+            settled = kids.settled(position)
+            if settled is not None:
+                run.children[child.id] = settled
+                continue
             try:
                 entry = kids.entry_of(child, position, key)
             except StagelineError as exc:
                 self._fail_stage(exc)
                 return
-            if entry is None:
-                run.children[child.id] = ChildResult(kids.SUCCEEDED)
-                continue
             run.children[child.id] = None
-            scope = ChildScope(child, key, prefix)
+            scope = ChildScope(child, key, prefix, next(_tokens))
             runs = 0 if position is None else position.stage_runs
             starts.append((scope, entry, runs, position is not None))
         for scope, entry, runs, resumed in starts:
+            self._register_child(scope)
             ref = ChildRunActor.start(self.deps, self.record, scope, self, run.number, runs)
             run.child_refs[scope.pipeline.id] = ref
             ref.tell(Begin(entry, resumed=resumed))
@@ -697,6 +707,15 @@ class RunActor(StagelineActor):
 
     def _root_ref(self) -> Any:
         return self.actor_ref
+
+    def _register_child(self, scope: ChildScope) -> None:
+        self.live[scope.key] = scope.token
+
+    def _forget_children(self, key: str, stage_id: str) -> None:
+        """Stop hearing from the children of a concluded or stopped stage (any depth)."""
+        prefix = f"{key}/{stage_id}/"
+        for child_key in [k for k in self.live if k.startswith(prefix)]:
+            del self.live[child_key]
 
     def _tell_children(self, run: _StageRun, message: Any) -> None:
         for ref in run.child_refs.values():
@@ -719,6 +738,7 @@ class RunActor(StagelineActor):
     def _finish_children(self, run: _StageRun) -> None:
         """Every child ended: route the stage, or pause or fail it, and commit."""
         _cancel(run.timer)
+        self._forget_children(self.key, run.stage.id)
         if run.drained:  # registry.stop(): the run stays at this stage, resumable
             self.current = None
             state = _user_state(self.record.state)
@@ -771,8 +791,9 @@ class RunActor(StagelineActor):
     def _on_child_stage(self, request: ChildStageEnded) -> Verdict | None:
         """Conclude a child's stage as one commit of the run; None if the run moved on."""
         run = self.current
-        if run is None or run.children is None:
-            return None
+        scope = request.scope
+        if run is None or run.children is None or self.live.get(scope.key) != scope.token:
+            return None  # the run or the parent stage moved on: this child is stale
         state, decision, error = self._conclude_child(request)
         verdict, position, event = self._child_outcome(request, state, decision, error)
         if request.children is not None and verdict.kind in ("next", kids.SUCCEEDED):
@@ -781,6 +802,9 @@ class RunActor(StagelineActor):
         patch = None if request.children is not None else dict(request.patches)
         self._commit("commit", run.stage.id, state, (event,), patch=patch)
         self._emit(event)
+        self._forget_children(scope.key, request.stage.id)
+        if verdict.kind != "next":
+            del self.live[scope.key]
         return replace(verdict, state=state)
 
     def _conclude_child(
@@ -946,6 +970,9 @@ class RunActor(StagelineActor):
             # registry recording the crash journals that same event.
             self.deps.on_end(None, error, None, replace(self.record, last_seq=self.seq))
             self.stop_soon()
+
+
+_tokens = itertools.count(1)  # next() on a count is atomic: child tokens from any thread
 
 
 def _seq_of(event: Event) -> int:

@@ -121,12 +121,22 @@ def _with_children(state: Mapping[str, Any], children: dict[str, Any]) -> State:
     return result
 
 
-def entry_of(child: Pipeline, position: Position | None, key: str) -> str | None:
-    """Where a child starts when its parent stage (re)starts; None: it already succeeded."""
+def settled(position: Position | None) -> ChildResult | None:
+    """The result of a child that does not run when its parent stage is entered again.
+
+    A child that succeeded is done. A child still paused stays paused (so the stage
+    pauses again once its siblings end): only a resume releases it (`release_paused`);
+    a retry or a recovery of the run does not.
+    """
+    if position is not None and position.status in (SUCCEEDED, PAUSED):
+        return ChildResult(position.status)
+    return None
+
+
+def entry_of(child: Pipeline, position: Position | None, key: str) -> str:
+    """Where a child that is not settled starts when its parent stage (re)starts."""
     if position is None:
         return str(child.first_stage.id)
-    if position.status == SUCCEEDED:
-        return None
     if position.stage is None or not child.has_stage(position.stage):
         raise CheckpointMismatch(
             f"child pipeline {key!r} stands at stage {position.stage!r}, which "
@@ -134,6 +144,58 @@ def entry_of(child: Pipeline, position: Position | None, key: str) -> str | None
             f"{', '.join(child.stage_ids)}"
         )
     return position.stage
+
+
+def release_paused(state: Mapping[str, Any]) -> State:
+    """`state` with every paused child released to run on at its resume stage.
+
+    Applied by a resume's claim, in the same compare-and-set: from then on those children
+    are running, even if this process dies before they commit anything.
+    """
+    children = positions(state)
+    paused = [key for key, record in children.items() if _status_of(record) == PAUSED]
+    if not paused:
+        return dict(state)
+    released = dict(children)
+    for key in paused:
+        position = Position.from_record(children[key])
+        assert position is not None
+        released[key] = Position(RUNNING, position.stage, position.stage_runs).to_record()
+    return _with_children(state, released)
+
+
+def _status_of(record: Any) -> Any:
+    return record.get("status") if type(record) is dict else None
+
+
+def check_positions(pipeline: Pipeline, children: Mapping[str, Any], run_id: str) -> None:
+    """Raise CheckpointMismatch unless every stored child position fits `pipeline`'s tree."""
+    for key, record in children.items():
+        child = _child_at(pipeline, key) if isinstance(key, str) else None
+        position = Position.from_record(record)
+        if child is None or position is None:
+            raise CheckpointMismatch(
+                f"run {run_id!r} has a child pipeline at {key!r}, which pipeline "
+                f"{pipeline.id!r} v{pipeline.version} does not have (or its record is "
+                "damaged); resume it with the definition it paused under"
+            )
+        if position.status != SUCCEEDED:
+            entry_of(child, position, key)
+
+
+def _child_at(pipeline: Pipeline, key: str) -> Pipeline | None:
+    """The child pipeline of `pipeline`'s tree whose path key is `key`, if any."""
+    stack = [(pipeline.id, pipeline)]
+    while stack:
+        parent_key, parent = stack.pop()
+        for stage in parent.stages:
+            for child in stage.pipelines:
+                child_path = child_key(parent_key, stage.id, child.id)
+                if child_path == key:
+                    return child
+                if key.startswith(child_path + "/"):
+                    stack.append((child_path, child))
+    return None
 
 
 def outcome_of(results: Mapping[str, ChildResult]) -> str:

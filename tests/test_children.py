@@ -11,6 +11,7 @@ import pytest
 
 from stageline import (
     PIPELINE_DATA_KEY,
+    CheckpointMismatch,
     ChildResult,
     PathNode,
     Pause,
@@ -527,3 +528,124 @@ def test_a_runtime_bug_in_a_child_fails_the_parent_stage(
     assert result.status == "failed"
     assert "stageline runtime error in child pipeline 'order/fanout/c'" in str(result.error)
     assert store.get_run(result.run_id).status == "failed"
+
+
+def test_retry_of_a_failed_run_keeps_a_paused_child_paused(store: Any) -> None:
+    """Only a resume releases a paused child; a retry re-pauses the stage around it."""
+    calls, approval_paused, failures = Calls(), threading.Event(), Counter[str]()
+
+    def ship(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        assert approval_paused.wait(10)  # fail only once the sibling paused
+        failures["ship"] += 1
+        if failures["ship"] == 1:
+            raise ValueError("transient")
+        return {"shipped": True}
+
+    approval = Pipeline(
+        "approval",
+        [
+            Stage("ask", 1, steps=[Step("ask", calls.step("ask"))],
+                  router=lambda s, r: Pause("apply")),
+            Stage("apply", 2, steps=[Step("apply", calls.step("apply", {"approved": True}))]),
+        ],
+    )  # fmt: skip
+    shipping = Pipeline("shipping", [Stage("ship", 1, steps=[Step("ship", ship)])])
+    parent = Pipeline("order", [Stage("fanout", 1, pipelines=[approval, shipping])])
+    with Registry() as registry:
+        factory = PipelineFactory(parent, store=store, registry=registry)
+        run = factory.prepare()
+        run.on("stage:paused", lambda e: approval_paused.set())
+        first = run.run(timeout=20)
+        assert first.status == "failed" and "transient" in str(first.error)
+        again = registry.retry(first.run_id, factory).wait(timeout=20)
+        assert again.status == "paused", again.error  # not carried past the pause
+        assert again.state == {"shipped": True}
+        assert calls.counts == {"ask": 1}
+        final = factory.resume(first.run_id).run(timeout=20)
+    assert final.status == "succeeded", final.error
+    assert final.state == {"shipped": True, "approved": True}
+    assert calls.counts == {"ask": 1, "apply": 1}
+
+
+def test_a_stale_grandchild_cannot_commit_after_its_parent_stage_stopped(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C's stage S times out while grandchild G finishes a stage; the root loops back
+    into the fanout. G's late commit must be refused: it would skip G's stage in the
+    next iteration and commit a patch of a stage that failed."""
+    clock = ManualClock()
+    iteration = Counter[str]()
+    ran: list[tuple[str, int]] = []
+    g1_started, g1_release, g_busy, g_finish = (threading.Event() for _ in range(4))
+
+    def g1(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        ran.append(("g1", iteration["n"]))
+        if iteration["n"] == 1:
+            g1_started.set()
+            assert g1_release.wait(10)  # ignores ctx.aborted, like a stuck call
+        return {"g1_iter": iteration["n"]}
+
+    def pre(state: dict[str, Any], ctx: Any) -> None:
+        iteration["n"] += 1
+
+    on_step_done = ChildRunActor._on_step_done
+
+    def held(self: ChildRunActor, done: Any) -> None:
+        if self.key.endswith("/G") and not g_busy.is_set():
+            g_busy.set()  # G holds its step's completion until S has timed out
+            assert g_finish.wait(10)
+        on_step_done(self, done)
+
+    monkeypatch.setattr(ChildRunActor, "_on_step_done", held)
+    grandchild = Pipeline(
+        "G",
+        [
+            Stage("g1", 1, steps=[Step("g1", g1)]),
+            Stage("g2", 2, steps=[Step("g2", lambda s, c: ran.append(("g2", iteration["n"])))]),
+        ],
+    )
+    child = Pipeline(
+        "C",
+        [Stage("pre", 1, steps=[Step("pre", pre)]), Stage("S", 2, timeout=5.0, pipelines=[grandchild])],
+    )  # fmt: skip
+    loop = Pipeline(
+        "order",
+        [Stage("fanout", 1, pipelines=[child],
+               router=lambda s, r: "fanout" if r["C"].status == "failed" else None)],
+    )  # fmt: skip
+    run = PipelineFactory(loop, store=store, clock=clock).prepare()
+    recorder = EventRecorder(run)
+    future = run.start()
+    assert g1_started.wait(10)
+    g1_release.set()
+    assert g_busy.wait(10)  # G is handling its step's completion ...
+    advance(clock, 5.0)  # ... when C's stage S times out
+    recorder.wait_for("stage:failure", timeout=10, stage_id="S")
+    g_finish.set()  # now G asks the root to commit g1 of the failed iteration
+    result = future.result(timeout=20)
+    assert result.status == "succeeded", result.error
+    assert result.state == {"g1_iter": 2}
+    assert ran == [("g1", 1), ("g1", 2), ("g2", 2)]
+
+
+def test_resume_refuses_child_positions_the_definition_does_not_have(store: Any) -> None:
+    def billing(confirm_stage: str) -> Pipeline:
+        return Pipeline(
+            "billing",
+            [
+                Stage("charge", 1, steps=[Step("c", lambda s, c: None)],
+                      router=lambda s, r: Pause(confirm_stage)),
+                Stage(confirm_stage, 2, steps=[Step("x", lambda s, c: {"done": True})]),
+            ],
+        )  # fmt: skip
+
+    old = Pipeline("order", [Stage("fanout", 1, pipelines=[billing("confirm")])])
+    new = Pipeline("order", [Stage("fanout", 1, pipelines=[billing("approve")])])
+    paused = PipelineFactory(old, store=store).prepare().run(timeout=20)
+    assert paused.status == "paused"
+    with pytest.raises(CheckpointMismatch, match="'order/fanout/billing' stands at stage 'confirm'"):
+        PipelineFactory(new, store=store).resume(paused.run_id)
+    info = store.get_run(paused.run_id)
+    assert info.status == "paused" and info.checkpoint is not None  # nothing was claimed
+    final = PipelineFactory(old, store=store).resume(paused.run_id).run(timeout=20)
+    assert final.status == "succeeded" and final.state == {"done": True}
