@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from children_worker import CHILDREN, STAGES, STEPS  # tests/ is on sys.path
+from children_worker import CHILDREN, STAGES, STEPS, crash_pipeline  # tests/ is on sys.path
 from test_crash import worker_env
 
-from stageline import PIPELINE_DATA_KEY
+from stageline import PIPELINE_DATA_KEY, PipelineFactory, Registry
 from stageline.stores import SqliteStore
 
 pytestmark = pytest.mark.timeout(240)
@@ -136,6 +136,30 @@ def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) ->
     print(f"seed={SEED} run={duration:.3f}s child stages committed when killed: {mid_run}")
     assert len(mid_run) >= MID_RUN_KILLS, f"too few kills landed while children ran: {mid_run}"
     assert any(0 < m < STAGES for done in mid_run for m in done.values()), mid_run
+    recover_all(db, len(mid_run))
+
+
+def recover_all(db: Path, expected: int) -> None:
+    """Recovery continues every killed run; no committed child stage runs again."""
+    store = SqliteStore(db)
+    try:
+        with Registry() as registry:
+            contexts = registry.recover(PipelineFactory(crash_pipeline(), store=store))
+            assert len(contexts) == expected
+            for context in contexts:
+                result = context.wait(timeout=60)
+                assert result.status == "succeeded", result.error
+        for context in contexts:
+            status, done = check_run(store, context.run_id, f"recovered {context.run_id}")
+            assert status == "succeeded" and set(done.values()) == {STAGES}
+            committed = Counter(
+                (e.path[-1].pipeline_id, e.stage_id)
+                for e in store.read_events(context.run_id)
+                if e.name == "stage:success"
+            )
+            assert set(committed.values()) == {1}, f"a stage committed twice: {committed}"
+    finally:
+        store.close()
 
 
 def wait_ready(proc: subprocess.Popen[str]) -> None:
