@@ -1,4 +1,4 @@
-"""Supervision decisions: whether and when a failed run restarts, and its attempts' record.
+"""Supervision decisions: when a failed or orphaned run is taken up again.
 
 Pure logic; the registry (stageline.actors.registry) carries the decisions out.
 
@@ -48,7 +48,9 @@ class RetryPolicy:
         retry_on: Any = self.retry_on
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
-            object.__setattr__(self, "retry_on", retry_on)
+        elif isinstance(retry_on, list | set | frozenset):
+            retry_on = tuple(retry_on)
+        object.__setattr__(self, "retry_on", retry_on)
         problems = []
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             problems.append(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
@@ -166,7 +168,15 @@ def restart_commit(
 
 
 def is_orphaned(record: RunRecord, now: float) -> bool:
-    """A running run nobody holds: no owner, or its owner's lease ended by `now`."""
-    if record.status != lifecycle.RUNNING:
-        return False
-    return record.owner is None or record.lease_until is None or record.lease_until <= now
+    """A run `recover` takes over at `now`.
+
+    A running run with no owner (driven without a registry) or whose owner's lease ended
+    by `now`; a pending run only if a registry created it and its lease ended (a run
+    prepared without a registry may still be started by whoever prepared it).
+    """
+    expired = record.lease_until is None or record.lease_until <= now
+    if record.status == lifecycle.RUNNING:
+        return record.owner is None or expired
+    if record.status == lifecycle.PENDING:
+        return record.owner is not None and expired
+    return False

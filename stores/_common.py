@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
+from stageline.core.lifecycle import PENDING, RUNNING
 from stageline.core.store import RunRecord
 
 
@@ -25,7 +26,7 @@ def conflict(run_id: str, expected: int, found: int | None) -> ConflictError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status != "running":
+    if record.status not in (RUNNING, PENDING):
         return False
     if record.owner is None or record.owner == owner:
         return True

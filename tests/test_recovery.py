@@ -66,8 +66,8 @@ class Blocking:
             return {name: self.runs[(run_id, name)] for name in "abc"}
 
 
-def record(run_id="r1", status="running", **fields) -> RunRecord:
-    return RunRecord(run_id, "p", 1, status, {}, "b", **fields)
+def record(run_id="r1", status="running", stage="b", **fields) -> RunRecord:
+    return RunRecord(run_id, "p", 1, status, {}, stage, **fields)
 
 
 # --- the store's lease operations ---------------------------------------------------------
@@ -151,6 +151,19 @@ def test_a_registry_owns_its_running_runs_and_renews_their_leases(store):
         advance(clock, 10.0, registry)
         assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 50.0)
         blocking.release.set()
+        assert future.result(10).status == "succeeded"
+
+
+def test_a_run_prepared_long_ago_renews_its_lease_before_it_starts(store):
+    blocking = Blocking()
+    blocking.release.set()
+    clock = ManualClock()
+    with Registry(clock=clock, lease_ttl=30.0, owner="host-a") as registry:
+        run = PipelineFactory(blocking.pipeline(), store=store, registry=registry).prepare()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 30.0)
+        clock.advance(100.0)  # no timer is armed yet: nothing else moves
+        future = run.start()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 130.0)
         assert future.result(10).status == "succeeded"
 
 
@@ -239,6 +252,33 @@ def test_recover_takes_runs_with_no_owner_and_skips_other_pipelines(store):
     blocking.release.set()
     with pytest.raises(ConflictError):
         future.result(10)
+
+
+def test_recover_starts_a_pending_run_whose_registry_is_gone(store):
+    blocking = Blocking()
+    blocking.release.set()
+    registry_a = Registry(clock=ManualClock(), owner="host-a")
+    prepared = PipelineFactory(blocking.pipeline(), store=store, registry=registry_a).prepare()
+    unowned = PipelineFactory(blocking.pipeline(), store=store).prepare()  # no registry
+    registry_a.stop()  # as if host A died before starting its run
+    with Registry(clock=ManualClock(wall_start=WALL + 31.0), owner="host-b") as registry_b:
+        (run,) = registry_b.recover(PipelineFactory(blocking.pipeline(), store=store))
+        assert run.run_id == prepared.run_id
+        assert run.wait(10).status == "succeeded"
+    assert store.get_run(unowned.run_id).status == "pending"  # its preparer may still start it
+    journal = store.read_events(prepared.run_id)
+    assert [(e.resumed, e.entry) for e in journal if e.name == "pipeline:start"] == [(False, "a")]
+
+
+def test_recover_goes_on_past_a_run_it_cannot_continue(store):
+    blocking = Blocking()
+    blocking.release.set()
+    store.create_run(record("gone", stage="nowhere"))  # a stage this version does not have
+    store.create_run(record("fine", stage="c"))
+    with Registry(clock=ManualClock()) as registry:
+        (run,) = registry.recover(PipelineFactory(blocking.pipeline(), store=store))
+        assert run.run_id == "fine" and run.wait(10).status == "succeeded"
+    assert store.get_run("gone").status == "running"
 
 
 def test_two_registries_racing_recover_on_one_sqlite_file_resume_each_run_once(tmp_path):
