@@ -536,8 +536,14 @@ def _event_line(event: Event) -> str:
     import datetime as dt
 
     ts = dt.datetime.fromtimestamp(event.ts, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    where = event.stage_id or "-"
-    return f"{event.seq:>4}  {ts}  {event.name:<17} {where:<12} {_detail(event)}".rstrip()
+    return f"{event.seq:>4}  {ts}  {event.name:<17} {_where(event):<12} {_detail(event)}".rstrip()
+
+
+def _where(event: Event) -> str:
+    """The stage; in a child pipeline, "child:stage" (the path below the root)."""
+    if len(event.path) > 1:
+        return "/".join(f"{node.pipeline_id}:{node.stage_id or ''}" for node in event.path[1:])
+    return str(event.stage_id or "-")
 
 
 def _detail(event: Event) -> str:
