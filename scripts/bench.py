@@ -312,46 +312,41 @@ def lg_linear_no_checkpointer(s: Settings) -> float:
     return _lg_linear(s, None)
 
 
-def sl_fanout(s: Settings) -> float:
-    factory = PipelineFactory(sl_fanout_pipeline(), initial_state={"n": 0})
+def _sl_fan_runs(pipeline: Pipeline, runs: int, what: str) -> float:
+    """Time per run of a pipeline whose runs must set every FANOUT_KEYS key to 1."""
+    factory = PipelineFactory(pipeline, initial_state={"n": 0})
     start = time.perf_counter()
-    for _ in range(s.fanout_runs):
+    for _ in range(runs):
         result = factory.prepare().run()
         check(
             result.status == "succeeded" and all(result.state[k] == 1 for k in FANOUT_KEYS),
-            f"stageline fan-out ended {result.status} with {result.state}: {result.error}",
+            f"stageline {what} ended {result.status} with {result.state}: {result.error}",
         )
-    return per(start, s.fanout_runs)
+    return per(start, runs)
+
+
+def _lg_fan_runs(app: Any, runs: int, what: str) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        output = app.invoke({"n": 0}, thread(new_thread_id(what)))
+        check(all(output.get(k) == 1 for k in FANOUT_KEYS), f"LangGraph {what} gave {output}")
+    return per(start, runs)
+
+
+def sl_fanout(s: Settings) -> float:
+    return _sl_fan_runs(sl_fanout_pipeline(), s.fanout_runs, "fan-out")
 
 
 def lg_fanout(s: Settings) -> float:
-    app = lg_fanout_graph(InMemorySaver())
-    start = time.perf_counter()
-    for _ in range(s.fanout_runs):
-        output = app.invoke({"n": 0}, thread(new_thread_id("fanout")))
-        check(all(output.get(k) == 1 for k in FANOUT_KEYS), f"LangGraph fan-out gave {output}")
-    return per(start, s.fanout_runs)
+    return _lg_fan_runs(lg_fanout_graph(InMemorySaver()), s.fanout_runs, "fan-out")
 
 
 def sl_children(s: Settings) -> float:
-    factory = PipelineFactory(sl_children_pipeline(), initial_state={"n": 0})
-    start = time.perf_counter()
-    for _ in range(s.fanout_runs):
-        result = factory.prepare().run()
-        check(
-            result.status == "succeeded" and all(result.state[k] == 1 for k in FANOUT_KEYS),
-            f"stageline child pipelines ended {result.status} with {result.state}: {result.error}",
-        )
-    return per(start, s.fanout_runs)
+    return _sl_fan_runs(sl_children_pipeline(), s.fanout_runs, "child pipelines")
 
 
 def lg_children(s: Settings) -> float:
-    app = lg_subgraph_fanout_graph(InMemorySaver())
-    start = time.perf_counter()
-    for _ in range(s.fanout_runs):
-        output = app.invoke({"n": 0}, thread(new_thread_id("subgraphs")))
-        check(all(output.get(k) == 1 for k in FANOUT_KEYS), f"LangGraph subgraphs gave {output}")
-    return per(start, s.fanout_runs)
+    return _lg_fan_runs(lg_subgraph_fanout_graph(InMemorySaver()), s.fanout_runs, "subgraphs")
 
 
 def sl_durable(s: Settings) -> float:
