@@ -1,8 +1,12 @@
-"""Checks shared by every store (pure; no I/O)."""
+"""Checks and row codecs shared by every store (pure; no I/O)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from stageline.core.codec import decode, encode
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
+from stageline.core.store import RunRecord
 
 
 def run_exists(run_id: str) -> RunExistsError:
@@ -19,4 +23,31 @@ def conflict(run_id: str, expected: int, found: int | None) -> ConflictError:
     return ConflictError(
         f"commit to run {run_id!r} expected version {expected} but the store has {found}: "
         "another writer took the run; this process must stop driving it"
+    )
+
+
+def maybe_encode(value: Any) -> bytes | None:
+    return None if value is None else encode(value)
+
+
+def maybe_decode(data: bytes | None, what: str) -> Any:
+    return None if data is None else decode(data, what=what)
+
+
+def record_from_row(row: tuple[Any, ...]) -> RunRecord:
+    """A RunRecord from a row of the SQL stores' `runs` columns, in their order."""
+    return RunRecord(
+        run_id=row[0],
+        pipeline_id=row[1],
+        pipeline_version=row[2],
+        status=row[3],
+        stage=row[4],
+        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        checkpoint=row[6],
+        error=maybe_decode(row[7], f"error of run {row[0]!r}"),
+        version=row[8],
+        last_seq=row[9],
+        stage_runs=row[10],
+        created_at=row[11],
+        updated_at=row[12],
     )

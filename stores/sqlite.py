@@ -19,7 +19,7 @@ from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, run_exists, run_not_found
+from ._common import conflict, maybe_encode, record_from_row, run_exists, run_not_found
 
 SCHEMA_VERSION = 1
 
@@ -155,7 +155,7 @@ class SqliteStore:
                     record.stage,
                     encode(record.state),
                     record.checkpoint,
-                    _maybe_encode(record.error),
+                    maybe_encode(record.error),
                     record.version,
                     record.last_seq,
                     record.stage_runs,
@@ -168,7 +168,7 @@ class SqliteStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return _record(rows[0])
+        return record_from_row(rows[0])
 
     def commit(self, commit: Commit) -> int:
         state = encode_trusted(commit.state)
@@ -184,7 +184,7 @@ class SqliteStore:
                 commit.stage,
                 state,
                 commit.checkpoint,
-                _maybe_encode(commit.error),
+                maybe_encode(commit.error),
                 commit.last_seq,
                 commit.stage_runs,
                 commit.updated_at,
@@ -231,7 +231,7 @@ class SqliteStore:
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [_record(row).info() for row in rows]
+        return [record_from_row(row).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -253,29 +253,3 @@ class SqliteStore:
             if not self._closed:
                 self._closed = True
                 self._db.close()
-
-
-def _maybe_encode(value: Any) -> bytes | None:
-    return None if value is None else encode(value)
-
-
-def _maybe_decode(data: bytes | None, what: str) -> Any:
-    return None if data is None else decode(data, what=what)
-
-
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        pipeline_id=row[1],
-        pipeline_version=row[2],
-        status=row[3],
-        stage=row[4],
-        state=decode(row[5], what=f"state of run {row[0]!r}"),
-        checkpoint=row[6],
-        error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
-        version=row[8],
-        last_seq=row[9],
-        stage_runs=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-    )

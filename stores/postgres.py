@@ -1,0 +1,448 @@
+"""PostgresStore: runs shared by many processes and machines through one PostgreSQL database.
+
+psycopg 3 with a psycopg_pool.ConnectionPool (the `postgres` extra). Connections run in
+autocommit mode: a read is one statement, and a stage commit is one statement too: a
+data-modifying CTE that updates the run row with compare-and-set on `version` and inserts
+the stage's journal events only if that update matched, so both land in one transaction
+and one round trip. State, checkpoints, errors and events are cbor2 `bytea`.
+
+The tables live in their own schema (`schema="stageline"` by default). The store creates
+them and migrates them on open, under `pg_advisory_xact_lock`, so processes starting at
+once do not race; the version is kept in the schema's `stageline_meta` table, and a
+database written by a newer stageline is refused rather than misread.
+
+Decisions where the spec is silent:
+
+- PostgreSQL `text` cannot hold NUL characters: a run id (or pipeline id, stage id) with
+  one is refused with StoreError on write; a lookup by such an id finds nothing
+  (RunNotFound), as no such run can exist.
+- Run and pipeline ids are index keys, which PostgreSQL limits in size: ids over
+  `MAX_ID_BYTES` (UTF-8) are refused with StoreError on write.
+- A connection lost before or while a commit runs raises StoreError; the broken
+  connection is dropped from the pool and the next call gets a new one. If it was lost
+  while the server was committing, the outcome is unknown: reload the run (its version
+  tells) before going on. The runtime does this: the run stays at its last known commit.
+- `check_connections=True` (default) tests a pooled connection before handing it out
+  (one empty round trip), so a connection the server closed while idle (a restart, an
+  idle timeout in a proxy) is replaced instead of failing the next call.
+- `list_runs` orders by creation time, then run id in byte order (`COLLATE "C"`), as
+  SQLite does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+from stageline.core.codec import decode, encode, encode_trusted
+from stageline.core.errors import StoreError
+from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
+from stageline.core.store import Commit, RunInfo, RunRecord
+
+from ._common import conflict, maybe_encode, record_from_row, run_exists, run_not_found
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+    _Connection = psycopg.Connection[tuple[Any, ...]]
+
+SCHEMA_VERSION: Final = 1
+MAX_ID_BYTES: Final = 2048  # btree entries are limited to about 2.7 kB
+
+# Migrations: _MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE {s}.runs (
+            run_id text PRIMARY KEY,
+            pipeline_id text NOT NULL,
+            pipeline_version bigint NOT NULL,
+            status text NOT NULL,
+            stage text,
+            state bytea NOT NULL,
+            checkpoint bytea,
+            error bytea,
+            version bigint NOT NULL,
+            last_seq bigint NOT NULL,
+            stage_runs bigint NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL
+        ) WITH (fillfactor = 80)""",
+        "CREATE INDEX runs_status ON {s}.runs (status, pipeline_id)",
+        'CREATE INDEX runs_created ON {s}.runs (created_at, run_id COLLATE "C")',
+        """CREATE TABLE {s}.events (
+            run_id text NOT NULL,
+            seq bigint NOT NULL,
+            name text NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    ),
+}
+
+_COLUMNS: Final = (
+    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
+    "version, last_seq, stage_runs, created_at, updated_at"
+)
+_UPDATE: Final = (
+    "UPDATE {s}.runs SET status = %s, stage = %s, state = %s, checkpoint = %s, error = %s, "
+    "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s "
+    "WHERE run_id = %s AND version = %s"
+)
+_COMMIT: Final = _UPDATE + " RETURNING version"
+_COMMIT_WITH_EVENTS: Final = (
+    "WITH updated AS (" + _UPDATE + " RETURNING version), "
+    "journal AS (INSERT INTO {s}.events (run_id, seq, name, data) "
+    "SELECT %s, e.seq, e.name, e.data "
+    "FROM unnest(%s::bigint[], %s::text[], %s::bytea[]) AS e(seq, name, data) "
+    "WHERE EXISTS (SELECT 1 FROM updated)) "
+    "SELECT version FROM updated"
+)
+
+
+class PostgresStore:
+    """A Store in a PostgreSQL database, shared by any number of processes.
+
+    `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
+    `schema` is the PostgreSQL schema holding stageline's tables (created if absent).
+    `min_size` / `max_size` bound the connection pool: a stage commit holds a connection
+    for one round trip, so a few connections serve many concurrent runs.
+    `pool_timeout` is how long a call waits for a free connection (or for the server to
+    come back) before failing with StoreError; `connect_timeout` bounds opening one.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "stageline",
+        min_size: int = 1,
+        max_size: int = 10,
+        pool_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        check_connections: bool = True,
+    ) -> None:
+        psycopg, pool_module = _import_driver()
+        if not schema or "\x00" in schema:
+            raise StoreError(f"schema must be a non-empty name without NUL, got {schema!r}")
+        if min_size < 0 or max_size < max(min_size, 1):
+            raise StoreError(
+                f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
+                f"got min_size={min_size}, max_size={max_size}"
+            )
+        self._psycopg = psycopg
+        self.schema = schema
+        self._where = _describe(psycopg, dsn, schema)
+        self._closed = False
+        quoted = psycopg.sql.Identifier(schema).as_string(None)
+        self._sql: Callable[[str], str] = lambda text: text.replace("{s}", quoted)
+        kwargs = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": "stageline",
+        }
+        try:
+            with psycopg.connect(dsn, **kwargs) as conn:
+                self._migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot open the PostgreSQL store {self._where}: {_reason(exc)}; "
+                "check the dsn and that the server is running"
+            ) from exc
+        self._pool: ConnectionPool[_Connection] = pool_module.ConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=pool_timeout,
+            check=pool_module.ConnectionPool.check_connection if check_connections else None,
+            name=f"stageline:{schema}",
+        )
+        try:
+            self._pool.open(wait=min_size > 0, timeout=max(connect_timeout, 1.0))
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreError(
+                f"cannot open connections to the PostgreSQL store {self._where}: "
+                f"{_reason(exc)}; check the dsn and the server's max_connections"
+            ) from exc
+
+    # ----------------------------------------------------------------- schema
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or upgrade the tables, one process at a time (advisory lock)."""
+        with conn.transaction():
+            lock_name = f"stageline:{self.schema}"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_name,))
+            conn.execute(self._sql("CREATE SCHEMA IF NOT EXISTS {s}"))
+            conn.execute(
+                self._sql(
+                    "CREATE TABLE IF NOT EXISTS {s}.stageline_meta "
+                    "(key text PRIMARY KEY, value text NOT NULL)"
+                )
+            )
+            row = conn.execute(
+                self._sql("SELECT value FROM {s}.stageline_meta WHERE key = 'schema_version'")
+            ).fetchone()
+            found = 0 if row is None else int(row[0])
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the PostgreSQL store {self._where} has schema version {found}, newer "
+                    f"than this stageline understands ({SCHEMA_VERSION}); upgrade stageline"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(self._sql(statement))
+            if found < SCHEMA_VERSION:
+                conn.execute(
+                    self._sql(
+                        "INSERT INTO {s}.stageline_meta VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                    ),
+                    (str(SCHEMA_VERSION),),
+                )
+
+    # ----------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _connection(self, what: str) -> Iterator[_Connection]:
+        """A pooled connection; driver errors become StoreError naming `what`."""
+        if self._closed:
+            raise StoreError(f"the PostgreSQL store {self._where} is closed")
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except self._psycopg.Error as exc:
+            raise self._failure(what, exc) from exc
+
+    def _failure(self, what: str, exc: BaseException) -> StoreError:
+        psycopg = self._psycopg
+        if isinstance(exc, psycopg.OperationalError):
+            if exc.__class__.__name__ == "PoolTimeout":
+                hint = "no connection was free or the server did not answer in time"
+            else:
+                hint = "the connection to the server failed or was lost"
+            return StoreError(
+                f"{what} failed in the PostgreSQL store {self._where}: {hint} "
+                f"({_reason(exc)}); nothing already committed is lost: retry once the "
+                "server is reachable (a run stays at its last commit and can be resumed)"
+            )
+        return StoreError(f"{what} failed in the PostgreSQL store {self._where}: {_reason(exc)}")
+
+    def _query(self, what: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._connection(what) as conn:
+            return conn.execute(self._sql(sql), params).fetchall()
+
+    # ----------------------------------------------------------------- writes
+
+    def create_run(self, record: RunRecord) -> None:
+        _check_id(record.run_id, "run id")
+        _check_id(record.pipeline_id, "pipeline id")
+        _check_text(record.stage, "stage id", record.run_id)
+        _check_text(record.status, "status", record.run_id)
+        values = (
+            record.run_id,
+            record.pipeline_id,
+            record.pipeline_version,
+            record.status,
+            record.stage,
+            encode(record.state),
+            record.checkpoint,
+            maybe_encode(record.error),
+            record.version,
+            record.last_seq,
+            record.stage_runs,
+            record.created_at,
+            record.updated_at,
+        )
+        with self._connection(f"creating run {record.run_id!r}") as conn:
+            cursor = conn.execute(
+                self._sql(
+                    f"INSERT INTO {{s}}.runs ({_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (run_id) DO NOTHING"
+                ),
+                values,
+            )
+            if cursor.rowcount != 1:
+                raise run_exists(record.run_id)
+
+    def commit(self, commit: Commit) -> int:
+        _check_text(commit.stage, "stage id", commit.run_id)
+        _check_text(commit.status, "status", commit.run_id)
+        journaled = [e for e in commit.events if is_journaled(e.name)]
+        values: tuple[Any, ...] = (
+            commit.status,
+            commit.stage,
+            encode_trusted(commit.state),
+            commit.checkpoint,
+            maybe_encode(commit.error),
+            commit.last_seq,
+            commit.stage_runs,
+            commit.updated_at,
+            commit.run_id,
+            commit.expected_version,
+        )
+        if journaled:
+            sql = _COMMIT_WITH_EVENTS
+            values += (
+                commit.run_id,
+                [e.seq for e in journaled],
+                [e.name for e in journaled],
+                [encode_trusted(journal_record(e)) for e in journaled],
+            )
+        else:
+            sql = _COMMIT
+        if _unstorable(commit.run_id):
+            raise conflict(commit.run_id, commit.expected_version, None)
+        with self._connection(f"committing run {commit.run_id!r}") as conn:
+            row = conn.execute(self._sql(sql), values).fetchone()
+            if row is None:
+                found = conn.execute(
+                    self._sql("SELECT version FROM {s}.runs WHERE run_id = %s"), (commit.run_id,)
+                ).fetchone()
+                raise conflict(
+                    commit.run_id, commit.expected_version, None if found is None else found[0]
+                )
+        return int(row[0])
+
+    def set_checkpoint(
+        self,
+        run_id: str,
+        checkpoint: bytes | None,
+        *,
+        only_if_paused: bool = True,
+        expected_version: int | None = None,
+    ) -> bool:
+        if _unstorable(run_id):
+            raise run_not_found(run_id)
+        with self._connection(f"writing the checkpoint of run {run_id!r}") as conn:
+            cursor = conn.execute(
+                self._sql(
+                    "UPDATE {s}.runs SET checkpoint = %s WHERE run_id = %s "
+                    "AND (NOT %s OR status = 'paused') AND (%s::bigint IS NULL OR version = %s)"
+                ),
+                (checkpoint, run_id, only_if_paused, expected_version, expected_version),
+            )
+            if cursor.rowcount == 1:
+                return True
+            exists = conn.execute(
+                self._sql("SELECT 1 FROM {s}.runs WHERE run_id = %s"), (run_id,)
+            ).fetchone()
+        if exists is None:
+            raise run_not_found(run_id)
+        return False
+
+    # ----------------------------------------------------------------- reads
+
+    def load_run(self, run_id: str) -> RunRecord:
+        if _unstorable(run_id):
+            raise run_not_found(run_id)
+        rows = self._query(
+            f"reading run {run_id!r}",
+            f"SELECT {_COLUMNS} FROM {{s}}.runs WHERE run_id = %s",
+            (run_id,),
+        )
+        if not rows:
+            raise run_not_found(run_id)
+        return record_from_row(rows[0])
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return self.load_run(run_id).info()
+
+    def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
+        if _unstorable(status) or _unstorable(pipeline_id):
+            return []
+        rows = self._query(
+            "listing runs",
+            f"SELECT {_COLUMNS} FROM {{s}}.runs "
+            "WHERE (%s::text IS NULL OR status = %s) AND (%s::text IS NULL OR pipeline_id = %s) "
+            'ORDER BY created_at, run_id COLLATE "C"',
+            (status, status, pipeline_id, pipeline_id),
+        )
+        return [record_from_row(row).info() for row in rows]
+
+    def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        if _unstorable(run_id):
+            raise run_not_found(run_id)
+        rows = self._query(
+            f"reading the journal of run {run_id!r}",
+            "SELECT r.pipeline_id, e.name, e.data FROM {s}.runs r "
+            "LEFT JOIN {s}.events e ON e.run_id = r.run_id AND e.seq > %s "
+            "WHERE r.run_id = %s ORDER BY e.seq",
+            (after_seq, run_id),
+        )
+        if not rows:
+            raise run_not_found(run_id)
+        return [
+            event_from_journal(
+                decode(data, what="journal event", patches=True), name, run_id, pipeline_id
+            )
+            for pipeline_id, name, data in rows
+            if name is not None
+        ]
+
+    def close(self) -> None:
+        """Close the pool's connections; later calls raise StoreError."""
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _import_driver() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg.sql
+        import psycopg_pool
+    except ImportError as exc:
+        raise StoreError(
+            "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'stageline[postgres]'"
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+def _describe(psycopg: Any, dsn: str, schema: str) -> str:
+    """host:port/dbname (schema), never the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return f"(unparsable dsn, schema {schema!r})"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or '?'} schema {schema!r}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_id(value: str, what: str) -> None:
+    _check_text(value, what, value)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise StoreError(
+            f"{what} {value[:40]!r}... is {size} bytes in UTF-8; PostgresStore takes ids up "
+            f"to {MAX_ID_BYTES} bytes: use a shorter id"
+        )
+
+
+def _check_text(value: str | None, what: str, run_id: str) -> None:
+    if value is not None and "\x00" in value:
+        raise StoreError(
+            f"the {what} {value[:40]!r} of run {run_id[:40]!r} contains a NUL character, "
+            "which PostgreSQL text cannot hold: use an id without NUL"
+        )
+
+
+def _unstorable(value: str | None) -> bool:
+    """True for an id PostgreSQL cannot hold (so no stored run has it)."""
+    return value is not None and "\x00" in value
