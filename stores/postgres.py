@@ -22,15 +22,20 @@ Decisions where the spec is silent:
   connection is dropped from the pool and the next call gets a new one. If it was lost
   while the server was committing, the outcome is unknown: reload the run (its version
   tells) before going on. The runtime does this: the run stays at its last known commit.
-- `check_connections=True` (default) tests a pooled connection before handing it out
-  (one empty round trip), so a connection the server closed while idle (a restart, an
-  idle timeout in a proxy) is replaced instead of failing the next call.
+- Connections are named `stageline` (`application_name`, seen in `pg_stat_activity`)
+  unless the dsn names them.
+- A pooled connection idle for more than `check_after` seconds (default 2) is tested
+  before use (one empty round trip), so one the server closed while idle (a restart, an
+  idle timeout in a proxy) is replaced instead of failing the next call. Busy connections
+  are not tested: a test on every call costs about a third of a stage commit.
 - `list_runs` orders by creation time, then run id in byte order (`COLLATE "C"`), as
   SQLite does.
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -110,6 +115,8 @@ class PostgresStore:
     for one round trip, so a few connections serve many concurrent runs.
     `pool_timeout` is how long a call waits for a free connection (or for the server to
     come back) before failing with StoreError; `connect_timeout` bounds opening one.
+    `check_after`: a connection idle longer than this many seconds is tested before use
+    (0: always; None: never, and a connection the server dropped fails one call).
     """
 
     def __init__(
@@ -121,7 +128,7 @@ class PostgresStore:
         max_size: int = 10,
         pool_timeout: float = 30.0,
         connect_timeout: float = 10.0,
-        check_connections: bool = True,
+        check_after: float | None = 2.0,
     ) -> None:
         psycopg, pool_module = _import_driver()
         if not schema or "\x00" in schema:
@@ -135,13 +142,16 @@ class PostgresStore:
         self.schema = schema
         self._where = _describe(psycopg, dsn, schema)
         self._closed = False
+        self._check_after = check_after
+        self._last_used: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         quoted = psycopg.sql.Identifier(schema).as_string(None)
         self._sql: Callable[[str], str] = lambda text: text.replace("{s}", quoted)
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, round(connect_timeout)),
-            "application_name": "stageline",
         }
+        if "application_name" not in _params(psycopg, dsn):
+            kwargs["application_name"] = "stageline"
         try:
             with psycopg.connect(dsn, **kwargs) as conn:
                 self._migrate(conn)
@@ -157,7 +167,7 @@ class PostgresStore:
             max_size=max_size,
             open=False,
             timeout=pool_timeout,
-            check=pool_module.ConnectionPool.check_connection if check_connections else None,
+            check=None if check_after is None else self._check_if_idle,
             name=f"stageline:{schema}",
         )
         try:
@@ -213,9 +223,18 @@ class PostgresStore:
             raise StoreError(f"the PostgreSQL store {self._where} is closed")
         try:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
         except self._psycopg.Error as exc:
             raise self._failure(what, exc) from exc
+
+    def _check_if_idle(self, conn: _Connection) -> None:
+        """The pool's check: test a connection that has been idle for a while."""
+        idle = time.monotonic() - self._last_used.get(conn, 0.0)
+        if self._check_after is not None and idle > self._check_after:
+            conn.execute("")
 
     def _failure(self, what: str, exc: BaseException) -> StoreError:
         psycopg = self._psycopg
@@ -409,12 +428,19 @@ def _import_driver() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
+def _params(psycopg: Any, dsn: str) -> dict[str, Any]:
+    try:
+        return dict(psycopg.conninfo.conninfo_to_dict(dsn))
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"cannot read the PostgreSQL dsn: {_reason(exc)}; "
+            "give a URL (postgresql://user@host:5432/db) or a libpq string"
+        ) from exc
+
+
 def _describe(psycopg: Any, dsn: str, schema: str) -> str:
     """host:port/dbname (schema), never the password."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return f"(unparsable dsn, schema {schema!r})"
+    params = _params(psycopg, dsn)
     host = params.get("host") or "localhost"
     port = params.get("port") or 5432
     return f"{host}:{port}/{params.get('dbname') or params.get('user') or '?'} schema {schema!r}"
