@@ -22,6 +22,7 @@ from stageline.core.errors import (
     RunExpired,
     RunNotFound,
     RunNotPaused,
+    RunStateError,
     StagelineError,
 )
 from stageline.core.events import Event, PathNode
@@ -113,17 +114,29 @@ class PipelineFactory:
 
     # --- new runs ---------------------------------------------------------------------
 
-    def prepare(self, entry: str | None = None, run_id: str | None = None) -> RunContext:
-        """A new run starting at stage `entry` (default: the first); nothing runs yet."""
+    def prepare(
+        self,
+        entry: str | None = None,
+        run_id: str | None = None,
+        *,
+        state: Mapping[str, Any] | None = None,
+    ) -> RunContext:
+        """A new run starting at stage `entry` (default: the first); nothing runs yet.
+
+        `state`, if given, is a patch merged over the factory's initial state (how
+        `stageline start --state JSON` seeds a run).
+        """
         entry = self._entry(entry)
         run_id = self._run_id(run_id)
+        initial = self._initial_state()
+        seed = check_patch(state, f"initial state patch for run {run_id!r}")
         now = self.clock.wall()
         record = RunRecord(
             run_id=run_id,
             pipeline_id=self.pipeline.id,
             pipeline_version=self.pipeline.version,
             status=lifecycle.PENDING,
-            state=self._initial_state(),
+            state=merge(initial, seed) if seed else initial,
             stage=entry,
             created_at=now,
             updated_at=now,
@@ -317,6 +330,52 @@ class PipelineFactory:
                 f"{problem[0]!r}: {describe(problem[1])}"
             )
         return state
+
+    # --- by run id ----------------------------------------------------------------------
+
+    def abort(self, run_id: str, reason: str | None = None) -> None:
+        """Abort a run known only by its id.
+
+        A run this factory's registry holds is aborted through its RunContext (promptly,
+        as `RunContext.abort`). A paused run only the store holds is aborted there, in one
+        compare-and-set (no actor starts). Otherwise RunNotFound, or RunStateError when
+        the run has ended or another process drives it.
+        """
+        live = None if self.registry is None else self.registry._lookup(run_id)
+        if live is not None:
+            live.abort(reason)
+            return
+        store = self.store_for(run_id)
+        record = store.load_run(run_id)
+        if record.status == lifecycle.PAUSED:
+            entry = record.stage or str(self.pipeline.first_stage.id)
+            self._context(store, record, entry, Container(run_id), resumed=True).abort(reason)
+            return
+        if not lifecycle.can(record.status, "abort"):
+            raise RunStateError(
+                f"run {run_id!r} has already ended (status {record.status}); nothing to abort"
+            )
+        raise RunStateError(
+            f"run {run_id!r} is {record.status} but not live in this process: abort it where "
+            "it runs (if that process died, recover the run first)"
+        )
+
+    def bound_to(self, store: Store, registry: Any) -> PipelineFactory:
+        """This factory (pipeline, initial state, logger, migrations) on `store` and `registry`.
+
+        How the daemon adopts an application's factories: it serves one store and runs
+        one registry, whatever the factories were built with.
+        """
+        other = PipelineFactory(
+            self.pipeline,
+            store=store,
+            initial_state=self.initial_state,
+            registry=registry,
+            logger=self.logger,
+            max_bundle_bytes=self.max_bundle_bytes,
+        )
+        other._migrations = dict(self._migrations)
+        return other
 
     # --- wiring -----------------------------------------------------------------------
 

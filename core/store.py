@@ -3,6 +3,8 @@
 A store serves many runs. Its write side is small: create a run, load it, and commit a
 stage as one transaction guarded by compare-and-set on the run's `version`. Its public
 read side (`get_run`, `list_runs`, `read_events`, `close`) is the same on every store.
+Its mailbox (`post_request`, `claim_requests`, `answer_request`, `get_request`,
+`mailbox_version`) carries requests from any process to a daemon (core/mailbox.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .events import Event
+from .mailbox import Request
 from .patch import public_state
 
 
@@ -170,6 +173,35 @@ class Store(Protocol):
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         """The run's journal after `after_seq`, in seq order."""
+        ...
+
+    def post_request(self, request: Request) -> None:
+        """Add `request` (status "pending") to the mailbox; StoreError if its id is taken."""
+
+    def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
+        """Claim up to `limit` pending requests for `claimer`, oldest first, and return them.
+
+        Each request goes pending -> claimed in one conditional write, so of any number of
+        racing claimers (threads, processes, machines) exactly one gets it.
+        """
+        ...
+
+    def answer_request(self, request_id: str, error: str | None = None) -> None:
+        """Record a claimed request's outcome: "done" (no error) or "failed" with `error`.
+
+        StoreError if the request is not in the mailbox.
+        """
+
+    def get_request(self, request_id: str) -> Request:
+        """The request as stored now (senders poll it for the answer); StoreError if absent."""
+        ...
+
+    def mailbox_version(self) -> int:
+        """A cheap number that changes whenever a request is posted or answered.
+
+        It may change for other writes too (e.g. SQLite's `data_version` moves on any
+        commit by another connection). A daemon polls it and claims only when it moved.
+        """
         ...
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from stageline.core.codec import decode, encode
-from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
+from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
+from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
 
 
@@ -23,6 +24,16 @@ def conflict(run_id: str, expected: int, found: int | None) -> ConflictError:
     return ConflictError(
         f"commit to run {run_id!r} expected version {expected} but the store has {found}: "
         "another writer took the run; this process must stop driving it"
+    )
+
+
+def request_exists(request_id: str) -> StoreError:
+    return StoreError(f"mailbox request {request_id!r} already exists; post with a new id")
+
+
+def request_not_found(request_id: str) -> StoreError:
+    return StoreError(
+        f"mailbox request {request_id!r} is not in this store; check the id and the store"
     )
 
 
@@ -50,4 +61,26 @@ def record_from_row(row: tuple[Any, ...]) -> RunRecord:
         stage_runs=row[10],
         created_at=row[11],
         updated_at=row[12],
+    )
+
+
+REQUEST_COLUMNS = (
+    "request_id, kind, run_id, posted_at, pipeline_id, args, status, claimed_by, "
+    "answered_at, answer"
+)
+
+
+def request_from_row(row: tuple[Any, ...]) -> Request:
+    """A mailbox Request from a row of the SQL stores' REQUEST_COLUMNS, in their order."""
+    return Request(
+        request_id=row[0],
+        kind=row[1],
+        run_id=row[2],
+        posted_at=row[3],
+        pipeline_id=row[4],
+        args=decode(row[5], what=f"arguments of request {row[0]!r}"),
+        status=row[6],
+        claimed_by=row[7],
+        answered_at=row[8],
+        answer=row[9],
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 from stageline.core.events import Event, is_journaled
+from stageline.core.mailbox import PENDING, Request
 from stageline.core.patch import copy_state
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, run_exists, run_not_found
+from ._common import conflict, request_exists, request_not_found, run_exists, run_not_found
 
 
 class MemoryStore:
@@ -19,6 +21,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._journal: dict[str, list[Event]] = {}
+        self._requests: dict[str, Request] = {}  # insertion order is posting order
+        self._mailbox_version = 0
 
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -86,6 +90,39 @@ class MemoryStore:
                 raise run_not_found(run_id)
             events = [e for e in self._journal[run_id] if e.seq > after_seq]
         return [replace(e, state=None, checkpoint=None) for e in events]
+
+    def post_request(self, request: Request) -> None:
+        with self._lock:
+            if request.request_id in self._requests:
+                raise request_exists(request.request_id)
+            self._requests[request.request_id] = replace(request, status=PENDING)
+            self._mailbox_version += 1
+
+    def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
+        with self._lock:
+            pending = [r for r in self._requests.values() if r.status == PENDING][:limit]
+            claimed = [r.claimed(claimer) for r in pending]
+            for request in claimed:
+                self._requests[request.request_id] = request
+            return claimed
+
+    def answer_request(self, request_id: str, error: str | None = None) -> None:
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None:
+                raise request_not_found(request_id)
+            self._requests[request_id] = request.answered_with(error, time.time())
+            self._mailbox_version += 1
+
+    def get_request(self, request_id: str) -> Request:
+        with self._lock:
+            try:
+                return self._requests[request_id]
+            except KeyError:
+                raise request_not_found(request_id) from None
+
+    def mailbox_version(self) -> int:
+        return self._mailbox_version
 
     def close(self) -> None:
         """Nothing to release."""

@@ -34,18 +34,31 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final
 
 from stageline.core.codec import decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
+from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, maybe_encode, record_from_row, run_exists, run_not_found
+from ._common import (
+    REQUEST_COLUMNS,
+    conflict,
+    maybe_encode,
+    record_from_row,
+    request_exists,
+    request_from_row,
+    request_not_found,
+    run_exists,
+    run_not_found,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -53,11 +66,11 @@ if TYPE_CHECKING:
 
     _Connection = psycopg.Connection[tuple[Any, ...]]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MAX_ID_BYTES: Final = 2048  # btree entries are limited to about 2.7 kB
 
-# Migrations: _MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema.
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+# MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
             run_id text PRIMARY KEY,
@@ -83,6 +96,22 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             data bytea NOT NULL,
             PRIMARY KEY (run_id, seq)
         )""",
+    ),
+    2: (
+        """CREATE TABLE {s}.requests (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            request_id text NOT NULL UNIQUE,
+            kind text NOT NULL,
+            run_id text NOT NULL,
+            pipeline_id text,
+            args bytea NOT NULL,
+            status text NOT NULL,
+            posted_at double precision NOT NULL,
+            claimed_by text,
+            answered_at double precision,
+            answer text
+        )""",
+        "CREATE INDEX requests_pending ON {s}.requests (seq) WHERE status = 'pending'",
     ),
 }
 
@@ -140,6 +169,7 @@ class PostgresStore:
             )
         self._psycopg = psycopg
         self.schema = schema
+        self.channel = "stageline_mailbox_" + hashlib.sha1(schema.encode()).hexdigest()[:16]
         self._where = _describe(psycopg, dsn, schema)
         self._closed = False
         self._check_after = check_after
@@ -178,6 +208,7 @@ class PostgresStore:
                 f"cannot open connections to the PostgreSQL store {self._where}: "
                 f"{_reason(exc)}; check the dsn and the server's max_connections"
             ) from exc
+        self._listener = _Listener(psycopg, lambda: psycopg.connect(dsn, **kwargs), self.channel)
 
     # ----------------------------------------------------------------- schema
 
@@ -203,7 +234,7 @@ class PostgresStore:
                     f"than this stageline understands ({SCHEMA_VERSION}); upgrade stageline"
                 )
             for version in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version]:
+                for statement in MIGRATIONS[version]:
                     conn.execute(self._sql(statement))
             if found < SCHEMA_VERSION:
                 conn.execute(
@@ -219,8 +250,7 @@ class PostgresStore:
     @contextmanager
     def _connection(self, what: str) -> Iterator[_Connection]:
         """A pooled connection; driver errors become StoreError naming `what`."""
-        if self._closed:
-            raise StoreError(f"the PostgreSQL store {self._where} is closed")
+        self._fail_if_closed()
         try:
             with self._pool.connection() as conn:
                 try:
@@ -403,14 +433,192 @@ class PostgresStore:
             if name is not None
         ]
 
+    # ----------------------------------------------------------------- mailbox
+
+    def post_request(self, request: Request) -> None:
+        for value, what in ((request.request_id, "request id"), (request.run_id, "run id")):
+            _check_id(value, what)
+        _check_text(request.pipeline_id, "pipeline id", request.run_id)
+        values = (
+            request.request_id,
+            request.kind,
+            request.run_id,
+            request.posted_at,
+            request.pipeline_id,
+            encode(request.args),
+            PENDING,
+            self.channel,
+        )
+        with self._connection(f"posting request {request.request_id!r}") as conn:
+            posted = conn.execute(
+                self._sql(
+                    "WITH posted AS (INSERT INTO {s}.requests "
+                    "(request_id, kind, run_id, posted_at, pipeline_id, args, status) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (request_id) DO NOTHING RETURNING 1) "
+                    "SELECT pg_notify(%s, 'posted') FROM posted"
+                ),
+                values,
+            ).fetchone()
+        if posted is None:
+            raise request_exists(request.request_id)
+        self._listener.own_write()
+
+    def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
+        _check_text(claimer, "claimer name", claimer)
+        rows = self._query(
+            "claiming mailbox requests",
+            # The CTE runs once (MATERIALIZED): `seq IN (subquery with LIMIT)` may be
+            # re-evaluated by the planner and claim more than `limit`.
+            "WITH picked AS MATERIALIZED (SELECT seq FROM {s}.requests WHERE status = %s "
+            "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE {s}.requests r SET status = %s, claimed_by = %s FROM picked "
+            f"WHERE r.seq = picked.seq RETURNING r.seq, {_prefixed('r.', REQUEST_COLUMNS)}",
+            (PENDING, limit, CLAIMED, claimer),
+        )
+        return [request_from_row(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
+
+    def answer_request(self, request_id: str, error: str | None = None) -> None:
+        if _unstorable(request_id):
+            raise request_not_found(request_id)
+        answer = None if error is None else error.replace("\x00", "\\0")
+        with self._connection(f"answering request {request_id!r}") as conn:
+            answered = conn.execute(
+                self._sql(
+                    "WITH answered AS (UPDATE {s}.requests "
+                    "SET status = %s, answer = %s, answered_at = %s "
+                    "WHERE request_id = %s RETURNING 1) "
+                    "SELECT pg_notify(%s, 'answered') FROM answered"
+                ),
+                (FAILED if error else DONE, answer, time.time(), request_id, self.channel),
+            ).fetchone()
+        if answered is None:
+            raise request_not_found(request_id)
+        self._listener.own_write()
+
+    def get_request(self, request_id: str) -> Request:
+        if _unstorable(request_id):
+            raise request_not_found(request_id)
+        rows = self._query(
+            f"reading request {request_id!r}",
+            f"SELECT {REQUEST_COLUMNS} FROM {{s}}.requests WHERE request_id = %s",
+            (request_id,),
+        )
+        if not rows:
+            raise request_not_found(request_id)
+        return request_from_row(rows[0])
+
+    def mailbox_version(self) -> int:
+        """A number that moves when a request is posted or answered, by any process.
+
+        No round trip: it counts this store's own posts and answers, plus the NOTIFYs
+        that arrived on its LISTEN connection (opened by the first call). Polling it is
+        as cheap as reading a socket that has nothing to say.
+        """
+        self._fail_if_closed()
+        return self._listener.version(self._where)
+
+    def wait_for_requests(self, timeout: float) -> bool:
+        """Block until the mailbox changes (a NOTIFY from any process) or `timeout` passes.
+
+        True if it changed, or may have (the first call, which starts listening, and a
+        reconnection both return True at once: claim, then wait again); False on timeout.
+        A daemon loop: `while not stopping: store.wait_for_requests(1.0); claim...`.
+        """
+        self._fail_if_closed()
+        return self._listener.wait(timeout, self._where)
+
+    def _fail_if_closed(self) -> None:
+        if self._closed:
+            raise StoreError(f"the PostgreSQL store {self._where} is closed")
+
     def close(self) -> None:
-        """Close the pool's connections; later calls raise StoreError."""
+        """Close the pool's connections and the listener; later calls raise StoreError."""
         if not self._closed:
             self._closed = True
             self._pool.close()
+            self._listener.close()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where})"
+
+
+class _Listener:
+    """The store's LISTEN connection: counts mailbox NOTIFYs, and lets a daemon block on them.
+
+    Opened on first use. A lost connection is reopened on the next call, which then
+    reports a change (notifications may have been missed while it was down).
+    """
+
+    def __init__(self, psycopg: Any, connect: Callable[[], Any], channel: str) -> None:
+        self._psycopg = psycopg
+        self._connect = connect
+        self._channel = channel
+        self._lock = threading.Lock()  # held while using the connection (and waiting)
+        self._count_lock = threading.Lock()
+        self._conn: Any = None
+        self._seen = 0  # notifications received plus this store's own writes
+
+    def own_write(self) -> None:
+        self._count(1)  # its NOTIFY arrives later; count our own write at once
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self._seen += n
+
+    def version(self, where: str) -> int:
+        if not self._lock.acquire(blocking=False):
+            return self._seen  # a waiter holds the connection; it will count
+        try:
+            self._receive(0.0, where)
+            return self._seen
+        finally:
+            self._lock.release()
+
+    def wait(self, timeout: float, where: str) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._lock.acquire(timeout=max(timeout, 0.0)):
+            return False
+        try:
+            return self._receive(max(deadline - time.monotonic(), 0.0), where)
+        finally:
+            self._lock.release()
+
+    def _receive(self, timeout: float, where: str) -> bool:
+        """Wait up to `timeout` for notifications (lock held); True if anything moved."""
+        psycopg = self._psycopg
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+                self._conn.execute(
+                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
+                )
+            except psycopg.Error as exc:
+                self._drop()
+                raise StoreError(
+                    f"listening for mailbox requests in the PostgreSQL store {where} failed: "
+                    f"{_reason(exc)}; check that the server is reachable"
+                ) from exc
+            self._count(1)
+            return True
+        try:
+            received = sum(1 for _ in self._conn.notifies(timeout=timeout, stop_after=1))
+        except psycopg.Error:
+            self._drop()  # reopened by the next call, which reports a change
+            self._count(1)
+            return True
+        self._count(received)
+        return received > 0
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -467,6 +675,10 @@ def _check_text(value: str | None, what: str, run_id: str) -> None:
             f"the {what} {value[:40]!r} of run {run_id[:40]!r} contains a NUL character, "
             "which PostgreSQL text cannot hold: use an id without NUL"
         )
+
+
+def _prefixed(prefix: str, columns: str) -> str:
+    return ", ".join(prefix + column.strip() for column in columns.split(","))
 
 
 def _unstorable(value: str | None) -> bool:

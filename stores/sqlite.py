@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -17,38 +18,71 @@ from typing import Any
 from stageline.core.codec import decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
+from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, maybe_encode, record_from_row, run_exists, run_not_found
+from ._common import (
+    REQUEST_COLUMNS,
+    conflict,
+    maybe_encode,
+    record_from_row,
+    request_exists,
+    request_from_row,
+    request_not_found,
+    run_exists,
+    run_not_found,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    pipeline_id TEXT NOT NULL,
-    pipeline_version INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    stage TEXT,
-    state BLOB NOT NULL,
-    checkpoint BLOB,
-    error BLOB,
-    version INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    stage_runs INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status, pipeline_id);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-"""
+_META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+# MIGRATIONS[v] takes a file from schema version v - 1 to v (0: a new file). Each is
+# applied once, in one transaction, so files written by an older stageline keep working.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE IF NOT EXISTS runs (
+            run_id TEXT PRIMARY KEY,
+            pipeline_id TEXT NOT NULL,
+            pipeline_version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            stage TEXT,
+            state BLOB NOT NULL,
+            checkpoint BLOB,
+            error BLOB,
+            version INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            stage_runs INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS runs_status ON runs (status, pipeline_id)",
+        """CREATE TABLE IF NOT EXISTS events (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+    ),
+    2: (
+        """CREATE TABLE IF NOT EXISTS requests (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            pipeline_id TEXT,
+            args BLOB NOT NULL,
+            status TEXT NOT NULL,
+            posted_at REAL NOT NULL,
+            claimed_by TEXT,
+            answered_at REAL,
+            answer TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq)",
+    ),
+}
+
 
 _SET = (
     "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
@@ -89,25 +123,12 @@ class SqliteStore:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
+            self._db.execute(_META)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
-
-    def _check_schema(self) -> None:
-        row = self._db.execute(
-            "SELECT value FROM stageline_meta WHERE key = 'schema_version'"
-        ).fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT OR IGNORE INTO stageline_meta VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path!r} has schema version {row[0]}, newer than this stageline "
-                f"understands ({SCHEMA_VERSION}); upgrade stageline"
-            )
+        self._mailbox_writes = 0  # data_version does not move for this connection's writes
+        with self._transaction(f"migrating the schema of {self.path!r}") as db:
+            _migrate(db, self.path)
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -248,8 +269,82 @@ class SqliteStore:
             for name, data in rows
         ]
 
+    def post_request(self, request: Request) -> None:
+        with self._transaction(f"posting request {request.request_id!r}") as db:
+            try:
+                db.execute(
+                    f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        request.request_id,
+                        request.kind,
+                        request.run_id,
+                        request.posted_at,
+                        request.pipeline_id,
+                        encode(request.args),
+                        PENDING,
+                        None,
+                        None,
+                        None,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise request_exists(request.request_id) from None
+            self._mailbox_writes += 1
+
+    def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
+        with self._transaction("claiming mailbox requests") as db:
+            rows = db.execute(
+                f"UPDATE requests SET status = ?, claimed_by = ? WHERE seq IN "
+                f"(SELECT seq FROM requests WHERE status = ? ORDER BY seq LIMIT ?) "
+                f"AND status = ? RETURNING seq, {REQUEST_COLUMNS}",
+                (CLAIMED, claimer, PENDING, limit, PENDING),
+            ).fetchall()
+        return [request_from_row(row[1:]) for row in sorted(rows)]
+
+    def answer_request(self, request_id: str, error: str | None = None) -> None:
+        with self._transaction(f"answering request {request_id!r}") as db:
+            cursor = db.execute(
+                "UPDATE requests SET status = ?, answer = ?, answered_at = ? WHERE request_id = ?",
+                (FAILED if error else DONE, error, time.time(), request_id),
+            )
+            if cursor.rowcount != 1:
+                raise request_not_found(request_id)
+            self._mailbox_writes += 1
+
+    def get_request(self, request_id: str) -> Request:
+        rows = self._query(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+        )
+        if not rows:
+            raise request_not_found(request_id)
+        return request_from_row(rows[0])
+
+    def mailbox_version(self) -> int:
+        """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""
+        rows = self._query("PRAGMA data_version", ())
+        return int(rows[0][0]) + self._mailbox_writes
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    """Bring the file up to SCHEMA_VERSION, one migration at a time (inside a transaction)."""
+    row = db.execute("SELECT value FROM stageline_meta WHERE key = 'schema_version'").fetchone()
+    found = 0 if row is None else int(row[0])
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path!r} has schema version {found}, newer than this stageline "
+            f"understands ({SCHEMA_VERSION}); upgrade stageline"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version]:
+            db.execute(statement)
+    if found != SCHEMA_VERSION:
+        db.execute(
+            "INSERT OR REPLACE INTO stageline_meta VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )

@@ -74,11 +74,13 @@ def empty_pg_store(dsn: str, schema: str) -> PostgresStore:
     from psycopg import sql
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("TRUNCATE {}.runs, {}.events").format(
-                sql.Identifier(schema), sql.Identifier(schema)
-            )
-        )
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = %s AND table_name <> 'stageline_meta'",
+            (schema,),
+        ).fetchall()
+        names = sql.SQL(", ").join(sql.Identifier(schema, name) for (name,) in tables)
+        conn.execute(sql.SQL("TRUNCATE {}").format(names))
     return PostgresStore(dsn, schema=schema)
 
 

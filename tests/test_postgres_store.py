@@ -19,10 +19,13 @@ import pytest
 from conftest import drop_schema
 
 from stageline import Pipeline, PipelineFactory, Stage, Step, StoreError
+from stageline.core.codec import encode
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
 from stageline.core.events import Event, PathNode
+from stageline.core.mailbox import Request
 from stageline.core.store import Commit, RunRecord
 from stageline.stores import PostgresStore
+from stageline.stores.postgres import MIGRATIONS, SCHEMA_VERSION
 
 psycopg = pytest.importorskip("psycopg", reason="needs the postgres extra")
 sql = psycopg.sql
@@ -217,9 +220,9 @@ def test_schema_is_created_once_by_processes_starting_together(pg_dsn, schema, a
         "ORDER BY table_name",
         (schema,),
     ).fetchall()
-    assert [t[0] for t in tables] == ["events", "runs", "stageline_meta"]
+    assert [t[0] for t in tables] == ["events", "requests", "runs", "stageline_meta"]
     meta = sql.SQL("SELECT key, value FROM {}.stageline_meta").format(sql.Identifier(schema))
-    assert admin.execute(meta).fetchall() == [("schema_version", "1")]
+    assert admin.execute(meta).fetchall() == [("schema_version", str(SCHEMA_VERSION))]
 
 
 def test_a_newer_schema_version_is_refused(pg_dsn, schema, admin):
@@ -404,3 +407,161 @@ def test_ids_postgres_cannot_hold_are_refused_clearly(store_on_schema):
         store.commit(stage_commit(record("nul\x00id"), 1, "w"))
     assert store.list_runs(pipeline_id="p\x00") == []
     assert store.list_runs() == []
+
+
+# --------------------------------------------------------------------------- mailbox
+
+
+def mail(n: int, kind: str = "resume", **fields: Any) -> Request:
+    return Request(f"req-{n}", kind, f"run-{n}", posted_at=float(n), **fields)
+
+
+def listener_pids(admin: Any, schema: str) -> list[int]:
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'LISTEN%%'",
+        (schema,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_post_from_another_process_wakes_a_waiting_daemon(store_on_schema):
+    daemon, sender = store_on_schema(), store_on_schema()
+    assert daemon.wait_for_requests(timeout=5) is True  # starts listening: claim first
+    assert daemon.claim_requests("d") == []
+    assert daemon.wait_for_requests(timeout=0.05) is False  # nothing posted: times out
+    woke: list[tuple[bool, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        woke.append((daemon.wait_for_requests(timeout=30), time.monotonic() - started))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    sender.post_request(mail(1))
+    waiter.join(timeout=30)
+    [(changed, waited)] = woke
+    assert changed and waited < 10  # woken by NOTIFY, not by the 30 s timeout
+    assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
+
+
+def test_the_mailbox_version_sees_posts_and_answers_of_other_processes(store_on_schema):
+    daemon, sender = store_on_schema(), store_on_schema()
+    before = daemon.mailbox_version()  # starts listening
+    sender.post_request(mail(1))
+    wait_until(lambda: daemon.mailbox_version() != before, "the post's NOTIFY")
+    posted = daemon.mailbox_version()
+    [claimed] = daemon.claim_requests("d")
+    assert daemon.mailbox_version() == posted  # a claim is not news
+    sender.answer_request(claimed.request_id)
+    wait_until(lambda: daemon.mailbox_version() != posted, "the answer's NOTIFY")
+
+
+def test_a_lost_listener_reconnects_and_reports_a_change(store_on_schema, schema, admin):
+    daemon, sender = store_on_schema(), store_on_schema()
+    assert daemon.wait_for_requests(timeout=5)
+    [pid] = listener_pids(admin, schema)
+    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert daemon.wait_for_requests(timeout=30)  # the loss is reported as a change
+    assert daemon.wait_for_requests(timeout=30)  # so is listening again
+    [new_pid] = listener_pids(admin, schema)
+    assert new_pid != pid
+    sender.post_request(mail(1))
+    assert daemon.wait_for_requests(timeout=30)
+    assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
+
+
+def test_daemons_in_separate_processes_claim_each_request_once(store_on_schema):
+    sender = store_on_schema()
+    for n in range(40):
+        sender.post_request(mail(n))
+    daemons = [store_on_schema(max_size=2) for _ in range(4)]
+    barrier = threading.Barrier(len(daemons))
+    got: dict[int, list[str]] = {i: [] for i in range(len(daemons))}
+
+    def claim(i: int) -> None:
+        barrier.wait(timeout=10)
+        while batch := daemons[i].claim_requests(f"d{i}", limit=3):
+            got[i].extend(r.request_id for r in batch)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(daemons))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    claimed = [rid for ids in got.values() for rid in ids]
+    assert sorted(claimed) == sorted(f"req-{n}" for n in range(40))  # each exactly once
+    for i, ids in got.items():
+        assert all(sender.get_request(rid).claimed_by == f"d{i}" for rid in ids)
+
+
+def test_mailbox_ids_postgres_cannot_hold(store_on_schema):
+    store = store_on_schema()
+    with pytest.raises(StoreError, match="NUL character"):
+        store.post_request(Request("bad\x00id", "resume", "r", posted_at=0.0))
+    with pytest.raises(StoreError, match="not in this store"):
+        store.get_request("bad\x00id")
+    store.post_request(mail(1))
+    store.claim_requests("d")
+    store.answer_request("req-1", "the step said \x00 somewhere")
+    assert store.get_request("req-1").answer == "the step said \\0 somewhere"
+
+
+def test_a_version_1_schema_is_migrated_and_keeps_its_runs(pg_dsn, schema, admin):
+    ident = sql.Identifier(schema)
+    with admin.transaction():
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        admin.execute(
+            sql.SQL("CREATE TABLE {}.stageline_meta (key text PRIMARY KEY, value text)").format(
+                ident
+            )
+        )
+        for statement in MIGRATIONS[1]:
+            admin.execute(statement.replace("{s}", ident.as_string(admin)))
+        admin.execute(
+            sql.SQL("INSERT INTO {}.stageline_meta VALUES ('schema_version', '1')").format(ident)
+        )
+    old = record("kept")
+    with admin.transaction():  # a run written by a version-1 store
+        admin.execute(
+            sql.SQL(
+                "INSERT INTO {}.runs VALUES "
+                "(%s, 'p', 1, 'paused', 's1', %s, NULL, NULL, 3, 4, 1, 0, 0)"
+            ).format(ident),
+            (old.run_id, encode({"x": 1})),
+        )
+    store = PostgresStore(pg_dsn, schema=schema)
+    try:
+        run = store.get_run("kept")
+        assert (run.status, run.state, run.stage) == ("paused", {"x": 1}, "s1")
+        store.post_request(mail(1))
+        assert [r.request_id for r in store.claim_requests("d")] == ["req-1"]
+    finally:
+        store.close()
+    meta = sql.SQL("SELECT value FROM {}.stageline_meta").format(ident)
+    assert admin.execute(meta).fetchone() == (str(SCHEMA_VERSION),)
+
+
+def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
+    from stageline import Registry
+    from stageline.daemon import Daemon, DaemonOptions
+
+    pipeline = Pipeline("p", [Stage("s", 1, steps=[Step("a", lambda s, c: {"done": True})])])
+    daemon_store, sender = store_on_schema(), store_on_schema()
+    stop = threading.Event()
+    with Registry() as registry:
+        factories = {"p": PipelineFactory(pipeline).bound_to(daemon_store, registry)}
+        daemon = Daemon(factories, daemon_store, registry, DaemonOptions(poll_interval=0.01))
+        server = threading.Thread(target=daemon.serve, args=(stop,))
+        server.start()
+        try:
+            sender.post_request(
+                Request("start-1", "start", "run-1", time.time(), pipeline_id="p", args={})
+            )
+            while not (answer := sender.get_request("start-1")).answered:
+                sender.wait_for_requests(timeout=5)  # the answer's NOTIFY wakes the sender
+            assert answer.status == "done", answer
+            wait_until(lambda: daemon_store.get_run("run-1").status == "succeeded", "the run")
+        finally:
+            stop.set()
+            server.join(timeout=20)
+    assert daemon_store.get_run("run-1").state == {"done": True}

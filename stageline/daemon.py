@@ -1,0 +1,330 @@
+"""The daemon: one Registry serving a store's mailbox for the pipelines of an application.
+
+`stageline serve APP --store URL` builds a `Daemon` and calls `serve` until SIGTERM/SIGINT.
+At start it recovers orphaned runs of every pipeline (`registry.recover(factory)`); then it
+polls the store's cheap `mailbox_version()` every `poll_interval` seconds and, when it
+moves (and once a second anyway), claims pending requests and acts on each:
+
+    start  -> factory.prepare(entry, run_id, state=...).start()
+    resume -> factory.resume(run_id, patch).start()
+    retry  -> registry.retry(run_id)
+    abort  -> factory.abort(run_id, reason)   (the live run, or a paused run in the store)
+
+and answers it: "done", or "failed" with the error's one-line message. The answer comes
+when the action has been taken (the run started, the resume claimed), not when the run ends.
+
+APP is "module:attribute" naming a PipelineFactory, a Pipeline, a list (or dict) of them,
+or a callable returning one of those. Every factory is re-bound to the daemon's store and
+registry (`factory.bound_to`): the daemon serves exactly the store given by --store, and its
+registry keeps paused runs live and supervises failed ones, whatever the factories were
+built with. Pipelines are keyed by id; two with one id is an error.
+
+Logging (JSON lines through structlog) is configured here, never in the library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from stageline.actors.factory import PipelineFactory
+from stageline.actors.registry import Registry
+from stageline.core import mailbox
+from stageline.core.definition import Pipeline
+from stageline.core.errors import StagelineError
+from stageline.core.mailbox import Request
+from stageline.core.store import Store
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """How the daemon polls and stops. Seconds throughout."""
+
+    poll_interval: float = 0.01
+    idle_claim: float = 1.0
+    claim_limit: int = 16
+    stop_timeout: float = 10.0
+
+
+# --- loading the application ------------------------------------------------------------
+
+
+def load_app(spec: str) -> list[PipelineFactory]:
+    """The factories named by "module:attribute" (the module is imported from sys.path)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise StagelineError(f"APP must be 'module:attribute', got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StagelineError(f"cannot import {module_name!r} for APP {spec!r}: {exc}") from exc
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise StagelineError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    return _factories(target, spec)
+
+
+def _factories(target: Any, spec: str) -> list[PipelineFactory]:
+    if isinstance(target, PipelineFactory | Pipeline):
+        target = [target]
+    elif isinstance(target, Mapping):
+        target = list(target.values())
+    elif callable(target):
+        return _factories(target(), spec)
+    if not isinstance(target, Iterable) or isinstance(target, str | bytes):
+        raise StagelineError(
+            f"APP {spec!r} is a {type(target).__name__}; it must be a PipelineFactory, a "
+            "Pipeline, a list of them, or a callable returning one of those"
+        )
+    found = [PipelineFactory(t) if isinstance(t, Pipeline) else t for t in target]
+    bad = [type(f).__name__ for f in found if not isinstance(f, PipelineFactory)]
+    if bad or not found:
+        raise StagelineError(f"APP {spec!r} must give PipelineFactory or Pipeline objects: {bad}")
+    return found
+
+
+def bind_factories(
+    factories: Iterable[PipelineFactory], store: Store, registry: Registry
+) -> dict[str, PipelineFactory]:
+    """The factories on the daemon's store and registry, keyed by pipeline id."""
+    bound: dict[str, PipelineFactory] = {}
+    for factory in factories:
+        pipeline_id = factory.pipeline.id
+        if pipeline_id in bound:
+            raise StagelineError(f"two factories serve pipeline {pipeline_id!r}; keep one")
+        bound[pipeline_id] = factory.bound_to(store, registry)
+    return bound
+
+
+# --- logging -------------------------------------------------------------------------------
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send structlog (the library's run events included) to `stream` as JSON lines."""
+    import structlog
+
+    number = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    library = logging.getLogger("stageline")  # the registry's own warnings and errors
+    library.addHandler(_ToStructlog())
+    library.setLevel(number)
+    library.propagate = False
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards standard `logging` records of "stageline" to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import structlog
+
+        log = structlog.get_logger("stageline")
+        fields: dict[str, Any] = {"logger": record.name}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        getattr(log, record.levelname.lower(), log.error)(record.getMessage(), **fields)
+
+
+def _logger() -> Any:
+    import structlog
+
+    return structlog.get_logger("stageline.daemon")
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+class Daemon:
+    """Acts on a store's mailbox with one registry. `serve` blocks; `poll_once` is one pass."""
+
+    def __init__(
+        self,
+        factories: Mapping[str, PipelineFactory],
+        store: Store,
+        registry: Registry,
+        options: DaemonOptions | None = None,
+    ) -> None:
+        self.factories = dict(factories)
+        self.store = store
+        self.registry = registry
+        self.options = options or DaemonOptions()
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.log = _logger().bind(daemon=self.name)
+        self._actions: dict[str, Callable[[Request], None]] = {
+            mailbox.START: self._start,
+            mailbox.RESUME: self._resume,
+            mailbox.RETRY: self._retry,
+            mailbox.ABORT: self._abort,
+        }
+
+    def recover(self) -> None:
+        """Resume the runs a dead process left "running" (Registry.recover, per pipeline)."""
+        recover = getattr(self.registry, "recover", None)
+        if recover is None:
+            self.log.warning("daemon:no_recovery", reason="this build's Registry has no recover()")
+            return
+        for pipeline_id, factory in self.factories.items():
+            try:
+                recovered = recover(factory)
+            except StagelineError as exc:
+                self.log.error("daemon:recover_failed", pipeline_id=pipeline_id, error=str(exc))
+                continue
+            self.log.info("daemon:recovered", pipeline_id=pipeline_id, runs=_count(recovered))
+
+    def serve(self, stop: threading.Event) -> None:
+        """Poll the mailbox until `stop` is set; a store error is logged, never fatal."""
+        interval = self.options.poll_interval
+        self.log.info("daemon:ready", pipelines=sorted(self.factories), poll_interval=interval)
+        seen: int | None = None
+        last_claim = 0.0
+        while not stop.is_set():
+            try:
+                version = self.store.mailbox_version()
+                if version != seen or time.monotonic() - last_claim >= self.options.idle_claim:
+                    seen, last_claim = version, time.monotonic()
+                    while self.poll_once() and not stop.is_set():
+                        pass
+            except StagelineError as exc:
+                self.log.error("daemon:store_error", error=str(exc))
+            stop.wait(self.options.poll_interval)
+
+    def poll_once(self) -> int:
+        """Claim pending requests and act on each; how many there were."""
+        requests = self.store.claim_requests(self.name, self.options.claim_limit)
+        for request in requests:
+            self.handle(request)
+        return len(requests)
+
+    def handle(self, request: Request) -> None:
+        """Act on one claimed request and answer it; never raises for the request's sake."""
+        log = self.log.bind(request_id=request.request_id, kind=request.kind, run_id=request.run_id)
+        error: str | None = None
+        try:
+            self._actions[request.kind](request)
+        except StagelineError as exc:
+            error = _one_line(str(exc))
+        except Exception as exc:  # a bug (ours or the app's): answer it, keep serving
+            log.exception("request:crashed")
+            error = f"the daemon failed on this request: {type(exc).__name__}: {exc}"
+        latency = time.time() - request.posted_at
+        if error is None:
+            log.info("request:done", latency=round(latency, 4))
+        else:
+            log.warning("request:failed", error=error)
+        self.store.answer_request(request.request_id, error)
+
+    # --- the actions ------------------------------------------------------------------
+
+    def _factory(self, pipeline_id: str, run_id: str) -> PipelineFactory:
+        factory = self.factories.get(pipeline_id)
+        if factory is None:
+            raise StagelineError(
+                f"run {run_id!r}: pipeline {pipeline_id!r} is not served by this daemon "
+                f"(it serves: {', '.join(sorted(self.factories))}); start the daemon with "
+                "an APP that includes it"
+            )
+        return factory
+
+    def _factory_of(self, run_id: str) -> PipelineFactory:
+        return self._factory(self.store.load_run(run_id).pipeline_id, run_id)
+
+    def _start(self, request: Request) -> None:
+        factory = self._factory(str(request.pipeline_id), request.run_id)
+        args = request.args
+        context = factory.prepare(args.get("entry"), request.run_id, state=args.get("state"))
+        self._watch(context.start(), request.run_id)
+
+    def _resume(self, request: Request) -> None:
+        factory = self._factory_of(request.run_id)
+        context = factory.resume(request.run_id, request.args.get("patch"))
+        self._watch(context.start(), request.run_id)
+
+    def _retry(self, request: Request) -> None:
+        self._factory_of(request.run_id)  # RunNotFound, or a pipeline this daemon lacks
+        retry = getattr(self.registry, "retry", None)
+        if retry is None:
+            raise StagelineError(
+                f"run {request.run_id!r} cannot be retried: this build's Registry has no "
+                "retry() (supervision is not installed)"
+            )
+        retry(request.run_id)
+
+    def _abort(self, request: Request) -> None:
+        self._factory_of(request.run_id).abort(request.run_id, request.args.get("reason"))
+
+    def _watch(self, future: Any, run_id: str) -> None:
+        def ended(done: Any) -> None:
+            exc = done.exception()
+            if exc is not None:
+                self.log.error("run:crashed", run_id=run_id, error=str(exc))
+
+        future.add_done_callback(ended)
+
+
+def _count(recovered: Any) -> Any:
+    try:
+        return len(recovered)
+    except TypeError:
+        return recovered
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+# --- the process ---------------------------------------------------------------------------
+
+
+def run_daemon(
+    app: str,
+    store_url: str,
+    *,
+    options: DaemonOptions | None = None,
+    pause_timeout: float = 300.0,
+    log_level: str = "info",
+) -> None:
+    """`stageline serve`: serve until SIGTERM or SIGINT, then stop the registry gracefully."""
+    import signal
+
+    from stageline.stores.url import open_store
+
+    configure_logging(log_level)
+    options = options or DaemonOptions()
+    factories = load_app(app)
+    store = open_store(store_url)
+    registry = Registry(default_pause_timeout=pause_timeout)
+    stop = threading.Event()
+    try:
+        daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: stop.set())
+        daemon.recover()
+        daemon.serve(stop)
+        daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
+    finally:
+        registry.stop(options.stop_timeout)
+        store.close()
+    daemon.log.info("daemon:stopped")

@@ -1,0 +1,53 @@
+"""Store URLs: `sqlite:///path`, `memory://`, `postgresql://...` -> a Store.
+
+`sqlite:///runs.db` is the relative path runs.db, `sqlite:////var/lib/runs.db` the
+absolute /var/lib/runs.db (as SQLAlchemy reads them); a bare path ending in .db or
+.sqlite is read as SQLite too. `memory://` is a fresh MemoryStore (useful only inside one
+process). `postgresql://` and `postgres://` need PostgresStore, imported only then.
+"""
+
+from __future__ import annotations
+
+from stageline.core.errors import StoreError
+from stageline.core.store import Store
+
+_SQLITE = "sqlite://"
+_POSTGRES = ("postgresql://", "postgres://")
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names; StoreError (one clear line) if it cannot be opened."""
+    if not url:
+        raise StoreError("no store given: pass --store URL or set STAGELINE_STORE")
+    if url.startswith(_SQLITE):
+        return _sqlite(_sqlite_path(url))
+    if url.endswith((".db", ".sqlite", ".sqlite3")) and "://" not in url:
+        return _sqlite(url)
+    if url == "memory://":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if url.startswith(_POSTGRES):
+        return _postgres(url)
+    raise StoreError(
+        f"cannot read store URL {url!r}: use sqlite:///path.db, postgresql://... or memory://"
+    )
+
+
+def _sqlite_path(url: str) -> str:
+    rest = url[len(_SQLITE) :]
+    if not rest.startswith("/") or rest == "/":
+        raise StoreError(f"SQLite store URL {url!r} needs a path: sqlite:///runs.db")
+    return rest[1:]
+
+
+def _sqlite(path: str) -> Store:
+    from .sqlite import SqliteStore
+
+    return SqliteStore(path)
+
+
+def _postgres(url: str) -> Store:
+    from .postgres import PostgresStore  # StoreError naming the extra if psycopg is absent
+
+    return PostgresStore(url)

@@ -1,0 +1,118 @@
+"""Helpers for tests that drive `stageline` as a user would: subprocesses only.
+
+`Daemon` runs `stageline serve` and reads its JSON log lines on a thread, so a test waits
+for a logged event (`expect`) instead of sleeping. `cli` runs one CLI command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import stageline
+
+ROOT = Path(stageline.__file__).resolve().parent.parent
+
+
+def cli_env(store_url: str | None, *extra_paths: Path) -> dict[str, str]:
+    """The environment for a CLI subprocess: this checkout importable, the store set."""
+    paths = [str(ROOT), *map(str, extra_paths)]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env.pop("STAGELINE_STORE", None)
+    if store_url is not None:
+        env["STAGELINE_STORE"] = store_url
+    return env
+
+
+def cli(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stageline", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cli_ok(*args: str, env: dict[str, str], cwd: Path) -> str:
+    result = cli(*args, env=env, cwd=cwd)
+    assert result.returncode == 0, f"stageline {' '.join(args)}: {result.stderr}{result.stdout}"
+    return result.stdout
+
+
+class Daemon:
+    """A `stageline serve` subprocess whose log lines arrive on a queue."""
+
+    def __init__(self, app: str, env: dict[str, str], cwd: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stageline", "serve", app, *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.put(json.loads(line))
+            except ValueError:
+                self.lines.put({"event": "unparsed", "line": line})
+        self.lines.put(None)
+
+    def expect(self, event: str, timeout: float = 20.0, **fields: Any) -> dict[str, Any]:
+        """The next log line (from now on) for `event` with these fields; fail if none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                line = None
+                remaining = 0
+            if line is None:
+                self.fail(f"no {event} {fields} within {timeout}s")
+            self.seen.append(line)
+            if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+                return line
+
+    def signal(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.fail(f"daemon did not stop within {timeout}s of signal {signum}")
+
+    def fail(self, why: str) -> Any:
+        import pytest
+
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        assert self.proc.stderr is not None
+        pytest.fail(f"{why}\nlog: {self.seen[-20:]}\nstderr: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
