@@ -124,6 +124,24 @@ class RunContext:
                 f"{self._status!r}): wait on run.start()'s future or abort it"
             ) from None
 
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Wait for a run already started (by `start()`, `registry.retry`, `recover`) to end.
+
+        With a supervising registry that includes its restarts. TimeoutError if it has not
+        ended within `timeout`; RunStateError if the run was never started.
+        """
+        with self._lock:
+            future = self._future
+        if future is None:
+            raise RunStateError(f"run {self.run_id!r} was not started: call run() or start()")
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"run {self.run_id!r} did not end within {timeout}s; it goes on (status "
+                f"{self._status!r})"
+            ) from None
+
     async def run_async(self) -> RunResult:
         """`await` the run without blocking the event loop."""
         import asyncio  # imported here: a process that never awaits pays nothing for it
@@ -267,8 +285,16 @@ class RunContext:
             self._result = result
             if record.version >= self._record.version:
                 self._record = record
-        if self._registry is not None:
-            self._registry._ended(self, result, pause)
+        if self._registry is not None and self._registry._ended(self, result, pause, error):
+            return  # the registry restarts the run: the future waits for the next segment
+        self._resolve(future, result, error)
+
+    def _resolve(
+        self,
+        future: concurrent.futures.Future[RunResult] | None,
+        result: RunResult | None,
+        error: BaseException | None,
+    ) -> None:
         if future is None or future.done():
             return
         if error is not None:
@@ -276,3 +302,22 @@ class RunContext:
         else:
             assert result is not None
             future.set_result(result)
+
+    # --- the registry's supervision ---------------------------------------------------
+
+    def _restart(self, record: RunRecord) -> None:
+        """Run another segment from `record.stage` (claimed by the registry), same future."""
+        with self._lock:
+            self._record = record
+            self._status = record.status
+            self._entry = str(record.stage)
+            self._resumed = True
+            self._result = None
+            self._actor = actor = RunActor.start(self._deps, record)
+        actor.tell(Begin(self._entry, resumed=True))
+
+    def _give_up(self, error: BaseException | None = None) -> None:
+        """End the future with the last result (or `error`): the registry will not restart."""
+        with self._lock:
+            future, result = self._future, self._result
+        self._resolve(future, result, error if result is None else None)

@@ -91,6 +91,8 @@ class PipelineFactory:
         self._migrations: dict[int, Migration] = {}
         registry_runtime = getattr(registry, "_runtime", None)
         self._runtime: Runtime = registry_runtime or runtime_for(clock or SystemClock())
+        if registry is not None:
+            registry._register(self)  # so that registry.retry(run_id) finds the pipeline
 
     @property
     def clock(self) -> Clock:
@@ -140,6 +142,7 @@ class PipelineFactory:
             stage=entry,
             created_at=now,
             updated_at=now,
+            **self._lease(),
         )
         store = self.store_for(run_id)
         store.create_run(record)
@@ -305,8 +308,9 @@ class PipelineFactory:
             resumed=True,
         )
         commit = commit_from(
-            record, "resume", now, state=state, last_seq=start.seq, events=(start,)
-        )
+            record, "resume", now, state=state, last_seq=start.seq, events=(start,),
+            **self._lease(),
+        )  # fmt: skip
         try:
             version = store.commit(commit)
         except ConflictError as exc:
@@ -376,6 +380,13 @@ class PipelineFactory:
         )
         other._migrations = dict(self._migrations)
         return other
+
+    def _lease(self) -> dict[str, Any]:
+        """The lease a run of this factory's registry takes (none without a registry)."""
+        if self.registry is None:
+            return {}
+        lease: dict[str, Any] = self.registry._lease()
+        return lease
 
     # --- wiring -----------------------------------------------------------------------
 

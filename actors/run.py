@@ -12,7 +12,7 @@ import concurrent.futures
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pykka
@@ -32,12 +32,14 @@ from stageline.core.errors import (
     StepFailure,
     StepTimeout,
     error_to_record,
+    exception_types,
 )
 from stageline.core.events import Event, PathNode
-from stageline.core.patch import copy_state, merge_all, public_state
+from stageline.core.patch import PIPELINE_DATA_KEY, copy_state, merge_all, public_state
 from stageline.core.results import RunResult
 from stageline.core.routing import Decision, check_stage_budget, decide
 from stageline.core.store import Commit, RunRecord, Store
+from stageline.core.supervision import attempt_errors, with_attempts
 
 from .base import StagelineActor
 from .container import Container
@@ -263,15 +265,18 @@ class RunActor(StagelineActor):
         )
         self._step_event(ev.STEP_START, run.stage.id, step_id=step.id, attempt=slot.attempt)
         where = f"step {step.id!r} of stage {run.stage.id!r} in pipeline {self.pipeline.id!r}"
+        state = run.base
+        if PIPELINE_DATA_KEY in state:  # the runtime's records are not the step's business
+            state = public_state(state)
         if slot.is_async:
             future = self.deps.workers.run_coroutine(
-                async_step(token, step.action, run.base, ctx, where)
+                async_step(token, step.action, state, ctx, where)
             )
             slot.future = future
             future.add_done_callback(self._async_reply(token))
         else:
             slot.ticket = Ticket()
-            job = step_job(token, step.action, run.base, ctx, where, self._tell, slot.ticket)
+            job = step_job(token, step.action, state, ctx, where, self._tell, slot.ticket)
             self.deps.workers.submit(job)
 
     def _async_reply(self, token: int) -> Callable[[concurrent.futures.Future[Any]], None]:
@@ -366,6 +371,7 @@ class RunActor(StagelineActor):
             message=_describe(error),
             traceback=tb,
             attempts=slot.attempt,
+            types=exception_types(error),
         )
         self._emit(
             self._event(
@@ -561,11 +567,10 @@ class RunActor(StagelineActor):
         for event in stage_events[1:]:
             self._emit(event)
         self._emit(end)
-        self._end(
-            RunResult(
-                self.record.run_id, self.pipeline.id, self.status, _user_state(state), error=error
-            )
-        )
+        attempts = attempt_errors(self.record.error, error)
+        public = _user_state(state)
+        run_id = self.record.run_id
+        self._end(RunResult(run_id, self.pipeline.id, self.status, public, None, error, attempts))
 
     def _stop_stage(self, run: _StageRun) -> None:
         """Stop waiting for anything of the current stage; signal its running steps."""
@@ -624,7 +629,7 @@ class RunActor(StagelineActor):
             stage_runs=self.stage_runs,
             updated_at=self.deps.clock.wall(),
             events=events,
-            error=None if error is None else error_to_record(error),
+            error=None if error is None else with_attempts(error_to_record(error), state),
             patch=patch,
             checkpoint=checkpoint,
         )
@@ -681,7 +686,9 @@ class RunActor(StagelineActor):
         finally:
             self.ended = True
             self.deps.container.stop()
-            self.deps.on_end(None, error, None, self.record)
+            # last_seq: the seq of the failure event just emitted (not stored), so that a
+            # registry recording the crash journals that same event.
+            self.deps.on_end(None, error, None, replace(self.record, last_seq=self.seq))
             self.stop_soon()
 
 

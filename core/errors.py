@@ -42,6 +42,8 @@ class StepFailure:
     message: str
     traceback: str
     attempts: int = 1
+    types: tuple[str, ...] = ()
+    """The exception's classes, most derived first, as "module.qualname" (for retry_on)."""
 
     @property
     def summary(self) -> str:
@@ -185,12 +187,29 @@ _BY_KIND: dict[str, type[StagelineError]] = {
 }
 
 
+def type_name(cls: type) -> str:
+    """A class as "module.qualname": how failures record exception types."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def exception_types(error: BaseException) -> tuple[str, ...]:
+    """Every class of `error` (most derived first, without `object`), by `type_name`."""
+    return tuple(type_name(cls) for cls in type(error).__mro__ if cls is not object)
+
+
 def error_to_record(error: BaseException) -> dict[str, Any]:
-    """A storable description of an error (for the journal and the run row)."""
+    """A storable description of an error (for the journal and the run row).
+
+    `types` names the classes of what caused it (see `exception_types`): the router's
+    exception for a router that raised, else the error itself. Failed steps keep their
+    own `types` under `steps`.
+    """
+    cause = error.__cause__ if isinstance(error, StageError) and error.__cause__ else error
     record: dict[str, Any] = {
         "kind": getattr(error, "kind", "error"),
         "type": type(error).__name__,
         "message": str(error),
+        "types": list(exception_types(cause)),
     }
     if isinstance(error, StageError):
         record["stage_id"] = error.stage_id
@@ -202,6 +221,7 @@ def error_to_record(error: BaseException) -> dict[str, Any]:
                 "message": s.message,
                 "traceback": s.traceback,
                 "attempts": s.attempts,
+                "types": list(s.types),
             }
             for s in error.steps
         ]
@@ -220,6 +240,7 @@ def error_from_record(record: dict[str, Any]) -> StagelineError:
                 message=str(s["message"]),
                 traceback=str(s["traceback"]),
                 attempts=int(s.get("attempts", 1)),
+                types=tuple(str(t) for t in s.get("types", ())),
             )
             for s in record.get("steps", ())
         )

@@ -18,6 +18,9 @@ class RunResult:
     state: dict[str, Any]
     checkpoint: Checkpoint | None = None
     error: Any = None
+    attempts: tuple[Any, ...] = ()
+    """When failed: every failed attempt's error, oldest first, ending with `error`
+    (more than one when a registry restarted the run; see docs/supervision.md)."""
 
     @property
     def ok(self) -> bool:

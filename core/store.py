@@ -5,11 +5,18 @@ stage as one transaction guarded by compare-and-set on the run's `version`. Its 
 read side (`get_run`, `list_runs`, `read_events`, `close`) is the same on every store.
 Its mailbox (`post_request`, `claim_requests`, `answer_request`, `get_request`,
 `mailbox_version`) carries requests from any process to a daemon (core/mailbox.py).
+
+Leases: a run that is "running" is owned by one process (a Registry) through `owner` and
+`lease_until` (wall-clock seconds) on its record. The owner extends the lease with
+`renew_leases`; when a process dies its leases run out, and `claim_run` lets exactly one
+other process take each such run over (see stageline.actors.registry, docs/supervision.md).
+Lease writes never change a run's `version`: they do not conflict with stage commits.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,9 +42,17 @@ class RunRecord:
     stage_runs: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner: str | None = None
+    """The process (a Registry's `owner` id) that drives the run while it is running."""
+    lease_until: float | None = None
+    """Wall-clock time (seconds) when the owner's lease runs out unless renewed."""
 
     def applied(self, commit: Commit, version: int) -> RunRecord:
-        """This record as it is after `commit` was stored at `version`."""
+        """This record as it is after `commit` was stored at `version`.
+
+        The lease is the commit's when it takes one (`commit.owner` set), else kept.
+        """
+        taken = commit.owner is not None
         return RunRecord(
             run_id=self.run_id,
             pipeline_id=self.pipeline_id,
@@ -52,6 +67,8 @@ class RunRecord:
             stage_runs=commit.stage_runs,
             created_at=self.created_at,
             updated_at=commit.updated_at,
+            owner=commit.owner if taken else self.owner,
+            lease_until=commit.lease_until if taken else self.lease_until,
         )
 
     def info(self) -> RunInfo:
@@ -65,6 +82,12 @@ class RunRecord:
             updated_at=_dt.datetime.fromtimestamp(self.updated_at, _dt.UTC),
             error=self.error,
             pipeline_version=self.pipeline_version,
+            owner=self.owner,
+            lease_until=(
+                None
+                if self.lease_until is None
+                else _dt.datetime.fromtimestamp(self.lease_until, _dt.UTC)
+            ),
         )
 
 
@@ -80,7 +103,11 @@ class RunInfo:
     stage: str | None
     updated_at: _dt.datetime
     error: dict[str, Any] | None = None
+    """When failed: the error's record. A restarted run's also has `attempts`: every
+    attempt's error record, oldest first (the last one is this error)."""
     pipeline_version: int = 1
+    owner: str | None = None
+    lease_until: _dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +117,8 @@ class Commit:
     Applied only if the run's stored version equals `expected_version`; the stored
     version then becomes `expected_version + 1`. `patch` is the merged patch that led
     to `state` (stores may keep it; the journal keeps it in the events' results).
+    When `owner` is set the commit also takes the run's lease (`owner`, `lease_until`);
+    when it is None the stored lease is left as it is.
     """
 
     run_id: str
@@ -104,6 +133,8 @@ class Commit:
     checkpoint: bytes | None = None
     error: dict[str, Any] | None = None
     patch: dict[str, Any] | None = field(default=None, compare=False)
+    owner: str | None = None
+    lease_until: float | None = None
 
 
 def commit_from(
@@ -201,6 +232,24 @@ class Store(Protocol):
 
         It may change for other writes too (e.g. SQLite's `data_version` moves on any
         commit by another connection). A daemon polls it and claims only when it moved.
+        """
+        ...
+
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        """Take over a running run whose owner is gone: the recovery compare-and-set.
+
+        In one conditional write, sets the run's `owner` and `lease_until` (not its
+        version) only if it is "running" and has no owner, is already owned by `owner`,
+        or its lease ended at or before `now`. Returns whether it wrote: of many callers
+        racing for one run, exactly one gets True. RunNotFound if absent.
+        """
+        ...
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        """Set `lease_until` on those of `run_ids` that `owner` still owns, in one transaction.
+
+        No version change. Returns the ids renewed (a run taken over by another process
+        is left out). A `lease_until` in the past releases the runs: anyone may claim them.
         """
         ...
 

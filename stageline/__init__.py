@@ -50,6 +50,7 @@ from stageline.core.events import Event, PathNode
 from stageline.core.patch import PIPELINE_DATA_KEY
 from stageline.core.results import ChildResult, RunResult
 from stageline.core.store import RunInfo, Store
+from stageline.core.supervision import RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "Pipeline",
     "PipelineFactory",
     "Registry",
+    "RetryPolicy",
     "RoutingError",
     "RunAborted",
     "RunContext",

@@ -127,6 +127,29 @@ def main() -> None:
               help="How long a paused run stays live when its Pause gave no timeout.")  # fmt: skip
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long running stages get to commit.")  # fmt: skip
+@click.option(
+    "--max-restarts",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Restart a failed run up to this many times (0: failed runs stay failed).",
+)
+@click.option(
+    "--restart-backoff",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait before the first restart; doubles each time (at most 60 s).",
+)
+@click.option(
+    "--lease-ttl",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How soon the runs of a dead daemon can be recovered by another.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)  # fmt: skip
 @_user_errors
@@ -136,6 +159,9 @@ def serve(
     poll_interval: float,
     pause_timeout: float,
     stop_timeout: float,
+    max_restarts: int,
+    restart_backoff: float,
+    lease_ttl: float,
     log_level: str,
 ) -> None:
     """Run the pipelines of APP ("module:attribute") and act on the store's mailbox.
@@ -146,8 +172,20 @@ def serve(
 
     if not store_url:
         raise UserError("no store given: pass --store URL or set STAGELINE_STORE")
-    options = DaemonOptions(poll_interval=poll_interval, stop_timeout=stop_timeout)
-    run_daemon(app, store_url, options=options, pause_timeout=pause_timeout, log_level=log_level)
+    from stageline.core.supervision import RetryPolicy
+
+    options = DaemonOptions(
+        poll_interval=poll_interval, stop_timeout=stop_timeout, recover_every=lease_ttl
+    )
+    policy = RetryPolicy(max_restarts=max_restarts, backoff=restart_backoff)
+    registry_options = {
+        "default_pause_timeout": pause_timeout,
+        "lease_ttl": lease_ttl,
+        "supervision": policy if max_restarts > 0 else None,
+    }
+    run_daemon(
+        app, store_url, options=options, registry_options=registry_options, log_level=log_level
+    )
 
 
 # --- requests to the daemon ----------------------------------------------------------------

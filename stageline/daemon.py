@@ -27,11 +27,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -49,12 +47,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True, slots=True)
 class DaemonOptions:
-    """How the daemon polls and stops. Seconds throughout."""
+    """How the daemon polls, recovers and stops. Seconds throughout.
+
+    `recover_every`: how often orphaned runs (their owner's lease ran out) are looked for
+    again after the start; None: only at start.
+    """
 
     poll_interval: float = 0.01
     idle_claim: float = 1.0
     claim_limit: int = 16
     stop_timeout: float = 10.0
+    recover_every: float | None = 30.0
 
 
 # --- loading the application ------------------------------------------------------------
@@ -171,7 +174,7 @@ class Daemon:
         self.store = store
         self.registry = registry
         self.options = options or DaemonOptions()
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = str(registry.owner)  # claims requests under the registry's lease owner id
         self.log = _logger().bind(daemon=self.name)
         self._actions: dict[str, Callable[[Request], None]] = {
             mailbox.START: self._start,
@@ -180,28 +183,33 @@ class Daemon:
             mailbox.ABORT: self._abort,
         }
 
-    def recover(self) -> None:
-        """Resume the runs a dead process left "running" (Registry.recover, per pipeline)."""
-        recover = getattr(self.registry, "recover", None)
-        if recover is None:
-            self.log.warning("daemon:no_recovery", reason="this build's Registry has no recover()")
-            return
+    def recover(self, *, quiet: bool = False) -> None:
+        """Resume the runs a dead process left "running" (`registry.recover`, per pipeline).
+
+        `quiet`: log only when some run was recovered (the periodic pass).
+        """
         for pipeline_id, factory in self.factories.items():
             try:
-                recovered = recover(factory)
+                recovered = self.registry.recover(factory)
             except StagelineError as exc:
                 self.log.error("daemon:recover_failed", pipeline_id=pipeline_id, error=str(exc))
                 continue
-            self.log.info("daemon:recovered", pipeline_id=pipeline_id, runs=_count(recovered))
+            if recovered or not quiet:
+                runs = [context.run_id for context in recovered]
+                self.log.info("daemon:recovered", pipeline_id=pipeline_id, runs=runs)
 
     def serve(self, stop: threading.Event) -> None:
         """Poll the mailbox until `stop` is set; a store error is logged, never fatal."""
         interval = self.options.poll_interval
         self.log.info("daemon:ready", pipelines=sorted(self.factories), poll_interval=interval)
         seen: int | None = None
-        last_claim = 0.0
+        last_claim = last_recover = time.monotonic()
         while not stop.is_set():
             try:
+                every = self.options.recover_every
+                if every is not None and time.monotonic() - last_recover >= every:
+                    last_recover = time.monotonic()
+                    self.recover(quiet=True)
                 version = self.store.mailbox_version()
                 if version != seen or time.monotonic() - last_claim >= self.options.idle_claim:
                     seen, last_claim = version, time.monotonic()
@@ -263,14 +271,7 @@ class Daemon:
         self._watch(context.start(), request.run_id)
 
     def _retry(self, request: Request) -> None:
-        self._factory_of(request.run_id)  # RunNotFound, or a pipeline this daemon lacks
-        retry = getattr(self.registry, "retry", None)
-        if retry is None:
-            raise StagelineError(
-                f"run {request.run_id!r} cannot be retried: this build's Registry has no "
-                "retry() (supervision is not installed)"
-            )
-        retry(request.run_id)
+        self.registry.retry(request.run_id, self._factory_of(request.run_id))
 
     def _abort(self, request: Request) -> None:
         self._factory_of(request.run_id).abort(request.run_id, request.args.get("reason"))
@@ -282,13 +283,6 @@ class Daemon:
                 self.log.error("run:crashed", run_id=run_id, error=str(exc))
 
         future.add_done_callback(ended)
-
-
-def _count(recovered: Any) -> Any:
-    try:
-        return len(recovered)
-    except TypeError:
-        return recovered
 
 
 def _one_line(message: str) -> str:
@@ -303,10 +297,14 @@ def run_daemon(
     store_url: str,
     *,
     options: DaemonOptions | None = None,
-    pause_timeout: float = 300.0,
+    registry_options: Mapping[str, Any] | None = None,
     log_level: str = "info",
 ) -> None:
-    """`stageline serve`: serve until SIGTERM or SIGINT, then stop the registry gracefully."""
+    """`stageline serve`: serve until SIGTERM or SIGINT, then stop the registry gracefully.
+
+    `registry_options` are Registry's keyword arguments (default_pause_timeout,
+    supervision, lease_ttl, ...).
+    """
     import signal
 
     from stageline.stores.url import open_store
@@ -315,7 +313,7 @@ def run_daemon(
     options = options or DaemonOptions()
     factories = load_app(app)
     store = open_store(store_url)
-    registry = Registry(default_pause_timeout=pause_timeout)
+    registry = Registry(**(registry_options or {}))
     stop = threading.Event()
     try:
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)

@@ -37,6 +37,21 @@ def request_not_found(request_id: str) -> StoreError:
     )
 
 
+def claimable(record: RunRecord, owner: str, now: float) -> bool:
+    """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
+    if record.status != "running":
+        return False
+    if record.owner is None or record.owner == owner:
+        return True
+    return record.lease_until is None or record.lease_until <= now
+
+
+RUN_COLUMNS = (
+    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
+)
+
+
 def maybe_encode(value: Any) -> bytes | None:
     return None if value is None else encode(value)
 
@@ -46,7 +61,7 @@ def maybe_decode(data: bytes | None, what: str) -> Any:
 
 
 def record_from_row(row: tuple[Any, ...]) -> RunRecord:
-    """A RunRecord from a row of the SQL stores' `runs` columns, in their order."""
+    """A RunRecord from a row of the SQL stores' `runs` columns (RUN_COLUMNS), in order."""
     return RunRecord(
         run_id=row[0],
         pipeline_id=row[1],
@@ -61,6 +76,8 @@ def record_from_row(row: tuple[Any, ...]) -> RunRecord:
         stage_runs=row[10],
         created_at=row[11],
         updated_at=row[12],
+        owner=row[13],
+        lease_until=row[14],
     )
 
 

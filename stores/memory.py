@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from stageline.core.events import Event, is_journaled
@@ -11,7 +12,14 @@ from stageline.core.mailbox import PENDING, Request
 from stageline.core.patch import copy_state
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, request_exists, request_not_found, run_exists, run_not_found
+from ._common import (
+    claimable,
+    conflict,
+    request_exists,
+    request_not_found,
+    run_exists,
+    run_not_found,
+)
 
 
 class MemoryStore:
@@ -70,6 +78,26 @@ class MemoryStore:
                 return False
             self._runs[run_id] = replace(current, checkpoint=checkpoint)
             return True
+
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is None:
+                raise run_not_found(run_id)
+            if not claimable(current, owner, now):
+                return False
+            self._runs[run_id] = replace(current, owner=owner, lease_until=lease_until)
+            return True
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        renewed = []
+        with self._lock:
+            for run_id in run_ids:
+                current = self._runs.get(run_id)
+                if current is not None and current.owner == owner:
+                    self._runs[run_id] = replace(current, lease_until=lease_until)
+                    renewed.append(run_id)
+        return renewed
 
     def get_run(self, run_id: str) -> RunInfo:
         return _detached(self.load_run(run_id))

@@ -38,7 +38,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,6 +50,7 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 
 from ._common import (
     REQUEST_COLUMNS,
+    RUN_COLUMNS,
     conflict,
     maybe_encode,
     record_from_row,
@@ -66,10 +67,11 @@ if TYPE_CHECKING:
 
     _Connection = psycopg.Connection[tuple[Any, ...]]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MAX_ID_BYTES: Final = 2048  # btree entries are limited to about 2.7 kB
 
-# MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema.
+# MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
+# steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -97,7 +99,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             PRIMARY KEY (run_id, seq)
         )""",
     ),
-    2: (
+    2: ("ALTER TABLE {s}.runs ADD COLUMN owner text, ADD COLUMN lease_until double precision",),
+    3: (
         """CREATE TABLE {s}.requests (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             request_id text NOT NULL UNIQUE,
@@ -115,14 +118,21 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
 }
 
-_COLUMNS: Final = (
-    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at"
-)
+# A commit with an owner also takes the run's lease; without one the lease is kept.
 _UPDATE: Final = (
     "UPDATE {s}.runs SET status = %s, stage = %s, state = %s, checkpoint = %s, error = %s, "
-    "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s "
+    "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s, "
+    "owner = COALESCE(%s, owner), "
+    "lease_until = CASE WHEN %s::text IS NULL THEN lease_until ELSE %s::float8 END "
     "WHERE run_id = %s AND version = %s"
+)
+# A claim skips a row another transaction holds (its owner committing, or another
+# claimer): that run is not orphaned, or someone else is taking it.
+_CLAIM: Final = (
+    "UPDATE {s}.runs SET owner = %s, lease_until = %s WHERE run_id = ("
+    "SELECT run_id FROM {s}.runs WHERE run_id = %s AND status = 'running' "
+    "AND (owner IS NULL OR owner = %s OR lease_until IS NULL OR lease_until <= %s) "
+    "FOR UPDATE SKIP LOCKED)"
 )
 _COMMIT: Final = _UPDATE + " RETURNING version"
 _COMMIT_WITH_EVENTS: Final = (
@@ -305,12 +315,14 @@ class PostgresStore:
             record.stage_runs,
             record.created_at,
             record.updated_at,
+            record.owner,
+            record.lease_until,
         )
         with self._connection(f"creating run {record.run_id!r}") as conn:
             cursor = conn.execute(
                 self._sql(
-                    f"INSERT INTO {{s}}.runs ({_COLUMNS}) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    f"INSERT INTO {{s}}.runs ({RUN_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (run_id) DO NOTHING"
                 ),
                 values,
@@ -321,6 +333,7 @@ class PostgresStore:
     def commit(self, commit: Commit) -> int:
         _check_text(commit.stage, "stage id", commit.run_id)
         _check_text(commit.status, "status", commit.run_id)
+        _check_text(commit.owner, "owner", commit.run_id)
         journaled = [e for e in commit.events if is_journaled(e.name)]
         values: tuple[Any, ...] = (
             commit.status,
@@ -331,6 +344,9 @@ class PostgresStore:
             commit.last_seq,
             commit.stage_runs,
             commit.updated_at,
+            commit.owner,
+            commit.owner,
+            commit.lease_until,
             commit.run_id,
             commit.expected_version,
         )
@@ -384,6 +400,37 @@ class PostgresStore:
             raise run_not_found(run_id)
         return False
 
+    # ----------------------------------------------------------------- leases
+
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        _check_text(owner, "owner", run_id)
+        if _unstorable(run_id):
+            raise run_not_found(run_id)
+        with self._connection(f"claiming run {run_id!r}") as conn:
+            cursor = conn.execute(self._sql(_CLAIM), (owner, lease_until, run_id, owner, now))
+            if cursor.rowcount == 1:
+                return True
+            exists = conn.execute(
+                self._sql("SELECT 1 FROM {s}.runs WHERE run_id = %s"), (run_id,)
+            ).fetchone()
+        if exists is None:
+            raise run_not_found(run_id)
+        return False
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        _check_text(owner, "owner", owner)
+        wanted = [run_id for run_id in run_ids if not _unstorable(run_id)]
+        if not wanted:
+            return []
+        rows = self._query(
+            f"renewing the leases of {owner!r}",
+            "UPDATE {s}.runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s) "
+            "RETURNING run_id",
+            (lease_until, owner, wanted),
+        )
+        renewed = {row[0] for row in rows}
+        return [run_id for run_id in wanted if run_id in renewed]
+
     # ----------------------------------------------------------------- reads
 
     def load_run(self, run_id: str) -> RunRecord:
@@ -391,7 +438,7 @@ class PostgresStore:
             raise run_not_found(run_id)
         rows = self._query(
             f"reading run {run_id!r}",
-            f"SELECT {_COLUMNS} FROM {{s}}.runs WHERE run_id = %s",
+            f"SELECT {RUN_COLUMNS} FROM {{s}}.runs WHERE run_id = %s",
             (run_id,),
         )
         if not rows:
@@ -406,7 +453,7 @@ class PostgresStore:
             return []
         rows = self._query(
             "listing runs",
-            f"SELECT {_COLUMNS} FROM {{s}}.runs "
+            f"SELECT {RUN_COLUMNS} FROM {{s}}.runs "
             "WHERE (%s::text IS NULL OR status = %s) AND (%s::text IS NULL OR pipeline_id = %s) "
             'ORDER BY created_at, run_id COLLATE "C"',
             (status, status, pipeline_id, pipeline_id),

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -21,24 +21,16 @@ from stageline.core.events import Event, event_from_journal, is_journaled, journ
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import (
-    REQUEST_COLUMNS,
-    conflict,
-    maybe_encode,
-    record_from_row,
-    request_exists,
-    request_from_row,
-    request_not_found,
-    run_exists,
-    run_not_found,
-)
+from ._common import conflict, request_exists, request_not_found, run_exists, run_not_found
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[v] takes a file from schema version v - 1 to v (0: a new file). Each is
 # applied once, in one transaction, so files written by an older stageline keep working.
+# 1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery).
+# 3: the mailbox (`requests`).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -66,6 +58,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID""",
     ),
     2: (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_until REAL",
+    ),
+    3: (
         """CREATE TABLE IF NOT EXISTS requests (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             request_id TEXT NOT NULL UNIQUE,
@@ -83,6 +79,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
+_REQUEST_COLUMNS = (
+    "request_id, kind, run_id, posted_at, pipeline_id, args, status, claimed_by, "
+    "answered_at, answer"
+)
 
 _SET = (
     "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
@@ -90,10 +90,14 @@ _SET = (
 )
 _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
-
+_UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
+_CLAIM = (
+    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 AND status = 'running' "
+    "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
+)
 _COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
 )
 
 
@@ -167,7 +171,7 @@ class SqliteStore:
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.run_id,
                     record.pipeline_id,
@@ -176,12 +180,14 @@ class SqliteStore:
                     record.stage,
                     encode(record.state),
                     record.checkpoint,
-                    maybe_encode(record.error),
+                    _maybe_encode(record.error),
                     record.version,
                     record.last_seq,
                     record.stage_runs,
                     record.created_at,
                     record.updated_at,
+                    record.owner,
+                    record.lease_until,
                 ),
             )
 
@@ -189,7 +195,7 @@ class SqliteStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return record_from_row(rows[0])
+        return _record(rows[0])
 
     def commit(self, commit: Commit) -> int:
         state = encode_trusted(commit.state)
@@ -205,16 +211,20 @@ class SqliteStore:
                 commit.stage,
                 state,
                 commit.checkpoint,
-                maybe_encode(commit.error),
+                _maybe_encode(commit.error),
                 commit.last_seq,
                 commit.stage_runs,
                 commit.updated_at,
                 commit.run_id,
                 commit.expected_version,
             )
-            cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
-            if cursor.rowcount == 0:
-                cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
+            if commit.owner is not None:  # a claim: it also takes the lease
+                lease = (commit.status, commit.owner, commit.lease_until)
+                cursor = db.execute(_UPDATE_WITH_LEASE, (*lease, *values))
+            else:
+                cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+                if cursor.rowcount == 0:
+                    cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
             if cursor.rowcount != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
@@ -243,6 +253,27 @@ class SqliteStore:
                 raise run_not_found(run_id)
             return False
 
+    def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
+        with self._transaction(f"claiming run {run_id!r}") as db:
+            cursor = db.execute(_CLAIM, (owner, lease_until, run_id, now))
+            if cursor.rowcount == 1:
+                return True
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise run_not_found(run_id)
+            return False
+
+    def renew_leases(self, owner: str, run_ids: Sequence[str], lease_until: float) -> list[str]:
+        renewed = []
+        with self._transaction(f"renewing the leases of {owner!r}") as db:
+            for run_id in run_ids:
+                cursor = db.execute(
+                    "UPDATE runs SET lease_until = ? WHERE run_id = ? AND owner = ?",
+                    (lease_until, run_id, owner),
+                )
+                if cursor.rowcount == 1:
+                    renewed.append(run_id)
+        return renewed
+
     def get_run(self, run_id: str) -> RunInfo:
         return self.load_run(run_id).info()
 
@@ -252,7 +283,7 @@ class SqliteStore:
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [record_from_row(row).info() for row in rows]
+        return [_record(row).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -273,7 +304,7 @@ class SqliteStore:
         with self._transaction(f"posting request {request.request_id!r}") as db:
             try:
                 db.execute(
-                    f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         request.request_id,
                         request.kind,
@@ -296,10 +327,10 @@ class SqliteStore:
             rows = db.execute(
                 f"UPDATE requests SET status = ?, claimed_by = ? WHERE seq IN "
                 f"(SELECT seq FROM requests WHERE status = ? ORDER BY seq LIMIT ?) "
-                f"AND status = ? RETURNING seq, {REQUEST_COLUMNS}",
+                f"AND status = ? RETURNING seq, {_REQUEST_COLUMNS}",
                 (CLAIMED, claimer, PENDING, limit, PENDING),
             ).fetchall()
-        return [request_from_row(row[1:]) for row in sorted(rows)]
+        return [_request(row[1:]) for row in sorted(rows)]
 
     def answer_request(self, request_id: str, error: str | None = None) -> None:
         with self._transaction(f"answering request {request_id!r}") as db:
@@ -313,11 +344,11 @@ class SqliteStore:
 
     def get_request(self, request_id: str) -> Request:
         rows = self._query(
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
         if not rows:
             raise request_not_found(request_id)
-        return request_from_row(rows[0])
+        return _request(rows[0])
 
     def mailbox_version(self) -> int:
         """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""
@@ -348,3 +379,46 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
             "INSERT OR REPLACE INTO stageline_meta VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
+
+
+def _request(row: tuple[Any, ...]) -> Request:
+    return Request(
+        request_id=row[0],
+        kind=row[1],
+        run_id=row[2],
+        posted_at=row[3],
+        pipeline_id=row[4],
+        args=decode(row[5], what=f"arguments of request {row[0]!r}"),
+        status=row[6],
+        claimed_by=row[7],
+        answered_at=row[8],
+        answer=row[9],
+    )
+
+
+def _maybe_encode(value: Any) -> bytes | None:
+    return None if value is None else encode(value)
+
+
+def _maybe_decode(data: bytes | None, what: str) -> Any:
+    return None if data is None else decode(data, what=what)
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        pipeline_id=row[1],
+        pipeline_version=row[2],
+        status=row[3],
+        stage=row[4],
+        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        checkpoint=row[6],
+        error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
+        version=row[8],
+        last_seq=row[9],
+        stage_runs=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        owner=row[13],
+        lease_until=row[14],
+    )

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from cli_helpers import Daemon, cli, cli_env, cli_ok  # tests/ is on sys.path
 
-from stageline import Registry
-
 pytestmark = pytest.mark.timeout(90)
 
 APP = textwrap.dedent(
@@ -50,6 +48,14 @@ APP = textwrap.dedent(
         ctx.aborted.wait(60)
         return {"late": True}
 
+    def block_once(state, ctx):
+        marker = HERE / "block-once"
+        if marker.exists():
+            marker.unlink()
+            ctx.log.info("blocking")
+            ctx.aborted.wait(60)
+        return {"finished": True}
+
     checkout = Pipeline("checkout", [
         Stage("price", order=1, steps=[Step("price", price)], router=approval),
         Stage("approve", order=2, steps=[Step("ask", lambda s, c: {"asked": True})]),
@@ -60,19 +66,16 @@ APP = textwrap.dedent(
         Stage("second", order=2, steps=[Step("flaky", flaky)]),
     ])
     slow_pipeline = Pipeline("slow", [Stage("wait", order=1, steps=[Step("slow", slow)])])
+    crashy = Pipeline("crashy", [Stage("block", order=1, steps=[Step("block", block_once)])])
 
     def app():
         return [
             PipelineFactory(checkout, initial_state={"items": [1, 2]}),
             flaky_pipeline,
             slow_pipeline,
+            crashy,
         ]
     """
-)
-
-needs_supervision = pytest.mark.skipif(
-    not hasattr(Registry, "retry"),
-    reason="PENDING: needs Registry.retry from branch `supervision` (not merged yet)",
 )
 
 
@@ -162,7 +165,6 @@ def test_a_request_posted_without_a_daemon_waits_in_the_mailbox(env, tmp_path):
         d.stop()
 
 
-@needs_supervision
 def test_retry_of_a_failed_run(daemon, env, tmp_path):
     (tmp_path / "fail-once").write_text("")
     cli_ok("start", "flaky", "--run-id", "f1", env=env, cwd=tmp_path)
@@ -204,8 +206,9 @@ def test_abort_a_paused_and_a_running_run(daemon, env, tmp_path):
 def test_the_daemon_answers_what_it_cannot_do(daemon, env, tmp_path):
     unknown = cli("start", "nope", "--run-id", "n1", env=env, cwd=tmp_path)
     assert unknown.returncode == 1
-    assert "pipeline 'nope' is not served by this daemon (it serves: checkout, flaky, slow)" in (
-        unknown.stderr
+    assert (
+        "pipeline 'nope' is not served by this daemon (it serves: checkout, crashy, flaky, slow)"
+        in (unknown.stderr)
     )
     bad_entry = cli("start", "checkout", "--entry", "nowhere", "--json", env=env, cwd=tmp_path)
     assert bad_entry.returncode == 1
@@ -252,3 +255,40 @@ def test_sigterm_stops_the_daemon_gracefully(daemon, env, tmp_path):
         assert restarted.signal(signal.SIGTERM) == 0
     finally:
         restarted.stop()
+
+
+def test_failed_runs_restart_under_a_retry_policy(env, tmp_path):
+    (tmp_path / "fail-once").write_text("")
+    d = Daemon("shop:app", env, tmp_path, "--max-restarts", "2", "--restart-backoff", "0")
+    try:
+        d.expect("daemon:ready")
+        cli_ok("start", "flaky", "--run-id", "f2", env=env, cwd=tmp_path)
+        d.expect("pipeline:failure", run_id="f2")
+        d.expect("pipeline:success", run_id="f2")
+        assert d.signal(signal.SIGTERM) == 0
+    finally:
+        d.stop()
+    assert run_json("f2", env, tmp_path)["state"] == {"first": True, "done": True}
+
+
+def test_a_daemon_recovers_the_runs_of_a_killed_one(env, tmp_path):
+    (tmp_path / "block-once").write_text("")
+    first = Daemon("shop:app", env, tmp_path, "--lease-ttl", "1")
+    try:
+        first.expect("daemon:ready")
+        cli_ok("start", "crashy", "--run-id", "c1", env=env, cwd=tmp_path)
+        first.expect("blocking", run_id="c1")
+        first.proc.kill()  # kill -9: no graceful stop, the run stays "running"
+        first.proc.wait(timeout=30)
+    finally:
+        first.stop()
+    assert run_json("c1", env, tmp_path)["status"] == "running"
+
+    second = Daemon("shop:app", env, tmp_path, "--lease-ttl", "1")
+    try:
+        second.expect("daemon:ready")
+        second.expect("pipeline:success", run_id="c1")  # once the dead daemon's lease ran out
+        assert second.signal(signal.SIGTERM) == 0
+    finally:
+        second.stop()
+    assert run_json("c1", env, tmp_path)["state"] == {"finished": True}

@@ -171,4 +171,4 @@ def test_a_version_1_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path):
     finally:
         store.close()
     row = sqlite3.connect(path).execute("SELECT value FROM stageline_meta").fetchone()
-    assert int(row[0]) == SCHEMA_VERSION == 2
+    assert int(row[0]) == SCHEMA_VERSION == 3

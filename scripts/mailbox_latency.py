@@ -1,0 +1,100 @@
+"""How fast a resume sent with the CLI reaches a daemon's run (spec section 13).
+
+    python scripts/mailbox_latency.py [--runs 20] [--poll-interval 0.01]
+
+Starts `stageline serve` on a temporary SQLite file, pauses --runs runs, then resumes each
+with `stageline resume RUN --json` and reads from the store: when the CLI posted the
+request (`posted_at`), when the daemon answered it (`answered_at`), and the timestamp of
+the run's resumed `pipeline:start` event (written in the resume's claim commit). Prints
+min / median / max of each delay and of the whole CLI process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+APP = """
+from stageline import Pause, Pipeline, Stage, Step
+
+approval = Pipeline("approval", [
+    Stage("ask", order=1, steps=[Step("ask", lambda s, c: {"asked": True})],
+          router=lambda s, r: None if s.get("ok") else Pause("done", timeout=600)),
+    Stage("done", order=2, steps=[Step("done", lambda s, c: {"done": True})]),
+])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--poll-interval", type=float, default=0.01)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        measure(Path(folder), args.runs, args.poll_interval)
+
+
+def measure(folder: Path, runs: int, poll_interval: float) -> None:
+    from stageline.stores import SqliteStore
+
+    (folder / "latency_app.py").write_text(APP)
+    url = f"sqlite:///{folder / 'runs.db'}"
+    env = {**os.environ, "STAGELINE_STORE": url,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(folder)])}  # fmt: skip
+    stageline = [sys.executable, "-m", "stageline"]
+    daemon = subprocess.Popen(
+        [*stageline, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)],
+        env=env, cwd=folder, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    store = SqliteStore(folder / "runs.db")
+    try:
+        ids = [f"r{i}" for i in range(runs)]
+        for run_id in ids:
+            subprocess.run([*stageline, "start", "approval", "--run-id", run_id],
+                           env=env, cwd=folder, check=True, capture_output=True)  # fmt: skip
+        wait_until(lambda: all(store.get_run(r).status == "paused" for r in ids))
+        to_run, to_answer, whole = [], [], []
+        for run_id in ids:
+            began = time.monotonic()
+            out = subprocess.run([*stageline, "resume", run_id, "--json"], env=env, cwd=folder,
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            whole.append(time.monotonic() - began)
+            request = store.get_request(json.loads(out)["request_id"])
+            resumed = [e for e in store.read_events(run_id) if e.resumed]
+            to_run.append(resumed[0].ts - request.posted_at)
+            to_answer.append(request.answered_at - request.posted_at)
+        report("posted -> run resumed (claim commit)", to_run)
+        report("posted -> daemon's answer stored", to_answer)
+        report("whole `stageline resume` process", whole)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        store.close()
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("runs did not pause in time")
+        time.sleep(0.05)
+
+
+def report(what: str, seconds: list[float]) -> None:
+    ms = sorted(s * 1000 for s in seconds)
+    print(f"{what:<40} min {ms[0]:7.1f} ms  median {statistics.median(ms):7.1f} ms  "
+          f"max {ms[-1]:7.1f} ms  (n={len(ms)})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
