@@ -152,6 +152,10 @@ class RegistryActor(StagelineActor):
         except Exception:  # a registry never stops over one run's problem
             _log.exception("stageline registry: handling %r failed", type(message).__name__)
             return None
+        finally:
+            with self.registry._changed:  # for stageline.testing.wait_for_stats
+                self.registry._generation += 1
+                self.registry._changed.notify_all()
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, _Track):
@@ -503,6 +507,8 @@ class Registry:
         self._factories: dict[str, PipelineFactory] = {}
         self._factories_lock = threading.Lock()
         self._fast_resumes = 0
+        self._changed = threading.Condition()
+        self._generation = 0
         self._timers = TimerService(self.clock)
         self._runtime = Runtime(self.clock, self._timers, shared_workers())
         self._actor = RegistryActor.start(self)
@@ -575,11 +581,14 @@ class Registry:
     def recover(self, factory: PipelineFactory) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
 
-        A run is taken over when it has no owner (it was driven without a registry) or its
-        owner's lease has run out, by one `claim_run` compare-and-set: of processes racing
-        for a run exactly one wins. Each continues from its last committed stage (the stage
-        in flight when the owner died runs again; committed stages never do). Returns the
-        started RunContexts (`wait()` on them). The factory is remembered for `retry`.
+        A running run is taken over when it has no owner (it was driven without a
+        registry) or its owner's lease has run out; a pending run when the registry that
+        prepared it let its lease run out (it died before starting it). Each is taken by
+        one `claim_run` compare-and-set: of processes racing for a run exactly one wins.
+        It continues from its last committed stage (the stage in flight when the owner
+        died runs again; committed stages never do); a pending run starts at its entry.
+        Returns the started RunContexts (`wait()` on them). The factory is remembered for
+        `retry`.
         """
         self._check_open("recover")
         if factory.store is None:
@@ -590,7 +599,11 @@ class Registry:
         self._register(factory)
         store = factory.store
         contexts = []
-        for info in store.list_runs(lifecycle.RUNNING, factory.pipeline.id):
+        found = [
+            *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
+            *store.list_runs(lifecycle.PENDING, factory.pipeline.id),
+        ]
+        for info in found:
             if info.run_id in self._live:
                 continue
             now = self.clock.wall()
@@ -599,11 +612,19 @@ class Registry:
             if not store.claim_run(info.run_id, self.owner, now + self.lease_ttl, now=now):
                 continue  # another process was first
             record = store.load_run(info.run_id)
-            if record.status != lifecycle.RUNNING or record.owner != self.owner:
+            if record.owner != self.owner:
                 continue
-            context = self._claim(factory, store, record, "recover")
-            if context is not None:
+            if record.status == lifecycle.PENDING:  # never started: start it as planned
+                container = Container(record.run_id)
+                context = factory._context(
+                    store, record, str(record.stage), container, resumed=False
+                )
+                context.start()
                 contexts.append(context)
+            elif record.status == lifecycle.RUNNING:
+                claimed = self._claim(factory, store, record, "recover")
+                if claimed is not None:
+                    contexts.append(claimed)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 

@@ -239,8 +239,8 @@ class Store(Protocol):
         """Take over a running run whose owner is gone: the recovery compare-and-set.
 
         In one conditional write, sets the run's `owner` and `lease_until` (not its
-        version) only if it is "running" and has no owner, is already owned by `owner`,
-        or its lease ended at or before `now`. Returns whether it wrote: of many callers
+        version) only if it is "running" or "pending" and has no owner, is already owned
+        by `owner`, or its lease ended at or before `now`. Returns whether it wrote: of many callers
         racing for one run, exactly one gets True. RunNotFound if absent.
         """
         ...

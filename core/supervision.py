@@ -166,7 +166,15 @@ def restart_commit(
 
 
 def is_orphaned(record: RunRecord, now: float) -> bool:
-    """A running run nobody holds: no owner, or its owner's lease ended by `now`."""
-    if record.status != lifecycle.RUNNING:
-        return False
-    return record.owner is None or record.lease_until is None or record.lease_until <= now
+    """A run `recover` takes over at `now`.
+
+    A running run with no owner (driven without a registry) or whose owner's lease ended
+    by `now`; a pending run only if a registry created it and its lease ended (a run
+    prepared without a registry may still be started by whoever prepared it).
+    """
+    expired = record.lease_until is None or record.lease_until <= now
+    if record.status == lifecycle.RUNNING:
+        return record.owner is None or expired
+    if record.status == lifecycle.PENDING:
+        return record.owner is not None and expired
+    return False

@@ -22,7 +22,7 @@ from stageline.actors.runtime import runtime_for
 from stageline.core.clock import ManualClock
 from stageline.core.events import Event
 
-__all__ = ["EventRecorder", "ManualClock", "advance", "wait_for_status"]
+__all__ = ["EventRecorder", "ManualClock", "advance", "wait_for_stats", "wait_for_status"]
 
 
 def advance(clock: ManualClock, seconds: float, *registries: Any) -> None:
@@ -104,3 +104,24 @@ def wait_for_status(
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def wait_for_stats(registry: Any, timeout: float = 10.0, **expected: int) -> dict[str, int]:
+    """Wait until `registry.stats()` shows these counts (e.g. `retrying=1`); return them.
+
+    Wakes each time the registry handles a message, never on a sleep: use it before
+    `advance` to know that a failed run's restart timer is armed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with registry._changed:
+            generation = registry._generation
+        stats: dict[str, int] = registry.stats()
+        if all(stats.get(name) == value for name, value in expected.items()):
+            return stats
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"registry stats {stats} never matched {expected} in {timeout}s")
+        with registry._changed:
+            seen = generation + 1  # the stats() ask itself was one message
+            registry._changed.wait_for(lambda seen=seen: registry._generation > seen, remaining)

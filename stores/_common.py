@@ -39,7 +39,7 @@ def request_not_found(request_id: str) -> StoreError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status != "running":
+    if record.status not in ("running", "pending"):
         return False
     if record.owner is None or record.owner == owner:
         return True

@@ -92,7 +92,8 @@ _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
 _UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
 _CLAIM = (
-    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 AND status = 'running' "
+    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
+    "AND status IN ('running', 'pending') "
     "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
 )
 _COLUMNS = (
