@@ -130,7 +130,7 @@ _UPDATE: Final = (
 # claimer): that run is not orphaned, or someone else is taking it.
 _CLAIM: Final = (
     "UPDATE {s}.runs SET owner = %s, lease_until = %s WHERE run_id = ("
-    "SELECT run_id FROM {s}.runs WHERE run_id = %s AND status = 'running' "
+    "SELECT run_id FROM {s}.runs WHERE run_id = %s AND status IN ('running', 'pending') "
     "AND (owner IS NULL OR owner = %s OR lease_until IS NULL OR lease_until <= %s) "
     "FOR UPDATE SKIP LOCKED)"
 )

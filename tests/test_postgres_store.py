@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -565,3 +566,62 @@ def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
             stop.set()
             server.join(timeout=20)
     assert daemon_store.get_run("run-1").state == {"done": True}
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def orphan(store: PostgresStore, run_id: str) -> None:
+    """A running run whose owner's lease ran out at t=100."""
+    store.create_run(replace(record(run_id), owner="dead-host", lease_until=100.0))
+
+
+def test_hosts_racing_to_take_over_an_orphan_exactly_one_wins(store_on_schema):
+    hosts = [store_on_schema(max_size=1) for _ in range(5)]
+    orphan(hosts[0], "orphan")
+    barrier = threading.Barrier(len(hosts))
+    won: dict[str, bool] = {}
+
+    def claim(i: int) -> None:
+        barrier.wait(timeout=10)
+        won[f"h{i}"] = hosts[i].claim_run("orphan", f"h{i}", 500.0, now=200.0)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(hosts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    [winner] = [host for host, ok in won.items() if ok]
+    assert len(won) == len(hosts)
+    taken = hosts[1].load_run("orphan")
+    assert (taken.owner, taken.lease_until, taken.version) == (winner, 500.0, 0)
+    assert not hosts[2].claim_run("orphan", "late", 600.0, now=200.0)  # lease is live again
+
+
+def test_a_claim_skips_a_run_whose_row_is_busy_instead_of_waiting(store_on_schema, schema, admin):
+    store = store_on_schema()
+    orphan(store, "busy")
+    outcome: list[bool] = []
+    with admin.transaction():  # e.g. its owner is committing a stage right now
+        table = sql.SQL("{}.runs").format(sql.Identifier(schema))
+        admin.execute(sql.SQL("SELECT 1 FROM {} WHERE run_id = 'busy' FOR UPDATE").format(table))
+        claimer = threading.Thread(
+            target=lambda: outcome.append(store.claim_run("busy", "b", 500.0, now=200.0))
+        )
+        claimer.start()
+        claimer.join(timeout=10)
+        assert not claimer.is_alive(), "claim_run waited on the row lock (no SKIP LOCKED)"
+    assert outcome == [False]
+    assert store.claim_run("busy", "b", 500.0, now=200.0)  # free again: taken
+
+
+def test_renewals_skip_runs_taken_over_and_ids_postgres_cannot_hold(store_on_schema):
+    store = store_on_schema()
+    for run_id in ("r1", "r2", "r3"):
+        store.create_run(replace(record(run_id), owner="me", lease_until=100.0))
+    assert store.claim_run("r2", "other", 900.0, now=150.0)
+    renewed = store.renew_leases("me", ["r3", "r2", "r1", "nul\x00", "absent"], 300.0)
+    assert renewed == ["r3", "r1"]  # in the order asked, without the lost one
+    assert [store.load_run(r).lease_until for r in ("r1", "r2", "r3")] == [300.0, 900.0, 300.0]
+    with pytest.raises(RunNotFound):
+        store.claim_run("nul\x00", "me", 1.0, now=0.0)
