@@ -20,8 +20,8 @@ Decisions where the spec is silent:
   `MAX_ID_BYTES` (UTF-8) are refused with StoreError on write.
 - A connection lost before or while a commit runs raises StoreError; the broken
   connection is dropped from the pool and the next call gets a new one. If it was lost
-  while the server was committing, the outcome is unknown: reload the run (its version
-  tells) before going on. The runtime does this: the run stays at its last known commit.
+  while the server was committing, the outcome is unknown: the run's version tells, and
+  a writer that guessed wrong gets ConflictError at its next commit.
 - Connections are named `stageline` (`application_name`, seen in `pg_stat_activity`)
   unless the dsn names them.
 - A pooled connection idle for more than `check_after` seconds (default 2) is tested
@@ -30,6 +30,14 @@ Decisions where the spec is silent:
   are not tested: a test on every call costs about a third of a stage commit.
 - `list_runs` orders by creation time, then run id in byte order (`COLLATE "C"`), as
   SQLite does.
+- Leases: `claim_run` locks the run's row with `FOR UPDATE SKIP LOCKED`, so a claim on a
+  row another transaction holds (its owner committing a stage, another claimer) returns
+  False at once instead of waiting.
+- Mailbox: claims take the oldest pending requests with `FOR UPDATE SKIP LOCKED`; posting
+  and answering send a NOTIFY on the schema's channel in the same statement. The store
+  LISTENs on one extra connection (opened on first use): `mailbox_version()` counts the
+  notifications without a round trip, `wait_for_requests(timeout)` blocks on them. An
+  answer's NUL characters are written as the two characters `\\0`.
 """
 
 from __future__ import annotations
