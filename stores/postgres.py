@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -157,7 +158,9 @@ class PostgresStore:
     """A Store in a PostgreSQL database, shared by any number of processes.
 
     `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
-    `schema` is the PostgreSQL schema holding stageline's tables (created if absent).
+    `schema` is the PostgreSQL schema holding stageline's tables (created if absent):
+    "stageline" unless given here or as the URL's `schema` parameter
+    (`postgresql://host/db?schema=shop`, so a store URL alone can name it).
     `min_size` / `max_size` bound the connection pool: a stage commit holds a connection
     for one round trip, so a few connections serve many concurrent runs.
     `pool_timeout` is how long a call waits for a free connection (or for the server to
@@ -170,7 +173,7 @@ class PostgresStore:
         self,
         dsn: str,
         *,
-        schema: str = "stageline",
+        schema: str | None = None,
         min_size: int = 1,
         max_size: int = 10,
         pool_timeout: float = 30.0,
@@ -178,6 +181,7 @@ class PostgresStore:
         check_after: float | None = 2.0,
     ) -> None:
         psycopg, pool_module = _import_driver()
+        dsn, schema = _schema_from_url(dsn, schema)
         if not schema or "\x00" in schema:
             raise StoreError(f"schema must be a non-empty name without NUL, got {schema!r}")
         if min_size < 0 or max_size < max(min_size, 1):
@@ -689,6 +693,24 @@ def _import_driver() -> tuple[Any, Any]:
             "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'stageline[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
+
+
+def _schema_from_url(dsn: str, schema: str | None) -> tuple[str, str]:
+    """The dsn without stageline's `schema` URL parameter, and the schema to use."""
+    if not dsn.startswith(("postgresql://", "postgres://")) or "?" not in dsn:
+        return dsn, schema or "stageline"
+    base, _, query = dsn.partition("?")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    named = [value for key, value in pairs if key == "schema"]
+    if not named:
+        return dsn, schema or "stageline"
+    if len(named) > 1 or (schema is not None and schema != named[0]):
+        raise StoreError(
+            f"the PostgreSQL store is given two schemas ({[*named, schema]}); give one, "
+            "as schema= or as the URL's ?schema="
+        )
+    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k != "schema"])
+    return (f"{base}?{rest}" if rest else base), named[0]
 
 
 def _params(psycopg: Any, dsn: str) -> dict[str, Any]:

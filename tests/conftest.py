@@ -68,6 +68,16 @@ def pg_schema(pg_dsn: str) -> Iterator[str]:
     drop_schema(pg_dsn, schema)
 
 
+@pytest.fixture
+def pg_url(pg_dsn: str) -> Iterator[str]:
+    """A store URL (postgresql://...?schema=...) on a schema of this test; dropped after."""
+    if not pg_dsn.startswith(("postgresql://", "postgres://")):
+        pytest.skip(f"store URLs need STAGELINE_TEST_PG_DSN as a URL, got {pg_dsn!r}")
+    schema = f"stageline_t_{uuid.uuid4().hex[:12]}"
+    yield f"{pg_dsn}{'&' if '?' in pg_dsn else '?'}schema={schema}"
+    drop_schema(pg_dsn, schema)
+
+
 def empty_pg_store(dsn: str, schema: str) -> PostgresStore:
     """A PostgresStore on the session's schema, with no runs in it."""
     import psycopg

@@ -79,9 +79,11 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "shop.py").write_text(APP)
+    if request.param == "postgres":  # a schema of this test's own (conftest.pg_url)
+        return cli_env(request.getfixturevalue("pg_url"), tmp_path)
     return cli_env(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
 
 

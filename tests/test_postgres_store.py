@@ -625,3 +625,39 @@ def test_renewals_skip_runs_taken_over_and_ids_postgres_cannot_hold(store_on_sch
     assert [store.load_run(r).lease_until for r in ("r1", "r2", "r3")] == [300.0, 900.0, 300.0]
     with pytest.raises(RunNotFound):
         store.claim_run("nul\x00", "me", 1.0, now=0.0)
+
+
+# --------------------------------------------------------------------------- store URLs
+
+
+@pytest.mark.parametrize(
+    ("dsn", "schema", "expected"),
+    [
+        ("postgresql://h/db", None, ("postgresql://h/db", "stageline")),
+        ("postgresql://h/db?schema=shop", None, ("postgresql://h/db", "shop")),
+        ("postgres://h/db?sslmode=disable&schema=s", "s", ("postgres://h/db?sslmode=disable", "s")),
+        ("host=h dbname=db", "mine", ("host=h dbname=db", "mine")),
+    ],
+)
+def test_the_schema_can_come_from_the_url(dsn, schema, expected):
+    from stageline.stores.postgres import _schema_from_url
+
+    assert _schema_from_url(dsn, schema) == expected
+
+
+def test_two_different_schemas_are_refused():
+    with pytest.raises(StoreError, match="two schemas"):
+        PostgresStore("postgresql://h/db?schema=a", schema="b")
+
+
+def test_a_store_url_names_its_schema(pg_url, admin):
+    from stageline.stores.url import open_store
+
+    schema = pg_url.rpartition("schema=")[2]
+    store = open_store(pg_url)
+    try:
+        store.create_run(record("via-url"))
+        table = sql.SQL("SELECT run_id FROM {}.runs").format(sql.Identifier(schema))
+        assert admin.execute(table).fetchall() == [("via-url",)]
+    finally:
+        store.close()
