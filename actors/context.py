@@ -115,14 +115,8 @@ class RunContext:
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run to the end (or to a pause) and return the result."""
-        future = self.start()
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(
-                f"run {self.run_id!r} did not end within {timeout}s; it goes on (status "
-                f"{self._status!r}): wait on run.start()'s future or abort it"
-            ) from None
+        self.start()
+        return self.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> RunResult:
         """Wait for a run already started (by `start()`, `registry.retry`, `recover`) to end.
@@ -139,7 +133,7 @@ class RunContext:
         except concurrent.futures.TimeoutError:
             raise TimeoutError(
                 f"run {self.run_id!r} did not end within {timeout}s; it goes on (status "
-                f"{self._status!r})"
+                f"{self._status!r}): wait() for it again, or abort it"
             ) from None
 
     async def run_async(self) -> RunResult:
@@ -152,8 +146,12 @@ class RunContext:
         """End the run "aborted" promptly; in-flight steps are signalled and discarded.
 
         A paused run is aborted by one compare-and-set in the store (no actor starts);
-        RunNotPaused if it was resumed elsewhere meanwhile.
+        RunNotPaused if it was resumed elsewhere meanwhile. A failed run waiting for its
+        registry's restart is not restarted: it stays failed and its future ends.
         """
+        if self._status == lifecycle.FAILED and self._registry is not None:
+            self._registry._cancel_restart(self.run_id)
+            return
         with self._lock:
             if self._status == lifecycle.PAUSED:
                 event, result = self._abort_paused(reason)

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
@@ -87,6 +87,11 @@ class _RestartDue:
 
 @dataclass(frozen=True, slots=True)
 class _RetryNow:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _CancelRestart:
     run_id: str
 
 
@@ -168,6 +173,8 @@ class RegistryActor(StagelineActor):
             self._on_restart_due(message)
         elif isinstance(message, _RetryNow):
             return self._retry_now(message.run_id)
+        elif isinstance(message, _CancelRestart):
+            self._cancel_restart(message.run_id)
         elif isinstance(message, _Renew):
             self._renew()
         elif isinstance(message, _GiveUpAll):
@@ -234,6 +241,10 @@ class RegistryActor(StagelineActor):
         message = _RestartDue(context.run_id, self.next_token)
         handle = self.registry._timers.schedule(delay, lambda: self._tell(message))
         self.retries[context.run_id] = (self.next_token, handle, crash)
+        _log.warning(
+            "stageline registry: run %r failed at stage %r; restart %d in %ss",
+            context.run_id, record.stage, restarts(record.state) + 1, delay,
+        )  # fmt: skip
         return True
 
     def _on_crash(self, context: RunContext, error: BaseException) -> bool:
@@ -315,15 +326,22 @@ class RegistryActor(StagelineActor):
         context._restart(claimed)
         return True
 
+    def _cancel_restart(self, run_id: str) -> None:
+        """Do not restart this run after all: it stays failed (retry it by hand later)."""
+        waiting = self.retries.pop(run_id, None)
+        if waiting is None:
+            return
+        waiting[1].cancel()
+        context = self.live.get(run_id)
+        if context is not None:
+            self.counts["failed"] += 1
+            self._drop(context)
+            context._give_up(waiting[2])
+
     def _give_up_all(self) -> None:
         """registry.stop: runs waiting for a restart stay failed (retry them later)."""
-        for run_id, (_, handle, crash) in list(self.retries.items()):
-            handle.cancel()
-            del self.retries[run_id]
-            context = self.live.pop(run_id, None)
-            if context is not None:
-                self.counts["failed"] += 1
-                context._give_up(crash)
+        for run_id in list(self.retries):
+            self._cancel_restart(run_id)
 
     # --- leases -----------------------------------------------------------------------
 
@@ -561,9 +579,9 @@ class Registry:
             self._register(factory)
         live = self._live.get(run_id)
         if live is not None and live.status == lifecycle.FAILED:
-            context: Any = self._actor.ask(_RetryNow(run_id))
-            if context is not None:
-                return context  # type: ignore[no-any-return]
+            restarted = cast("RunContext | None", self._actor.ask(_RetryNow(run_id)))
+            if restarted is not None:
+                return restarted
         factory, store, record = self._find(run_id, factory)
         if record.status != lifecycle.FAILED:
             raise RunStateError(
@@ -576,7 +594,7 @@ class Registry:
                 f"run {run_id!r} is no longer failed: another retry won the race; "
                 "it runs elsewhere now"
             )
-        return context  # type: ignore[no-any-return]
+        return context
 
     def recover(self, factory: PipelineFactory) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
@@ -611,20 +629,15 @@ class Registry:
                 continue
             if not store.claim_run(info.run_id, self.owner, now + self.lease_ttl, now=now):
                 continue  # another process was first
-            record = store.load_run(info.run_id)
-            if record.owner != self.owner:
+            try:
+                claimed = self._take_over(factory, store, store.load_run(info.run_id))
+            except StagelineError:  # this run cannot go on here; the others still can
+                _log.exception("stageline registry: recovering run %r failed", info.run_id)
                 continue
-            if record.status == lifecycle.PENDING:  # never started: start it as planned
-                container = Container(record.run_id)
-                context = factory._context(
-                    store, record, str(record.stage), container, resumed=False
-                )
-                context.start()
-                contexts.append(context)
-            elif record.status == lifecycle.RUNNING:
-                claimed = self._claim(factory, store, record, "recover")
-                if claimed is not None:
-                    contexts.append(claimed)
+            if claimed is not None:
+                contexts.append(claimed)
+        for context in contexts:
+            _log.info("stageline registry: recovered run %r", context.run_id)
         self._actor.tell(_Counted("recovered", len(contexts)))
         return contexts
 
@@ -693,6 +706,13 @@ class Registry:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
         return False
+
+    def _cancel_restart(self, run_id: str) -> None:
+        """A failed run's context was aborted: if it waits for a restart, it stays failed."""
+        try:
+            self._actor.ask(_CancelRestart(run_id), timeout=30)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
 
     def _forget(self, run_id: str) -> None:
         """Drop a live copy found stale (the store moved on without this process)."""
@@ -774,6 +794,22 @@ class Registry:
             self._actor.tell(_Counted("restarts", 1))
         context.start()
         return context
+
+    def _take_over(
+        self, factory: PipelineFactory, store: Store, record: RunRecord
+    ) -> RunContext | None:
+        """Start a run this registry just claimed: a pending one at its entry, a running
+        one from its last commit."""
+        if record.owner != self.owner:
+            return None
+        if record.status == lifecycle.PENDING:  # never started: start it as planned
+            container = Container(record.run_id)
+            context = factory._context(store, record, str(record.stage), container, resumed=False)
+            context.start()
+            return context
+        if record.status == lifecycle.RUNNING:
+            return self._claim(factory, store, record, "recover")
+        return None
 
     def _release(self, contexts: list[RunContext]) -> None:
         """Let other processes take these runs at once (their lease ends now)."""

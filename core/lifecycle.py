@@ -6,7 +6,8 @@ raises `RunStateError` naming the status and the event.
 
     pending -> running -> succeeded | failed | aborted | paused
     paused  -> running (resume) | expired | aborted
-    failed  -> running (retry)
+    failed  -> running (retry: a restart by the registry's policy, or by hand)
+    running -> running (recover: another process takes over a run whose owner is gone)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Supervision decisions: whether and when a failed run restarts, and its attempts' record.
+"""Supervision decisions: when a failed or orphaned run is taken up again.
 
 Pure logic; the registry (stageline.actors.registry) carries the decisions out.
 
@@ -48,7 +48,9 @@ class RetryPolicy:
         retry_on: Any = self.retry_on
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
-            object.__setattr__(self, "retry_on", retry_on)
+        elif isinstance(retry_on, list | set | frozenset):
+            retry_on = tuple(retry_on)
+        object.__setattr__(self, "retry_on", retry_on)
         problems = []
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             problems.append(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")

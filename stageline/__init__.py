@@ -13,44 +13,117 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and all(
 ):
     __path__.append(_checkout)
 
-from stageline.actors.context import RunContext
-from stageline.actors.factory import PipelineFactory
-from stageline.actors.registry import Registry
-from stageline.core.checkpoint import (
-    Checkpoint,
-    clear_checkpoint,
-    read_checkpoint,
-    write_checkpoint,
-)
-from stageline.core.clock import ManualClock, SystemClock
-from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Stage, Step
-from stageline.core.errors import (
-    ArtifactError,
-    BundleError,
-    CheckpointCorrupt,
-    CheckpointError,
-    CheckpointMismatch,
-    CheckpointNotFound,
-    DefinitionError,
-    RoutingError,
-    RunAborted,
-    RunExistsError,
-    RunExpired,
-    RunNotFound,
-    RunNotPaused,
-    RunStateError,
-    StageError,
-    StagelineError,
-    StepError,
-    StepFailure,
-    StepTimeout,
-    StoreError,
-)
-from stageline.core.events import Event, PathNode
-from stageline.core.patch import PIPELINE_DATA_KEY
-from stageline.core.results import ChildResult, RunResult
-from stageline.core.store import RunInfo, Store
-from stageline.core.supervision import RetryPolicy
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers see; at run time the names load on first use
+    from stageline.actors.context import RunContext
+    from stageline.actors.factory import PipelineFactory
+    from stageline.actors.registry import Registry
+    from stageline.core.checkpoint import (
+        Checkpoint,
+        clear_checkpoint,
+        read_checkpoint,
+        write_checkpoint,
+    )
+    from stageline.core.clock import ManualClock, SystemClock
+    from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Stage, Step
+    from stageline.core.errors import (
+        ArtifactError,
+        BundleError,
+        CheckpointCorrupt,
+        CheckpointError,
+        CheckpointMismatch,
+        CheckpointNotFound,
+        DefinitionError,
+        RoutingError,
+        RunAborted,
+        RunExistsError,
+        RunExpired,
+        RunNotFound,
+        RunNotPaused,
+        RunStateError,
+        StageError,
+        StagelineError,
+        StepError,
+        StepFailure,
+        StepTimeout,
+        StoreError,
+    )
+    from stageline.core.events import Event, PathNode
+    from stageline.core.patch import PIPELINE_DATA_KEY
+    from stageline.core.results import ChildResult, RunResult
+    from stageline.core.store import RunInfo, Store
+    from stageline.core.supervision import RetryPolicy
+
+# Each public name is imported from its module on first use (PEP 562), so `import
+# stageline` (and `stageline --help`) does not pay for pykka, cbor2 and the actors until a
+# name is used. A name in __all__ must be in this table (tests/test_layout.py checks).
+_EXPORTS: dict[str, str] = {
+    "RunContext": "stageline.actors.context",
+    "PipelineFactory": "stageline.actors.factory",
+    "Registry": "stageline.actors.registry",
+    "Checkpoint": "stageline.core.checkpoint",
+    "clear_checkpoint": "stageline.core.checkpoint",
+    "read_checkpoint": "stageline.core.checkpoint",
+    "write_checkpoint": "stageline.core.checkpoint",
+    "ManualClock": "stageline.core.clock",
+    "SystemClock": "stageline.core.clock",
+    "DELETE": "stageline.core.definition",
+    "TERMINATE": "stageline.core.definition",
+    "Pause": "stageline.core.definition",
+    "Pipeline": "stageline.core.definition",
+    "Stage": "stageline.core.definition",
+    "Step": "stageline.core.definition",
+    "ArtifactError": "stageline.core.errors",
+    "BundleError": "stageline.core.errors",
+    "CheckpointCorrupt": "stageline.core.errors",
+    "CheckpointError": "stageline.core.errors",
+    "CheckpointMismatch": "stageline.core.errors",
+    "CheckpointNotFound": "stageline.core.errors",
+    "DefinitionError": "stageline.core.errors",
+    "RoutingError": "stageline.core.errors",
+    "RunAborted": "stageline.core.errors",
+    "RunExistsError": "stageline.core.errors",
+    "RunExpired": "stageline.core.errors",
+    "RunNotFound": "stageline.core.errors",
+    "RunNotPaused": "stageline.core.errors",
+    "RunStateError": "stageline.core.errors",
+    "StageError": "stageline.core.errors",
+    "StagelineError": "stageline.core.errors",
+    "StepError": "stageline.core.errors",
+    "StepFailure": "stageline.core.errors",
+    "StepTimeout": "stageline.core.errors",
+    "StoreError": "stageline.core.errors",
+    "Event": "stageline.core.events",
+    "PathNode": "stageline.core.events",
+    "PIPELINE_DATA_KEY": "stageline.core.patch",
+    "ChildResult": "stageline.core.results",
+    "RunResult": "stageline.core.results",
+    "RunInfo": "stageline.core.store",
+    "Store": "stageline.core.store",
+    "RetryPolicy": "stageline.core.supervision",
+}
+
+
+_SUBPACKAGES = frozenset({"core", "actors", "stores", "testing", "cli", "daemon"})
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _SUBPACKAGES:  # `import stageline; stageline.core...` as before
+        return importlib.import_module(f"stageline.{name}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stageline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

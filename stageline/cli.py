@@ -430,6 +430,8 @@ def show(run_id: str, store_url: str | None, as_json: bool) -> None:
         ("stage", info.stage or "-"),
         ("updated", _when(info)),
     ]
+    if info.status in ("running", "pending") and info.owner:
+        lines.append(("owner", f"{info.owner} (lease until {_lease(info)})"))
     checkpoint = info.checkpoint
     if checkpoint is not None:
         lines.append(("resume at", f"{checkpoint.resume_at} (paused on {checkpoint.paused_on})"))
@@ -480,6 +482,11 @@ def _when(info: RunInfo) -> str:
     return str(info.updated_at.isoformat(timespec="seconds"))
 
 
+def _lease(info: RunInfo) -> str | None:
+    until = info.lease_until
+    return None if until is None else str(until.isoformat(timespec="seconds"))
+
+
 def _coloured(status: str) -> str:
     return click.style(status, fg=_COLOURS.get(status))
 
@@ -507,6 +514,8 @@ def _run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
     }
     if full:
         checkpoint = info.checkpoint
+        data["owner"] = info.owner
+        data["lease_until"] = _lease(info)
         data["error"] = info.error
         data["checkpoint"] = None if checkpoint is None else {
             "resume_at": checkpoint.resume_at,

@@ -34,11 +34,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
+from stageline.actors.logs import library_logger
 from stageline.actors.registry import Registry
 from stageline.core import mailbox
 from stageline.core.definition import Pipeline
-from stageline.core.errors import StagelineError
+from stageline.core.errors import RunStateError, StagelineError
 from stageline.core.mailbox import Request
 from stageline.core.store import Store
 
@@ -151,17 +153,15 @@ class _ToStructlog(logging.Handler):
         getattr(log, record.levelname.lower(), log.error)(record.getMessage(), **fields)
 
 
-def _logger() -> Any:
-    import structlog
-
-    return structlog.get_logger("stageline.daemon")
-
-
 # --- the daemon ----------------------------------------------------------------------------
 
 
 class Daemon:
-    """Acts on a store's mailbox with one registry. `serve` blocks; `poll_once` is one pass."""
+    """Acts on a store's mailbox with one registry. `serve` blocks; `poll_once` is one pass.
+
+    `on_start(context)` is called with every RunContext the daemon starts, resumes or
+    retries (for an application embedding the daemon: metrics, tests).
+    """
 
     def __init__(
         self,
@@ -169,13 +169,15 @@ class Daemon:
         store: Store,
         registry: Registry,
         options: DaemonOptions | None = None,
+        on_start: Callable[[RunContext], Any] | None = None,
     ) -> None:
         self.factories = dict(factories)
+        self.on_start = on_start
         self.store = store
         self.registry = registry
         self.options = options or DaemonOptions()
         self.name = str(registry.owner)  # claims requests under the registry's lease owner id
-        self.log = _logger().bind(daemon=self.name)
+        self.log = library_logger(None, daemon=self.name)  # stdlib "stageline" unless configured
         self._actions: dict[str, Callable[[Request], None]] = {
             mailbox.START: self._start,
             mailbox.RESUME: self._resume,
@@ -256,33 +258,44 @@ class Daemon:
             )
         return factory
 
-    def _factory_of(self, run_id: str) -> PipelineFactory:
-        return self._factory(self.store.load_run(run_id).pipeline_id, run_id)
+    def _factory_for(self, request: Request) -> PipelineFactory:
+        """The factory of the request's run, once the run's status allows the request."""
+        record = self.store.load_run(request.run_id)
+        problem = mailbox.status_problem(request.kind, request.run_id, record.status)
+        if problem is not None:
+            raise RunStateError(problem)
+        return self._factory(record.pipeline_id, request.run_id)
 
     def _start(self, request: Request) -> None:
         factory = self._factory(str(request.pipeline_id), request.run_id)
         args = request.args
         context = factory.prepare(args.get("entry"), request.run_id, state=args.get("state"))
-        self._watch(context.start(), request.run_id)
+        self._started(context, context.start())
 
     def _resume(self, request: Request) -> None:
-        factory = self._factory_of(request.run_id)
+        factory = self._factory_for(request)
         context = factory.resume(request.run_id, request.args.get("patch"))
-        self._watch(context.start(), request.run_id)
+        self._started(context, context.start())
 
     def _retry(self, request: Request) -> None:
-        self.registry.retry(request.run_id, self._factory_of(request.run_id))
+        context = self.registry.retry(request.run_id, self._factory_for(request))
+        self._started(context, None)
 
     def _abort(self, request: Request) -> None:
-        self._factory_of(request.run_id).abort(request.run_id, request.args.get("reason"))
+        self._factory_for(request).abort(request.run_id, request.args.get("reason"))
 
-    def _watch(self, future: Any, run_id: str) -> None:
-        def ended(done: Any) -> None:
-            exc = done.exception()
-            if exc is not None:
-                self.log.error("run:crashed", run_id=run_id, error=str(exc))
+    def _started(self, context: RunContext, future: Any) -> None:
+        if future is not None:
+            run_id = context.run_id
 
-        future.add_done_callback(ended)
+            def ended(done: Any) -> None:
+                exc = done.exception()
+                if exc is not None:
+                    self.log.error("run:error", run_id=run_id, error=str(exc))
+
+            future.add_done_callback(ended)
+        if self.on_start is not None:
+            self.on_start(context)
 
 
 def _one_line(message: str) -> str:

@@ -10,6 +10,9 @@ with Registry(clock=clock) as registry:
     future = run.start()
     events.wait_for("step:retry")            # blocks until it happens
     advance(clock, 2.0)                       # fires the retry's backoff timer now
+
+With a supervising registry, `wait_for_stats(registry, retrying=1)` returns once a failed
+run's restart timer is armed; `advance(clock, backoff, registry)` then fires it.
 """
 
 from __future__ import annotations

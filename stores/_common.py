@@ -6,6 +6,7 @@ from typing import Any
 
 from stageline.core.codec import decode, encode
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
+from stageline.core.lifecycle import PENDING, RUNNING
 from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
 
@@ -39,7 +40,7 @@ def request_not_found(request_id: str) -> StoreError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status not in ("running", "pending"):
+    if record.status not in (RUNNING, PENDING):
         return False
     if record.owner is None or record.owner == owner:
         return True

@@ -122,13 +122,18 @@ def check_run(store: SqliteStore, run_id: str, where: str) -> tuple[str, int]:
     return info.status, m
 
 
-def check_file(db: Path, where: str) -> dict[str, tuple[str, int]]:
-    """Check the whole file; return {run_id: (status, committed stages)}."""
+def check_integrity(db: Path, where: str) -> None:
+    """SQLite's own check of the whole file."""
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)], where
     finally:
         raw.close()
+
+
+def check_file(db: Path, where: str) -> dict[str, tuple[str, int]]:
+    """Check the whole file; return {run_id: (status, committed stages)}."""
+    check_integrity(db, where)
     store = SqliteStore(db)
     try:
         return {info.run_id: check_run(store, info.run_id, where) for info in store.list_runs()}

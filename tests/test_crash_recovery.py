@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from recover_worker import STAGES, STEPS  # tests/ is on sys.path (pytest's rootdir importing)
-from test_crash import committed_prefix, wait_ready, worker_env
+from test_crash import check_integrity, committed_prefix, wait_ready, worker_env
 
 from stageline.stores import SqliteStore
 
@@ -45,11 +44,13 @@ class Rounds:
         self.logs = logs
         self.count = itertools.count()
 
-    def spawn(self, run_id: str) -> subprocess.Popen[bytes]:
-        offset = next(self.count) * 3600.0
-        log = self.logs / f"{run_id}.log"
+    def spawn(self, mode: str, arg: str = "", hour: int | None = None) -> subprocess.Popen[bytes]:
+        """A worker in `mode` ("run", "orphans", "recover"), an hour after the last one
+        (or `hour` hours ahead of real time: workers alive together share one clock)."""
+        offset = (next(self.count) if hour is None else hour) * 3600.0
         return subprocess.Popen(
-            [sys.executable, str(WORKER), str(self.db), run_id, str(log), str(offset)],
+            [sys.executable, str(WORKER), mode, str(self.db), str(self.logs), str(offset), arg],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=worker_env(),
@@ -64,11 +65,7 @@ class Rounds:
 
 def snapshot(db: Path, run_id: str, where: str) -> tuple[str | None, int]:
     """(status, committed stages) of the run, after checking the file and the prefix."""
-    raw = sqlite3.connect(db)
-    try:
-        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)], where
-    finally:
-        raw.close()
+    check_integrity(db, where)
     store = SqliteStore(db)
     try:
         if not any(info.run_id == run_id for info in store.list_runs()):
@@ -97,7 +94,7 @@ def run_round(rounds: Rounds, run_id: str, delay: float | None, where: str) -> t
     """
     status, before = snapshot(rounds.db, run_id, f"{where} before")
     seen = len(rounds.executions(run_id))
-    proc = rounds.spawn(run_id)
+    proc = rounds.spawn("run", run_id)
     wait_ready(proc, where)
     if delay is not None:
         time.sleep(delay)  # the deliberate random kill moment
@@ -127,7 +124,7 @@ def test_sigkill_then_recover_loses_no_run_and_reruns_no_committed_stage(tmp_pat
 
     durations = []
     for run_id in ("baseline-0", "baseline-1"):
-        proc = rounds.spawn(run_id)
+        proc = rounds.spawn("run", run_id)
         wait_ready(proc, run_id)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=120)
@@ -175,3 +172,47 @@ def test_sigkill_then_recover_loses_no_run_and_reruns_no_committed_stage(tmp_pat
     )
     print(summary)
     assert recovered_mid_run >= MIN_RECOVERED_MID_RUN, f"too few recoveries: {summary}"
+
+
+def test_two_processes_racing_recover_take_each_orphan_once(tmp_path: Path) -> None:
+    """A worker dies with ORPHANS runs mid-stage; two workers recover the file at once."""
+    orphans = 4
+    rounds = Rounds(tmp_path / "race.db", tmp_path)
+    dying = rounds.spawn("orphans", str(orphans))
+    wait_ready(dying, "orphans")
+    assert dying.stdout is not None
+    assert dying.stdout.readline() == b"blocked\n", dying.stderr.read() if dying.stderr else ""
+    dying.send_signal(signal.SIGKILL)
+    dying.communicate(timeout=30)
+
+    racers = [rounds.spawn("recover", hour=1), rounds.spawn("recover", hour=1)]
+    for n, proc in enumerate(racers):
+        wait_ready(proc, f"racer {n}")
+    for proc in racers:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    took: dict[int, list[str]] = {}
+    for n, proc in enumerate(racers):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"racer {n}: {err.decode(errors='replace')}"
+        took[n] = [line.split()[1] for line in out.decode().splitlines() if line[:4] == "took"]
+    expected = [f"orphan-{n}" for n in range(orphans)]
+    print(f"taken by each racer: {took}")
+    assert sorted(took[0] + took[1]) == expected  # each orphan taken by exactly one racer
+
+    store = SqliteStore(rounds.db)
+    try:
+        for run_id in expected:
+            info = store.get_run(run_id)
+            assert info.status == "succeeded" and committed_prefix(info.state, run_id) == STAGES
+            runs = Counter(rounds.executions(run_id))
+            assert all(runs[(1, j)] == 1 for j in range(STEPS)), runs  # committed by the dead
+            assert runs[(2, 0)] == 2, runs  # stuck in the dead worker, then run again once
+            assert all(runs[(k, j)] == 1 for k in range(3, STAGES + 1) for j in range(STEPS)), (
+                runs
+            )  # only one racer drove the run on
+            starts = [e.resumed for e in store.read_events(run_id) if e.name == "pipeline:start"]
+            assert starts == [False, True], starts
+    finally:
+        store.close()

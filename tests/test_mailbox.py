@@ -1,7 +1,7 @@
 """The store's mailbox (spec section 12): post, claim exactly once, answer, read back.
 
-Runs on every store through the `store` fixture; the SQLite schema migration from version 1
-has its own test at the end.
+Runs on every store through the `store` fixture; the SQLite schema migrations (from
+versions 1 and 2) have their own test at the end.
 """
 
 from __future__ import annotations
@@ -148,15 +148,19 @@ def test_status_problems_name_the_run_and_its_status(kind, status, problem):
     assert found == problem if problem is None else problem in found
 
 
-def test_a_version_1_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path):
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_an_older_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path, old_version):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    for statement in MIGRATIONS[1]:
-        db.execute(statement)
-    db.execute("INSERT INTO stageline_meta VALUES ('schema_version', '1')")
+    for version in range(1, old_version + 1):
+        for statement in MIGRATIONS[version]:
+            db.execute(statement)
+    db.execute("INSERT INTO stageline_meta VALUES ('schema_version', ?)", (str(old_version),))
     db.execute(
-        "INSERT INTO runs VALUES ('r1', 'p', 1, 'paused', 's', ?, NULL, NULL, 3, 4, 1, 0, 0)",
+        "INSERT INTO runs (run_id, pipeline_id, pipeline_version, status, stage, state, "
+        "version, last_seq, stage_runs, created_at, updated_at) "
+        "VALUES ('r1', 'p', 1, 'paused', 's', ?, 3, 4, 1, 0, 0)",
         (encode({"x": 1}),),
     )
     db.commit()

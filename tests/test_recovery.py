@@ -67,8 +67,8 @@ class Blocking:
             return {name: self.runs[(run_id, name)] for name in "abc"}
 
 
-def record(run_id="r1", status="running", **fields) -> RunRecord:
-    return RunRecord(run_id, "p", 1, status, {}, "b", **fields)
+def record(run_id="r1", status="running", stage="b", **fields) -> RunRecord:
+    return RunRecord(run_id, "p", 1, status, {}, stage, **fields)
 
 
 # --- the store's lease operations ---------------------------------------------------------
@@ -152,6 +152,19 @@ def test_a_registry_owns_its_running_runs_and_renews_their_leases(store):
         advance(clock, 10.0, registry)
         assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 50.0)
         blocking.release.set()
+        assert future.result(10).status == "succeeded"
+
+
+def test_a_run_prepared_long_ago_renews_its_lease_before_it_starts(store):
+    blocking = Blocking()
+    blocking.release.set()
+    clock = ManualClock()
+    with Registry(clock=clock, lease_ttl=30.0, owner="host-a") as registry:
+        run = PipelineFactory(blocking.pipeline(), store=store, registry=registry).prepare()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 30.0)
+        clock.advance(100.0)  # no timer is armed yet: nothing else moves
+        future = run.start()
+        assert store.load_run(run.run_id).lease_until == pytest.approx(WALL + 130.0)
         assert future.result(10).status == "succeeded"
 
 
@@ -258,6 +271,17 @@ def test_recover_starts_a_pending_run_whose_registry_is_gone(store):
     assert [(e.resumed, e.entry) for e in journal if e.name == "pipeline:start"] == [(False, "a")]
 
 
+def test_recover_goes_on_past_a_run_it_cannot_continue(store):
+    blocking = Blocking()
+    blocking.release.set()
+    store.create_run(record("gone", stage="nowhere"))  # a stage this version does not have
+    store.create_run(record("fine", stage="c"))
+    with Registry(clock=ManualClock()) as registry:
+        (run,) = registry.recover(PipelineFactory(blocking.pipeline(), store=store))
+        assert run.run_id == "fine" and run.wait(10).status == "succeeded"
+    assert store.get_run("gone").status == "running"
+
+
 def test_two_registries_racing_recover_on_one_sqlite_file_resume_each_run_once(tmp_path):
     db = tmp_path / "runs.db"
     blocking = Blocking()
@@ -347,7 +371,7 @@ def test_a_version_1_sqlite_file_is_migrated_and_its_runs_recovered(tmp_path):
     raw = sqlite3.connect(db)
     meta = raw.execute("SELECT value FROM stageline_meta WHERE key='schema_version'").fetchall()
     raw.close()
-    assert meta == [(str(SCHEMA_VERSION),)]  # leases (2) and, merged with the mailbox, 3
+    assert meta == [(str(SCHEMA_VERSION),)]  # 3 since the mailbox (schema v3)
     SqliteStore(db).close()  # opening a migrated file again changes nothing
 
 

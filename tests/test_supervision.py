@@ -10,6 +10,8 @@ import threading
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stageline import (
     ManualClock,
@@ -381,3 +383,37 @@ def test_retry_policy_matches_recorded_exception_classes():
     assert policy.matches({"types": ["builtins.TimeoutError", "builtins.OSError"]})
     assert not policy.matches(None) and not policy.matches({})
     assert not RetryPolicy().matches({"steps": [{"types": ["builtins.KeyboardInterrupt"]}]})
+
+
+def test_abort_of_a_run_waiting_for_its_restart_keeps_it_failed(store):
+    flaky = Flaky(failures=1)
+    clock = ManualClock()
+    with Registry(clock=clock, supervision=RetryPolicy(backoff=5.0)) as registry:
+        factory = PipelineFactory(three_stages(flaky), store=store, registry=registry)
+        run = factory.prepare()
+        future = run.start()
+        wait_for_stats(registry, retrying=1)
+        run.abort("the operator gave up")
+        assert future.result(10).status == "failed"
+        advance(clock, 5.0, registry)
+        stats = wait_for_stats(registry, retrying=0, failed=1)
+    assert stats["restarts"] == 0 and flaky.runs["b"] == 1
+    assert store.get_run(run.run_id).status == "failed"
+    assert RetryPolicy(retry_on=[ValueError, KeyError]).retry_on == (ValueError, KeyError)
+
+
+@given(
+    backoff=st.floats(0, 100, allow_nan=False),
+    cap=st.floats(0, 1000, allow_nan=False),
+    n=st.integers(1, 40),
+)
+def test_prop_restart_delays_double_up_to_the_cap(backoff, cap, n):
+    policy = RetryPolicy(max_restarts=50, backoff=backoff, max_backoff=cap)
+    assert policy.delay(n) == min(backoff * 2 ** (n - 1), cap)
+    assert policy.delay(n) <= policy.delay(n + 1) <= cap
+
+
+def test_wait_needs_a_started_run(store):
+    run = PipelineFactory(three_stages(Flaky()), store=store).prepare()
+    with pytest.raises(RunStateError, match="not started"):
+        run.wait(1)

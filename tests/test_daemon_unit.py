@@ -1,0 +1,185 @@
+"""The daemon's request handling in-process, on every store (the `store` fixture).
+
+Requests are posted into the store's mailbox and `Daemon.poll_once()` claims and answers
+them; runs are awaited through the registry's live RunContext (`wait`), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
+from stageline.core.errors import StagelineError
+from stageline.core.mailbox import DONE, FAILED, Request
+from stageline.daemon import Daemon, _factories, bind_factories
+
+pytestmark = pytest.mark.timeout(60)
+
+FLAKY = {"failures": 0}
+
+
+def flaky(state, ctx):
+    if FLAKY["failures"] > 0:
+        FLAKY["failures"] -= 1
+        raise RuntimeError("transient")
+    return {"shipped": True}
+
+
+approval = Pipeline("approval", [
+    Stage("ask", order=1, steps=[Step("ask", lambda s, c: {"asked": True})],
+          router=lambda s, r: None if s.get("ok") else Pause("ship", timeout=60)),
+    Stage("ship", order=2, steps=[Step("ship", flaky)]),
+])  # fmt: skip
+quick = Pipeline("quick", [Stage("one", order=1, steps=[Step("one", lambda s, c: {"n": 1})])])
+
+
+@pytest.fixture
+def served(store):
+    with Registry() as registry:
+        factories = bind_factories(
+            [PipelineFactory(approval, initial_state={"items": 1}), PipelineFactory(quick)],
+            store,
+            registry,
+        )
+        contexts: dict = {}
+        daemon = Daemon(
+            factories, store, registry, on_start=lambda c: contexts.update({c.run_id: c})
+        )
+        daemon.contexts = contexts  # the last RunContext started per run
+        yield daemon
+
+
+_ids = itertools.count()
+
+
+def post(daemon: Daemon, kind: str, run_id: str, **fields) -> str:
+    request_id = f"{kind}-{run_id}-{next(_ids)}"
+    daemon.store.post_request(Request(request_id, kind, run_id, time.time(), **fields))
+    return request_id
+
+
+def act(daemon: Daemon, kind: str, run_id: str, **fields) -> Request:
+    """Post one request, let the daemon handle it, return it answered."""
+    request_id = post(daemon, kind, run_id, **fields)
+    assert daemon.poll_once() == 1
+    return daemon.store.get_request(request_id)
+
+
+def wait(daemon: Daemon, run_id: str):
+    return daemon.contexts[run_id].wait(10)
+
+
+def test_start_pause_resume_with_a_patch(served):
+    started = act(served, "start", "r1", pipeline_id="approval", args={"state": {"items": 3}})
+    assert (started.status, started.answer) == (DONE, None)
+    assert wait(served, "r1").status == "paused"
+    assert served.store.get_run("r1").state == {"items": 3, "asked": True}
+
+    resumed = act(served, "resume", "r1", args={"patch": {"ok": True}})
+    assert resumed.status == DONE
+    result = wait(served, "r1")
+    assert result.status == "succeeded" and result.state["ok"] is True
+
+
+def test_errors_name_the_run_and_what_is_wrong(served):
+    act(served, "start", "done", pipeline_id="quick")
+    assert wait(served, "done").status == "succeeded"
+    cases = [
+        ("resume", "ghost", {}, "run 'ghost' is not in this store"),
+        ("resume", "done", {}, "run 'done' is not paused (status succeeded); cannot resume it"),
+        ("retry", "done", {}, "run 'done' is not failed (status succeeded)"),
+        ("abort", "done", {}, "run 'done' is not pending, running or paused (status succeeded)"),
+        ("start", "done", {"pipeline_id": "quick"}, "run 'done' already exists"),
+        ("start", "new", {"pipeline_id": "nope"}, "pipeline 'nope' is not served"),
+        ("start", "new", {"pipeline_id": "quick", "args": {"entry": "zz"}}, "entry 'zz'"),
+    ]
+    for kind, run_id, fields, message in cases:
+        answered = act(served, kind, run_id, **fields)
+        assert answered.status == FAILED and message in answered.answer, (kind, run_id)
+        assert "\n" not in answered.answer
+
+
+def test_retry_restarts_a_failed_run_from_its_failed_stage(served):
+    FLAKY["failures"] = 1
+    act(served, "start", "f1", pipeline_id="approval", args={"state": {"ok": True}})
+    assert wait(served, "f1").status == "failed"
+    assert act(served, "retry", "f1").status == DONE
+    assert wait(served, "f1").status == "succeeded"
+    assert served.store.get_run("f1").state["shipped"] is True
+
+
+def test_abort_a_live_paused_run_and_one_only_the_store_holds(served, store):
+    act(served, "start", "a1", pipeline_id="approval")
+    act(served, "start", "a2", pipeline_id="approval")
+    assert wait(served, "a1").status == wait(served, "a2").status == "paused"
+    served.registry._forget("a2")  # as if its live window had ended
+    served.registry.stats()  # (an ask: the forget has been handled)
+    for run_id in ("a1", "a2"):
+        assert act(served, "abort", run_id, args={"reason": "no"}).status == DONE
+        info = store.get_run(run_id)
+        assert info.status == "aborted" and info.checkpoint is None
+
+
+def test_racing_daemons_act_on_each_request_exactly_once(store):
+    total = 20
+    contexts: list = []
+    with Registry() as one, Registry() as two:
+        daemons = [
+            Daemon(
+                bind_factories([PipelineFactory(quick)], store, r),
+                store,
+                r,
+                on_start=contexts.append,
+            )
+            for r in (one, two)
+        ]
+        ids = [post(daemons[0], "start", f"q{n}", pipeline_id="quick") for n in range(total)]
+        barrier = threading.Barrier(2)
+        handled: Counter[str] = Counter()
+
+        def serve(daemon: Daemon) -> None:
+            barrier.wait(timeout=10)
+            while count := daemon.poll_once():
+                handled[daemon.name] += count
+
+        threads = [threading.Thread(target=serve, args=(d,)) for d in daemons]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sum(handled.values()) == total
+        answers = [store.get_request(request_id) for request_id in ids]
+        assert all(a.status == DONE for a in answers), [a.answer for a in answers]
+        assert len(store.list_runs(pipeline_id="quick")) == total
+        assert sorted(c.run_id for c in contexts) == sorted(f"q{n}" for n in range(total))
+        assert all(c.wait(10).status == "succeeded" for c in contexts)
+
+
+def test_a_crashing_action_is_answered_and_the_daemon_goes_on(served, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(served.factories["quick"], "prepare", broken)
+    answered = act(served, "start", "b1", pipeline_id="quick")
+    assert answered.status == FAILED
+    assert answered.answer == "the daemon failed on this request: KeyError: 'bug'"
+
+
+def test_app_loading_accepts_factories_pipelines_lists_and_callables():
+    factory = PipelineFactory(quick)
+    assert _factories(factory, "m:a") == [factory]
+    assert [f.pipeline for f in _factories(quick, "m:a")] == [quick]
+    assert [f.pipeline for f in _factories(lambda: [quick, approval], "m:a")] == [quick, approval]
+    assert [f.pipeline for f in _factories({"q": quick}, "m:a")] == [quick]
+    for bad in (42, "quick", [], [42]):
+        with pytest.raises(StagelineError, match="APP 'm:a'"):
+            _factories(bad, "m:a")
+    with Registry() as registry, pytest.raises(StagelineError, match="two factories"):
+        from stageline.stores import MemoryStore
+
+        bind_factories([factory, PipelineFactory(quick)], MemoryStore(), registry)
