@@ -606,8 +606,11 @@ class _Listener:
     """The store's LISTEN connection: counts mailbox NOTIFYs, and lets a daemon block on them.
 
     Opened on first use. A lost connection is reopened on the next call, which then
-    reports a change (notifications may have been missed while it was down).
+    reports a change (notifications may have been missed while it was down). A wait
+    listens in slices of `SLICE` seconds, so closing the store ends it that soon.
     """
+
+    SLICE: Final = 0.2
 
     def __init__(self, psycopg: Any, connect: Callable[[], Any], channel: str) -> None:
         self._psycopg = psycopg
@@ -617,6 +620,7 @@ class _Listener:
         self._count_lock = threading.Lock()
         self._conn: Any = None
         self._seen = 0  # notifications received plus this store's own writes
+        self._closing = threading.Event()
 
     def own_write(self) -> None:
         self._count(1)  # its NOTIFY arrives later; count our own write at once
@@ -639,7 +643,13 @@ class _Listener:
         if not self._lock.acquire(timeout=max(timeout, 0.0)):
             return False
         try:
-            return self._receive(max(deadline - time.monotonic(), 0.0), where)
+            while not self._closing.is_set():
+                remaining = deadline - time.monotonic()
+                if self._receive(min(max(remaining, 0.0), self.SLICE), where):
+                    return True
+                if remaining <= self.SLICE:
+                    return False
+            return False
         finally:
             self._lock.release()
 
@@ -676,6 +686,7 @@ class _Listener:
         self._conn = None
 
     def close(self) -> None:
+        self._closing.set()  # a waiter returns within SLICE seconds
         with self._lock:
             self._drop()
 

@@ -471,6 +471,18 @@ def test_a_lost_listener_reconnects_and_reports_a_change(store_on_schema, schema
     assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
 
 
+def test_closing_the_store_ends_a_wait_at_once(store_on_schema):
+    store = store_on_schema()
+    assert store.wait_for_requests(timeout=5)  # listening
+    outcome: list[Any] = []
+    waiter = threading.Thread(target=lambda: outcome.append(store.wait_for_requests(60)))
+    waiter.start()
+    wait_until(store._listener._lock.locked, "the waiter to block")  # private: no other sign
+    store.close()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and outcome == [False]
+
+
 def test_daemons_in_separate_processes_claim_each_request_once(store_on_schema):
     sender = store_on_schema()
     for n in range(40):
