@@ -28,8 +28,10 @@ def test_doc_examples_run(page, tmp_path, request):
     code = "\n\n".join(python_blocks(page))
     script.write_text(code)
     env = dict(os.environ)
+    schemas_before = None
     if "PostgresStore(" in code:  # runs against the test server (skips or fails without it)
         env["DATABASE_URL"] = request.getfixturevalue("pg_dsn")
+        schemas_before = example_schemas(env["DATABASE_URL"])
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -39,3 +41,15 @@ def test_doc_examples_run(page, tmp_path, request):
         env=env,
     )
     assert result.returncode == 0, result.stderr
+    if schemas_before is not None:  # the page's examples clean up after themselves
+        assert example_schemas(env["DATABASE_URL"]) <= schemas_before
+
+
+def example_schemas(dsn: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'example%%'"
+        ).fetchall()
+    return {row[0] for row in rows}
