@@ -208,9 +208,16 @@ class PostgresStore:
             with psycopg.connect(dsn, **kwargs) as conn:
                 self._migrate(conn)
         except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == "42501":  # insufficient_privilege
+                hint = (
+                    "this role may not create or upgrade the schema: open the store once as "
+                    "a role that may (e.g. the schema's owner), then grant this one USAGE on "
+                    "the schema and SELECT, INSERT, UPDATE on its tables"
+                )
+            else:
+                hint = "check the dsn and that the server is running"
             raise StoreError(
-                f"cannot open the PostgreSQL store {self._where}: {_reason(exc)}; "
-                "check the dsn and that the server is running"
+                f"cannot open the PostgreSQL store {self._where}: {_reason(exc)}; {hint}"
             ) from exc
         self._pool: ConnectionPool[_Connection] = pool_module.ConnectionPool(
             dsn,
@@ -235,26 +242,28 @@ class PostgresStore:
     # ----------------------------------------------------------------- schema
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        """Create or upgrade the tables, one process at a time (advisory lock)."""
+        """Create or upgrade the tables, one process at a time (advisory lock).
+
+        A schema already at this version is only read: no DDL, no lock, and no CREATE
+        privilege needed, so a DBA may create the schema and run the first migration.
+        """
+        if self._schema_version(conn) == SCHEMA_VERSION:
+            return
         with conn.transaction():
             lock_name = f"stageline:{self.schema}"
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_name,))
-            conn.execute(self._sql("CREATE SCHEMA IF NOT EXISTS {s}"))
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(self._sql("CREATE SCHEMA {s}"))
             conn.execute(
                 self._sql(
                     "CREATE TABLE IF NOT EXISTS {s}.stageline_meta "
                     "(key text PRIMARY KEY, value text NOT NULL)"
                 )
             )
-            row = conn.execute(
-                self._sql("SELECT value FROM {s}.stageline_meta WHERE key = 'schema_version'")
-            ).fetchone()
-            found = 0 if row is None else int(row[0])
-            if found > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the PostgreSQL store {self._where} has schema version {found}, newer "
-                    f"than this stageline understands ({SCHEMA_VERSION}); upgrade stageline"
-                )
+            found = self._schema_version(conn)
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version]:
                     conn.execute(self._sql(statement))
@@ -266,6 +275,22 @@ class PostgresStore:
                     ),
                     (str(SCHEMA_VERSION),),
                 )
+
+    def _schema_version(self, conn: psycopg.Connection[Any]) -> int:
+        """The version stored in the schema (0: none yet); StoreError if it is too new."""
+        meta = self._sql("{s}.stageline_meta")
+        if conn.execute("SELECT to_regclass(%s)", (meta,)).fetchone() in (None, (None,)):
+            return 0
+        row = conn.execute(
+            self._sql("SELECT value FROM {s}.stageline_meta WHERE key = 'schema_version'")
+        ).fetchone()
+        found = 0 if row is None else int(row[0])
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the PostgreSQL store {self._where} has schema version {found}, newer "
+                f"than this stageline understands ({SCHEMA_VERSION}); upgrade stageline"
+            )
+        return found
 
     # ----------------------------------------------------------------- plumbing
 

@@ -673,3 +673,29 @@ def test_a_store_url_names_its_schema(pg_url, admin):
         assert admin.execute(table).fetchall() == [("via-url",)]
     finally:
         store.close()
+
+
+def test_a_schema_made_by_a_dba_opens_without_create_privileges(pg_dsn, schema, admin):
+    PostgresStore(pg_dsn, schema=schema, min_size=0).close()  # the DBA's migration
+    role = f"stageline_app_{uuid.uuid4().hex[:8]}"
+    ident, app = sql.Identifier(schema), sql.Identifier(role)
+    admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(app))  # no CREATE on the database
+    try:
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, app))
+        admin.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                ident, app
+            )
+        )
+        as_app = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+        with pytest.raises(StoreError, match="may not create or upgrade the schema"):
+            PostgresStore(as_app, schema=f"{schema}_new")  # creating one needs privileges
+        store = PostgresStore(as_app, schema=schema)
+        try:
+            store.create_run(record("by-app"))
+            assert store.get_run("by-app").status == "running"
+        finally:
+            store.close()
+    finally:
+        admin.execute(sql.SQL("DROP OWNED BY {}").format(app))
+        admin.execute(sql.SQL("DROP ROLE {}").format(app))
