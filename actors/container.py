@@ -70,9 +70,11 @@ class Container:
                 f"the artifacts of run {self.run_id!r} are unavailable{who}: {exc}"
             ) from exc
 
-    def record_result(self, stage_id: str, step_id: str, patch: Any) -> None:
-        """Keep a step's result; without a running actor the caller is the only accessor."""
-        key = f"{stage_id}/{step_id}"
+    def record_result(self, key: str, patch: Any) -> None:
+        """Keep a step's result under `key` ("<stage>/<step>", prefixed by a child's path).
+
+        Without a running actor the caller is the only accessor.
+        """
 
         def write(data: Artifacts) -> None:
             data.setdefault(RESULTS_NAMESPACE, {})[key] = patch

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from stageline.core import children as kids
 from stageline.core import events as ev
 from stageline.core import lifecycle
 from stageline.core.checkpoint import Checkpoint, checkpoint_of, decode_bundle
@@ -229,6 +230,7 @@ class PipelineFactory:
                 f"{self.pipeline.id!r} v{self.pipeline.version} does not have; known stages: "
                 f"{', '.join(self.pipeline.stage_ids)}"
             )
+        kids.check_positions(self.pipeline, kids.positions(record.state), run_id)
         container = Container(run_id, self._artifacts(checkpoint))
         claimed = self._claim(store, record, patch, migrate)
         return self._context(store, claimed, checkpoint.resume_at, container, resumed=True)
@@ -295,6 +297,7 @@ class PipelineFactory:
             state = self._migrated(record, migrate)
         if patch:
             state = merge(state, patch)
+        state = kids.release_paused(state)  # paused children run on, from this commit on
         now = self.clock.wall()
         # The resumed segment's pipeline:start rides on the claim: one commit, not two.
         start = Event(

@@ -9,6 +9,7 @@ commits each stage as one store transaction.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from stageline.core import children as kids
 from stageline.core import events as ev
 from stageline.core import lifecycle
 from stageline.core.checkpoint import Checkpoint, checkpoint_to_bytes
@@ -36,7 +38,7 @@ from stageline.core.errors import (
 )
 from stageline.core.events import Event, PathNode
 from stageline.core.patch import PIPELINE_DATA_KEY, copy_state, merge_all, public_state
-from stageline.core.results import RunResult
+from stageline.core.results import ChildResult, RunResult
 from stageline.core.routing import Decision, check_stage_budget, decide
 from stageline.core.store import Commit, RunRecord, Store
 from stageline.core.supervision import attempt_errors, with_attempts
@@ -45,7 +47,21 @@ from .base import StagelineActor
 from .container import Container
 from .emitter import Emitter
 from .logs import STDLIB_LOGGER
-from .messages import Abort, Begin, Drain, RetryStep, StageTimedOut, StepDone, StepTimedOut
+from .messages import (
+    Abort,
+    Begin,
+    ChildEmit,
+    ChildEnded,
+    ChildScope,
+    ChildStageEnded,
+    ChildStarted,
+    Drain,
+    RetryStep,
+    StageTimedOut,
+    StepDone,
+    StepTimedOut,
+    Verdict,
+)
 from .step_context import NotStarted, StepContext, Ticket, async_step, step_job
 from .timers import TimerHandle, TimerService
 from .workers import Workers
@@ -80,6 +96,21 @@ class _StageRun:
     slots: dict[str, _Slot] = field(default_factory=dict)
     doomed: bool = False
     timer: TimerHandle | None = None
+    children: dict[str, ChildResult | None] | None = None
+    """For a stage with child pipelines: each child's result, None while it runs."""
+    child_refs: dict[str, Any] = field(default_factory=dict)
+    drained: bool = False
+    start_journaled: bool = False
+    """The stage:start event went into an earlier commit (a stage with children)."""
+
+    def journal(self, *events: Event) -> tuple[Event, ...]:
+        """The stage's events for its closing commit, with stage:start unless it was sent."""
+        return events if self.start_journaled else (self.start_event, *events)
+
+    @property
+    def view(self) -> dict[str, Any]:
+        """The state steps see: the stage-start state without the runtime's records."""
+        return public_state(self.base) if PIPELINE_DATA_KEY in self.base else self.base
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +148,29 @@ class RunActor(StagelineActor):
         self.current: _StageRun | None = None
         self.ended = False
         self.draining = False
+        self.key = self.pipeline.id
+        """The path key: the artifact namespace; children's keys extend it."""
+        self.prefix: tuple[PathNode, ...] = ()
+        """The path of the parent stage (empty for the root pipeline)."""
         self.root_path = (PathNode(self.pipeline.id, None),)
+        self.unjournaled: list[Event] = []
+        self.live: dict[str, int] = {}
+        """The root's children (any depth) whose requests it accepts: path key -> token."""
+        """Children's stage:start events, numbered and delivered, for the next commit."""
         self._wall = deps.clock.wall
 
     # ------------------------------------------------------------------ messages
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
         if self.ended:
-            return
+            return None
         try:
-            self._dispatch(message)
+            return self._dispatch(message)
         except BaseException as exc:  # never let pykka stop this actor silently
             self._crash(exc)
+            return None
 
-    def _dispatch(self, message: Any) -> None:
+    def _dispatch(self, message: Any) -> Any:
         if isinstance(message, StepDone):
             self._on_step_done(message)
         elif isinstance(message, StepTimedOut):
@@ -141,10 +181,22 @@ class RunActor(StagelineActor):
             self._on_stage_timeout(message.stage_run)
         elif isinstance(message, Begin):
             self._begin(message)
+        elif isinstance(message, ChildEmit):
+            if self.live.get(message.key) == message.token:
+                self._on_child_emit(message.event)
+        elif isinstance(message, ChildStarted):
+            self.live[message.key] = message.token
+        elif isinstance(message, ChildStageEnded):
+            return self._on_child_stage(message)
+        elif isinstance(message, ChildEnded):
+            self._on_child_ended(message)
         elif isinstance(message, Abort):
             self._abort(message.reason)
         elif isinstance(message, Drain):
             self.draining = True
+            if self.current is not None:
+                self._tell_children(self.current, message)
+        return None
 
     def _tell(self, message: Any) -> None:
         try:
@@ -156,14 +208,25 @@ class RunActor(StagelineActor):
 
     def _event(self, name: str, stage_id: str | None = None, **payload: Any) -> Event:
         self.seq += 1
-        path = self.root_path if stage_id is None else (PathNode(self.pipeline.id, stage_id),)
+        return self._scoped_event(self.pipeline.id, self.prefix, name, stage_id, **payload)
+
+    def _scoped_event(
+        self,
+        pipeline_id: str,
+        prefix: tuple[PathNode, ...],
+        name: str,
+        stage_id: str | None,
+        **payload: Any,
+    ) -> Event:
+        """An event of `pipeline_id` (whose parent stage is at `prefix`), at the current seq."""
+        path = self.root_path if stage_id is None else (*prefix, PathNode(pipeline_id, stage_id))
         return Event(
             name=name,
             run_id=self.record.run_id,
             path=path,
             seq=self.seq,
             ts=self._wall(),
-            pipeline_id=self.pipeline.id,
+            pipeline_id=pipeline_id,
             stage_id=stage_id,
             **payload,
         )
@@ -223,13 +286,7 @@ class RunActor(StagelineActor):
             )
         self._emit(start)
         if stage.pipelines:
-            self._fail_stage(
-                StageError(
-                    f"stage {stage.id!r} has child pipelines, which this version of "
-                    "stageline does not run yet",
-                    stage_id=stage.id,
-                )
-            )
+            self._start_children(run)
             return
         for step in stage.steps:
             slot = _Slot(step, step.is_async)
@@ -256,27 +313,24 @@ class RunActor(StagelineActor):
             stage_id=run.stage.id,
             step_id=step.id,
             attempt=slot.attempt,
-            path=(PathNode(self.pipeline.id, run.stage.id),),
+            path=(*self.prefix, PathNode(self.pipeline.id, run.stage.id)),
             deadline=deadline,
             artifacts=self.deps.container.view(
-                self.pipeline.id, f" (step {step.id!r} of stage {run.stage.id!r})"
+                self.key, f" (step {step.id!r} of stage {run.stage.id!r})"
             ),
             logger=self.deps.logger,
         )
         self._step_event(ev.STEP_START, run.stage.id, step_id=step.id, attempt=slot.attempt)
         where = f"step {step.id!r} of stage {run.stage.id!r} in pipeline {self.pipeline.id!r}"
-        state = run.base
-        if PIPELINE_DATA_KEY in state:  # the runtime's records are not the step's business
-            state = public_state(state)
         if slot.is_async:
             future = self.deps.workers.run_coroutine(
-                async_step(token, step.action, state, ctx, where)
+                async_step(token, step.action, run.view, ctx, where)
             )
             slot.future = future
             future.add_done_callback(self._async_reply(token))
         else:
             slot.ticket = Ticket()
-            job = step_job(token, step.action, state, ctx, where, self._tell, slot.ticket)
+            job = step_job(token, step.action, run.view, ctx, where, self._tell, slot.ticket)
             self.deps.workers.submit(job)
 
     def _async_reply(self, token: int) -> Callable[[concurrent.futures.Future[Any]], None]:
@@ -296,7 +350,7 @@ class RunActor(StagelineActor):
         if done.error is None:
             slot.patch = done.patch
             slot.done = True
-            self.deps.container.record_result(run.stage.id, slot.step.id, done.patch)
+            self.deps.container.record_result(self._result_key(run, slot), done.patch)
             self._step_event(
                 ev.STEP_SUCCESS,
                 run.stage.id,
@@ -310,6 +364,9 @@ class RunActor(StagelineActor):
             self._maybe_finish(run)
         else:
             self._step_failed(run, slot, done.error, done.traceback, done.duration)
+
+    def _result_key(self, run: _StageRun, slot: _Slot) -> str:
+        return f"{run.stage.id}/{slot.step.id}"
 
     def _on_step_timeout(self, token: int) -> None:
         slot = self.tokens.pop(token, None)
@@ -445,7 +502,7 @@ class RunActor(StagelineActor):
         state = merge_all(run.base, patches, on_conflict=self._conflict_logger(stage.id))
         results = {step_id: patch for step_id, patch in patches}
         try:
-            decision = self._route(stage, state, results)
+            decision = self._route(self.pipeline, stage, state, results)[1]
         except StagelineError as exc:
             self._fail_stage(exc)
             return
@@ -454,9 +511,12 @@ class RunActor(StagelineActor):
             return
         self._commit_stage(run, state, results, decision)
 
-    def _route(self, stage: Stage, state: dict[str, Any], results: dict[str, Any]) -> Decision:
+    def _route(
+        self, pipeline: Pipeline, stage: Stage, state: dict[str, Any], results: dict[str, Any]
+    ) -> tuple[bool, Decision]:
+        """Call the stage's router; also say whether it answered (returned not None)."""
         if stage.router is None:
-            return decide(self.pipeline, stage.id, None)
+            return False, decide(pipeline, stage.id, None)
         try:
             answer = stage.router(_user_state(state), copy_state(results))
         except BaseException as exc:
@@ -466,7 +526,7 @@ class RunActor(StagelineActor):
                 kind="router",
                 traceback="".join(traceback.format_exception(exc)),
             ) from exc
-        return decide(self.pipeline, stage.id, answer)
+        return answer is not None, decide(pipeline, stage.id, answer)
 
     def _commit_stage(
         self, run: _StageRun, state: dict[str, Any], results: dict[str, Any], decision: Decision
@@ -479,7 +539,7 @@ class RunActor(StagelineActor):
             results=results,
             routing=decision.routing,
         )
-        events: tuple[Event, ...] = (run.start_event, success)
+        events = run.journal(success)
         if decision.ends_run:
             end = self._event(ev.PIPELINE_SUCCESS, state=_user_state(state))
             self._commit("succeed", None, state, (*events, end), patch=results)
@@ -513,6 +573,7 @@ class RunActor(StagelineActor):
             paused_at_stage_id=stage.id,
             paused_at_stage_label=str(stage.label),
             paused_on=iso_utc(self._wall()),
+            children=copy_state(kids.positions(state)),
         )
         if pause.persist or not self.deps.live_window:
             # Without a registry nobody would export the artifacts later: persist them now.
@@ -538,7 +599,7 @@ class RunActor(StagelineActor):
             ev.PIPELINE_PAUSED, checkpoint=checkpoint, state=public, pause_timeout=pause.timeout
         )
         self._commit(
-            "pause", pause.resume_at, state, (run.start_event, paused, end),
+            "pause", pause.resume_at, state, run.journal(paused, end),
             patch=results, checkpoint=checkpoint_to_bytes(checkpoint),
         )  # fmt: skip
         self.current = None
@@ -555,7 +616,7 @@ class RunActor(StagelineActor):
         assert run is not None
         self._stop_stage(run)
         failure = self._event(ev.STAGE_FAILURE, run.stage.id, label=run.stage.label, error=error)
-        self._fail_run(run.stage.id, error, (run.start_event, failure))
+        self._fail_run(run.stage.id, error, run.journal(failure))
 
     def _fail_run(
         self, stage_id: str, error: StagelineError, stage_events: tuple[Event, ...]
@@ -564,7 +625,9 @@ class RunActor(StagelineActor):
         state = self.record.state
         end = self._event(ev.PIPELINE_FAILURE, error=error, state=_user_state(state))
         self._commit("fail", stage_id, state, (*stage_events, end), error=error)
-        for event in stage_events[1:]:
+        for event in stage_events:
+            if event.name == ev.STAGE_START:
+                continue  # delivered when the stage started
             self._emit(event)
         self._emit(end)
         attempts = attempt_errors(self.record.error, error)
@@ -573,11 +636,14 @@ class RunActor(StagelineActor):
         self._end(RunResult(run_id, self.pipeline.id, self.status, public, None, error, attempts))
 
     def _stop_stage(self, run: _StageRun) -> None:
-        """Stop waiting for anything of the current stage; signal its running steps."""
+        """Stop waiting for anything of the current stage; signal its steps and children."""
         _cancel(run.timer)
         for slot in run.slots.values():
             if not slot.done:
                 self._abandon(slot)
+        self._tell_children(run, Abort("the parent stage stopped"))
+        run.child_refs.clear()
+        self._forget_children(self.key, run.stage.id)
         self.tokens.clear()
         self.current = None
 
@@ -602,6 +668,217 @@ class RunActor(StagelineActor):
             )
         )
 
+    # ------------------------------------------------------------------ child pipelines
+
+    def _start_children(self, run: _StageRun) -> None:
+        """Start the stage's child pipelines; those that already succeeded are skipped."""
+        from .child import ChildRunActor  # child.py subclasses this module's RunActor
+
+        stage = run.stage
+        run.children = {}
+        if self.prefix == ():  # the root: its stage:start joins the first child commit,
+            run.start_journaled = True  # so the journal stays in seq order
+            self.unjournaled.append(run.start_event)
+        prefix = (*self.prefix, PathNode(self.pipeline.id, stage.id))
+        starts = []
+        for child in stage.pipelines:
+            key = kids.child_key(self.key, stage.id, child.id)
+            position = kids.position_of(self.record.state, key)
+            settled = kids.settled(position)
+            if settled is not None:
+                run.children[child.id] = settled
+                continue
+            try:
+                entry = kids.entry_of(child, position, key)
+            except StagelineError as exc:
+                self._fail_stage(exc)
+                return
+            run.children[child.id] = None
+            scope = ChildScope(child, key, prefix, next(_tokens))
+            runs = 0 if position is None else position.stage_runs
+            starts.append((scope, entry, runs, position is not None))
+        for scope, entry, runs, resumed in starts:
+            self._register_child(scope)
+            ref = ChildRunActor.start(self.deps, self.record, scope, self, run.number, runs)
+            run.child_refs[scope.pipeline.id] = ref
+            ref.tell(Begin(entry, resumed=resumed))
+        if not starts:
+            self._finish_children(run)
+
+    def _root_ref(self) -> Any:
+        return self.actor_ref
+
+    def _register_child(self, scope: ChildScope) -> None:
+        self.live[scope.key] = scope.token
+
+    def _forget_children(self, key: str, stage_id: str) -> None:
+        """Stop hearing from the children of a concluded or stopped stage (any depth)."""
+        prefix = f"{key}/{stage_id}/"
+        for child_key in [k for k in self.live if k.startswith(prefix)]:
+            del self.live[child_key]
+
+    def _tell_children(self, run: _StageRun, message: Any) -> None:
+        for ref in run.child_refs.values():
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+    def _on_child_ended(self, message: ChildEnded) -> None:
+        run = self.current
+        if run is None or run.children is None or run.number != message.stage_run:
+            return  # the stage stopped (abort, timeout) before this child ended
+        run.child_refs.pop(message.child_id, None)
+        if message.status == "drained":
+            run.drained = True
+        run.children[message.child_id] = ChildResult(message.status, message.error)
+        if all(result is not None for result in run.children.values()):
+            self._finish_children(run)
+
+    def _finish_children(self, run: _StageRun) -> None:
+        """Every child ended: route the stage, or pause or fail it, and commit."""
+        _cancel(run.timer)
+        self._forget_children(self.key, run.stage.id)
+        if run.drained:  # registry.stop(): the run stays at this stage, resumable
+            self.current = None
+            state = _user_state(self.record.state)
+            self._end(RunResult(self.record.run_id, self.pipeline.id, self.status, state))
+            return
+        results = _child_results(run)
+        state = self.record.state
+        try:
+            decision = self._decide_children(self.pipeline, self.key, run.stage, state, results)
+        except StagelineError as exc:
+            self._fail_stage(exc)
+            return
+        summary = kids.results_record(results)
+        if decision.kind == "pause":
+            self._pause(run, state, summary, decision)
+            return
+        state = kids.without_children_of(state, self.key, run.stage.id)
+        self._commit_stage(run, state, summary, decision)
+
+    def _decide_children(
+        self,
+        pipeline: Pipeline,
+        key: str,
+        stage: Stage,
+        state: dict[str, Any],
+        results: dict[str, ChildResult],
+    ) -> Decision:
+        """Paused children pause the stage; failed ones fail it unless the router answers."""
+        outcome = kids.outcome_of(results)
+        if outcome == kids.PAUSED:
+            paused = [
+                kids.position_of(state, kids.child_key(key, stage.id, child_id))
+                for child_id, result in results.items()
+                if result.status == kids.PAUSED
+            ]
+            pause = kids.children_pause(stage, [p for p in paused if p is not None])
+            return Decision("pause", stage.id, pause)
+        answered, decision = self._route(pipeline, stage, state, results)
+        if outcome == kids.FAILED and not answered:
+            raise kids.children_failure(stage, results)
+        return decision
+
+    def _on_child_emit(self, event: Event) -> None:
+        self.seq += 1
+        numbered = replace(event, seq=self.seq)
+        if numbered.name == ev.STAGE_START:
+            self.unjournaled.append(numbered)
+        self._emit(numbered)
+
+    def _on_child_stage(self, request: ChildStageEnded) -> Verdict | None:
+        """Conclude a child's stage as one commit of the run; None if the run moved on."""
+        run = self.current
+        scope = request.scope
+        if run is None or run.children is None or self.live.get(scope.key) != scope.token:
+            return None  # the run or the parent stage moved on: this child is stale
+        state, decision, error = self._conclude_child(request)
+        verdict, position, event = self._child_outcome(request, state, decision, error)
+        if request.children is not None and verdict.kind in ("next", kids.SUCCEEDED):
+            state = kids.without_children_of(state, request.scope.key, request.stage.id)
+        state = kids.with_position(state, request.scope.key, position)
+        patch = None if request.children is not None else dict(request.patches)
+        self._commit("commit", run.stage.id, state, (event,), patch=patch)
+        self._emit(event)
+        self._forget_children(scope.key, request.stage.id)
+        if verdict.kind != "next":
+            del self.live[scope.key]
+        return replace(verdict, state=state)
+
+    def _conclude_child(
+        self, request: ChildStageEnded
+    ) -> tuple[dict[str, Any], Decision | None, StagelineError | None]:
+        """The run's state after a child's stage, and its routing (or why it failed)."""
+        scope, stage, state = request.scope, request.stage, self.record.state
+        if request.error is not None:
+            return state, None, request.error
+        try:
+            if request.children is not None:
+                children = request.children
+                return (
+                    state,
+                    self._decide_children(scope.pipeline, scope.key, stage, state, children),
+                    None,
+                )
+            logger = self._conflict_logger(stage.id)
+            merged = merge_all(state, list(request.patches), on_conflict=logger)
+            return (
+                merged,
+                self._route(scope.pipeline, stage, merged, dict(request.patches))[1],
+                None,
+            )
+        except StagelineError as exc:
+            return state, None, exc
+
+    def _child_outcome(
+        self,
+        request: ChildStageEnded,
+        state: dict[str, Any],
+        decision: Decision | None,
+        error: StagelineError | None,
+    ) -> tuple[Verdict, kids.Position, Event]:
+        """What a child's concluded stage means: its verdict, new position and event."""
+        scope, stage, runs = request.scope, request.stage, request.stage_runs
+        self.seq += 1
+
+        def event(name: str, **payload: Any) -> Event:
+            return self._scoped_event(
+                scope.pipeline.id, scope.prefix, name, stage.id, label=stage.label, **payload
+            )
+
+        if error is not None or decision is None:
+            assert error is not None
+            failed = kids.Position(kids.FAILED, stage.id, runs, error=error_to_record(error))
+            return (
+                Verdict(kids.FAILED, state, error=error),
+                failed,
+                event(ev.STAGE_FAILURE, error=error),
+            )
+        if request.children is not None:
+            results: dict[str, Any] = kids.results_record(request.children)
+        else:
+            results = dict(request.patches)
+        if decision.kind == "pause":
+            pause = decision.pause
+            assert pause is not None
+            paused = kids.Position(kids.PAUSED, pause.resume_at, runs, pause.timeout, pause.persist)
+            return (
+                Verdict(kids.PAUSED, state),
+                paused,
+                event(ev.STAGE_PAUSED, results=results, resume_at=pause.resume_at, routing="pause"),
+            )
+        success = event(ev.STAGE_SUCCESS, results=results, routing=decision.routing)
+        if decision.ends_run:
+            return (
+                Verdict(kids.SUCCEEDED, state),
+                kids.Position(kids.SUCCEEDED, None, runs),
+                success,
+            )
+        running = kids.Position(kids.RUNNING, decision.next_stage, runs)
+        return Verdict("next", state, decision.next_stage), running, success
+
     # ------------------------------------------------------------------ persistence
 
     def _commit(
@@ -617,6 +894,9 @@ class RunActor(StagelineActor):
     ) -> None:
         status = lifecycle.transition(self.status, lifecycle_event)
         record = self.record
+        if self.unjournaled:  # children's stage:start events join the next commit
+            events = tuple(sorted((*self.unjournaled, *events), key=_seq_of))
+            self.unjournaled = []
         if checkpoint is None and status == lifecycle.RUNNING:
             checkpoint = record.checkpoint  # kept until the transaction that ends the run
         commit = Commit(
@@ -692,6 +972,14 @@ class RunActor(StagelineActor):
             self.stop_soon()
 
 
+_tokens = itertools.count(1)  # next() on a count is atomic: child tokens from any thread
+
+
+def _seq_of(event: Event) -> int:
+    seq: int = event.seq
+    return seq
+
+
 def _cancel(timer: TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
@@ -699,6 +987,14 @@ def _cancel(timer: TimerHandle | None) -> None:
 
 def _describe(error: BaseException) -> str:
     return repr(error)
+
+
+def _child_results(run: _StageRun) -> dict[str, ChildResult]:
+    assert run.children is not None
+    return {
+        child.id: run.children[child.id] or ChildResult(kids.FAILED)
+        for child in run.stage.pipelines
+    }
 
 
 def _stage_error(run: _StageRun) -> StageError:

@@ -201,6 +201,45 @@ def sl_fanout_pipeline() -> Pipeline:
     return Pipeline("fanout", [Stage("fan", order=1, steps=steps)])
 
 
+def sl_children_pipeline() -> Pipeline:
+    children = [
+        Pipeline(f"child_{key}", [Stage("work", order=1, steps=[Step(key, sl_fan(key))])])
+        for key in FANOUT_KEYS
+    ]
+    return Pipeline("children", [Stage("fan", order=1, pipelines=children)])
+
+
+def lg_subgraph(key: str) -> Any:
+    """A one-node graph, compiled: LangGraph's unit of a nested graph."""
+    graph = StateGraph(FanState)
+    graph.add_node(key, lg_fan(key))
+    graph.add_edge(START, key)
+    graph.add_edge(key, END)
+    return graph.compile()
+
+
+def lg_call_subgraph(key: str, subgraph: Any) -> Callable[..., dict[str, Any]]:
+    """A node that runs a subgraph and hands back only its branch's key (LangGraph's
+    documented way when parallel subgraphs share keys such as "n")."""
+
+    def node(state: FanState) -> dict[str, Any]:
+        return {key: subgraph.invoke(state)[key]}
+
+    return node
+
+
+def lg_subgraph_fanout_graph(checkpointer: Any) -> Any:
+    graph = StateGraph(FanState)
+    branches = [f"sub_{key}" for key in FANOUT_KEYS]
+    for key, name in zip(FANOUT_KEYS, branches, strict=True):
+        graph.add_node(name, lg_call_subgraph(key, lg_subgraph(key)))
+        graph.add_edge(START, name)
+    graph.add_node("join", lg_join)
+    graph.add_edge(branches, "join")
+    graph.add_edge("join", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
 def lg_linear_graph(stages: int, checkpointer: Any) -> Any:
     graph = StateGraph(Counter)
     previous = START
@@ -294,6 +333,27 @@ def lg_fanout(s: Settings) -> float:
     for _ in range(s.fanout_runs):
         output = app.invoke({"n": 0}, thread(new_thread_id("fanout")))
         check(all(output.get(k) == 1 for k in FANOUT_KEYS), f"LangGraph fan-out gave {output}")
+    return per(start, s.fanout_runs)
+
+
+def sl_children(s: Settings) -> float:
+    factory = PipelineFactory(sl_children_pipeline(), initial_state={"n": 0})
+    start = time.perf_counter()
+    for _ in range(s.fanout_runs):
+        result = factory.prepare().run()
+        check(
+            result.status == "succeeded" and all(result.state[k] == 1 for k in FANOUT_KEYS),
+            f"stageline child pipelines ended {result.status} with {result.state}: {result.error}",
+        )
+    return per(start, s.fanout_runs)
+
+
+def lg_children(s: Settings) -> float:
+    app = lg_subgraph_fanout_graph(InMemorySaver())
+    start = time.perf_counter()
+    for _ in range(s.fanout_runs):
+        output = app.invoke({"n": 0}, thread(new_thread_id("subgraphs")))
+        check(all(output.get(k) == 1 for k in FANOUT_KEYS), f"LangGraph subgraphs gave {output}")
     return per(start, s.fanout_runs)
 
 
@@ -848,6 +908,12 @@ CASES: tuple[Case, ...] = (
         "one stage of 4 concurrent steps and the join, in memory; time per run",
         sl_fanout,
         lg_fanout,
+    ),
+    Case(
+        "children_4_pipelines_stage",
+        "one stage of 4 child pipelines of one step each, in memory; time per run",
+        sl_children,
+        lg_children,
     ),
     Case(
         "durable_sqlite_stage_commit",

@@ -164,7 +164,10 @@ def serve(
     lease_ttl: float,
     log_level: str,
 ) -> None:
-    """Run the pipelines of APP ("module:attribute") and act on the store's mailbox.
+    """Run the daemon: APP's pipelines, acting on the store's mailbox.
+
+    APP is "module:attribute" naming a PipelineFactory, a Pipeline, a list of them or a
+    callable returning them.
 
     Logs JSON lines to stdout; stops gracefully on SIGTERM or SIGINT (exit 0).
     """
@@ -252,7 +255,10 @@ def resume(
 @_json_option
 @_user_errors
 def retry(run_id: str, store_url: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Retry a failed RUN from its failed stage (committed stages are not re-run)."""
+    """Retry a failed RUN from its failed stage.
+
+    Committed stages are not run again.
+    """
     store = _open(store_url)
     _check_run(store, "retry", run_id)
     _request(store, "retry", run_id, {}, wait, timeout, as_json)
@@ -445,7 +451,7 @@ def show(run_id: str, store_url: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_id", metavar="RUN")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing events until the run ends.")
+@click.option("--follow", "-f", is_flag=True, help="Wait for more until the run ends or pauses.")
 @click.option("--poll-interval", type=float, default=0.05, show_default=True, metavar="SECONDS")
 @_store_option
 @_json_option
@@ -536,8 +542,14 @@ def _event_line(event: Event) -> str:
     import datetime as dt
 
     ts = dt.datetime.fromtimestamp(event.ts, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    where = event.stage_id or "-"
-    return f"{event.seq:>4}  {ts}  {event.name:<17} {where:<12} {_detail(event)}".rstrip()
+    return f"{event.seq:>4}  {ts}  {event.name:<17} {_where(event):<12} {_detail(event)}".rstrip()
+
+
+def _where(event: Event) -> str:
+    """The stage; in a child pipeline, "child:stage" (the path below the root)."""
+    if len(event.path) > 1:
+        return "/".join(f"{node.pipeline_id}:{node.stage_id or ''}" for node in event.path[1:])
+    return str(event.stage_id or "-")
 
 
 def _detail(event: Event) -> str:

@@ -116,7 +116,9 @@ class MemoryStore:
         with self._lock:
             if run_id not in self._journal:
                 raise run_not_found(run_id)
-            events = [e for e in self._journal[run_id] if e.seq > after_seq]
+            events = sorted(
+                (e for e in self._journal[run_id] if e.seq > after_seq), key=lambda e: e.seq
+            )
         return [replace(e, state=None, checkpoint=None) for e in events]
 
     def post_request(self, request: Request) -> None:

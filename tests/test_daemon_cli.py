@@ -67,6 +67,16 @@ APP = textwrap.dedent(
     ])
     slow_pipeline = Pipeline("slow", [Stage("wait", order=1, steps=[Step("slow", slow)])])
     crashy = Pipeline("crashy", [Stage("block", order=1, steps=[Step("block", block_once)])])
+    billing = Pipeline("billing", [
+        Stage("charge", order=1, steps=[Step("charge", lambda s, c: {"charged": True})],
+              router=lambda s, r: None if s.get("paid") else Pause("receipt")),
+        Stage("receipt", order=2, steps=[Step("receipt", lambda s, c: {"receipt": True})]),
+    ])
+    packing = Pipeline("packing", [Stage("pack", order=1, steps=[Step("pack", lambda s, c: {"packed": True})])])
+    order = Pipeline("order", [
+        Stage("fanout", order=1, pipelines=[billing, packing]),
+        Stage("close", order=2, steps=[Step("close", lambda s, c: {"closed": True})]),
+    ])
 
     def app():
         return [
@@ -74,6 +84,7 @@ APP = textwrap.dedent(
             flaky_pipeline,
             slow_pipeline,
             crashy,
+            order,
         ]
     """
 )
@@ -146,6 +157,18 @@ def test_start_pause_resume_and_follow_to_the_end(daemon, env, tmp_path):
     assert "stage:paused" in human and "pipeline:success" in human
 
 
+def test_a_child_pipeline_pauses_the_run_and_resumes_through_the_cli(daemon, env, tmp_path):
+    cli_ok("start", "order", "--run-id", "k1", env=env, cwd=tmp_path)
+    daemon.expect("pipeline:paused", run_id="k1")
+    human = cli_ok("logs", "k1", env=env, cwd=tmp_path)
+    assert "stage:paused      billing:charge -> pause" in human
+    cli_ok("resume", "k1", "--patch", '{"paid": true}', env=env, cwd=tmp_path)
+    daemon.expect("pipeline:success", run_id="k1")
+    info = run_json("k1", env, tmp_path)
+    assert info["state"] == {"charged": True, "packed": True, "paid": True, "receipt": True,
+                             "closed": True}  # fmt: skip
+
+
 def test_a_request_posted_without_a_daemon_waits_in_the_mailbox(env, tmp_path):
     out = cli_ok("start", "checkout", "--run-id", "early", "--no-wait", env=env, cwd=tmp_path)
     assert out.startswith("posted start request ") and out.strip().endswith("for run early")
@@ -209,7 +232,7 @@ def test_the_daemon_answers_what_it_cannot_do(daemon, env, tmp_path):
     unknown = cli("start", "nope", "--run-id", "n1", env=env, cwd=tmp_path)
     assert unknown.returncode == 1
     assert (
-        "pipeline 'nope' is not served by this daemon (it serves: checkout, crashy, flaky, slow)"
+        "pipeline 'nope' is not served by this daemon (it serves: checkout, crashy, flaky, order, slow)"
         in (unknown.stderr)
     )
     bad_entry = cli("start", "checkout", "--entry", "nowhere", "--json", env=env, cwd=tmp_path)
