@@ -631,11 +631,13 @@ class _Listener:
     """The store's LISTEN connection: counts mailbox NOTIFYs, and lets a daemon block on them.
 
     Opened on first use. A lost connection is reopened on the next call, which then
-    reports a change (notifications may have been missed while it was down). A wait
-    listens in slices of `SLICE` seconds, so closing the store ends it that soon.
+    reports a change (notifications may have been missed while it was down); if reopening
+    fails, the next attempt waits `RETRY` seconds. A wait listens in slices of `SLICE`
+    seconds, so closing the store ends it that soon.
     """
 
     SLICE: Final = 0.2
+    RETRY: Final = 1.0  # seconds between attempts to reopen a connection that failed
 
     def __init__(self, psycopg: Any, connect: Callable[[], Any], channel: str) -> None:
         self._psycopg = psycopg
@@ -646,6 +648,7 @@ class _Listener:
         self._conn: Any = None
         self._seen = 0  # notifications received plus this store's own writes
         self._closing = threading.Event()
+        self._retry_at = 0.0
 
     def own_write(self) -> None:
         self._count(1)  # its NOTIFY arrives later; count our own write at once
@@ -682,6 +685,10 @@ class _Listener:
         """Wait up to `timeout` for notifications (lock held); True if anything moved."""
         psycopg = self._psycopg
         if self._conn is None:
+            pause = self._retry_at - time.monotonic()
+            if pause > 0:  # the last attempt failed: no storm of reconnections
+                self._closing.wait(min(pause, timeout))
+                return False
             try:
                 self._conn = self._connect()
                 self._conn.execute(
@@ -689,9 +696,11 @@ class _Listener:
                 )
             except psycopg.Error as exc:
                 self._drop()
+                self._retry_at = time.monotonic() + self.RETRY
                 raise StoreError(
                     f"listening for mailbox requests in the PostgreSQL store {where} failed: "
-                    f"{_reason(exc)}; check that the server is reachable"
+                    f"{_reason(exc)}; check that the server is reachable (retried after "
+                    f"{self.RETRY:g} s)"
                 ) from exc
             self._count(1)
             return True

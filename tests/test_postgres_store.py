@@ -471,6 +471,20 @@ def test_a_lost_listener_reconnects_and_reports_a_change(store_on_schema, schema
     assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
 
 
+def test_a_listener_that_cannot_connect_fails_once_then_backs_off(store_on_schema, monkeypatch):
+    store = store_on_schema()
+
+    def refuse() -> None:
+        raise psycopg.OperationalError("connection refused (test)")
+
+    monkeypatch.setattr(store._listener, "_connect", refuse)  # private: the server "down"
+    with pytest.raises(StoreError, match=r"listening for mailbox requests .*retried after 1 s"):
+        store.mailbox_version()
+    before = store.mailbox_version()  # within the back-off: no new attempt, no error
+    assert store.mailbox_version() == before
+    assert store.wait_for_requests(timeout=0.05) is False
+
+
 def test_closing_the_store_ends_a_wait_at_once(store_on_schema):
     store = store_on_schema()
     assert store.wait_for_requests(timeout=5)  # listening
