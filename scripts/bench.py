@@ -16,7 +16,10 @@ a count of threads (the JSON keys keep their `_us` names for every case). Rows m
 parentheses are information rows: a variant of the case above on the LangGraph side (or
 both sides for the WAL row), compared with the same kind of stageline figure.
 `live_paused_runs_memory` is stageline only: its LangGraph figure and ratio are None (`-`
-in the table, null in the JSON). Some cases have a target, printed met or MISSED under the
+in the table, null in the JSON). `durable_postgres_stage_commit` is stageline only too: the
+same work as `durable_sqlite_stage_commit` on PostgreSQL, with the SQLite figure beside it;
+it runs against $STAGELINE_BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/test)
+and is skipped, with a note, when that server does not answer. Some cases have a target, printed met or MISSED under the
 table; a missed target does not change the exit code.
 
 LangGraph is used the idiomatic way: `StateGraph`, `add_node`, `add_edge`, `START`/`END`,
@@ -362,6 +365,48 @@ def sl_durable(s: Settings) -> float:
             return per(start, s.durable_runs * DURABLE_STAGES)
         finally:
             store.close()
+
+
+PG_DSN = os.environ.get("STAGELINE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_unavailable() -> str | None:
+    """Why the PostgreSQL case cannot run, or None."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {PG_DSN} does not answer ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
+def sl_durable_pg(s: Settings) -> float:
+    """sl_durable on PostgreSQL, in a schema of its own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    from stageline.stores import PostgresStore
+
+    schema = f"stageline_bench_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore(PG_DSN, schema=schema)
+    try:
+        factory = PipelineFactory(
+            sl_linear_pipeline(DURABLE_STAGES), store=store, initial_state={"n": 0}
+        )
+        start = time.perf_counter()
+        for _ in range(s.durable_runs):
+            sl_run_ok(factory.prepare().run(), DURABLE_STAGES)
+        return per(start, s.durable_runs * DURABLE_STAGES)
+    finally:
+        store.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(schema))
+            )
 
 
 def _lg_durable(s: Settings, durability: str | None) -> float:
@@ -842,6 +887,7 @@ class Case:
     reps: Callable[[Settings], int] | None = None  # None: settings.reps (1 for bytes)
     warmup: bool = True  # one untimed sample of each side first
     target: Target | None = None
+    unavailable: Callable[[], str | None] | None = None  # why it cannot run here, or None
 
 
 CASES: tuple[Case, ...] = (
@@ -870,6 +916,15 @@ CASES: tuple[Case, ...] = (
         sl_durable,
         lg_durable,
         variants=(Variant("langgraph default durability=async", lg_durable_default),),
+    ),
+    Case(
+        "durable_postgres_stage_commit",
+        "the 20 stages above on PostgreSQL (stageline only; the SQLite figure beside it); "
+        "time per stage",
+        sl_durable_pg,
+        None,
+        variants=(Variant("stageline on sqlite synchronous=FULL", None, sl_durable),),
+        unavailable=pg_unavailable,
     ),
     Case(
         "checkpoint_bytes_per_stage",
@@ -1381,6 +1436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(environment(settings, args.quick), flush=True)
         rows: list[Row] = []
         for case in selected:
+            why_not = case.unavailable() if case.unavailable is not None else None
+            if why_not is not None:
+                print(f"  {case.name}: skipped: {why_not}", file=sys.stderr, flush=True)
+                continue
             print(f"  {case.name}: {case.what} ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             try:

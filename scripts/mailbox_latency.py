@@ -1,8 +1,9 @@
 """How fast a resume sent with the CLI reaches a daemon's run (spec section 13).
 
-    python scripts/mailbox_latency.py [--runs 20] [--poll-interval 0.01]
+    python scripts/mailbox_latency.py [--runs 20] [--poll-interval 0.01] [--store URL]
 
-Starts `stageline serve` on a temporary SQLite file, pauses --runs runs, then resumes each
+Starts `stageline serve` on a temporary SQLite file (or on --store, e.g.
+`postgresql://postgres@127.0.0.1/test?schema=latency`), pauses --runs runs, then resumes each
 with `stageline resume RUN --json` and reads from the store: when the CLI posted the
 request (`posted_at`), when the daemon answered it (`answered_at`), and the timestamp of
 the run's resumed `pipeline:start` event (written in the resume's claim commit). Prints
@@ -39,16 +40,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.01)
+    parser.add_argument("--store", default=None, help="a store URL (default: a temporary SQLite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        measure(Path(folder), args.runs, args.poll_interval)
+        measure(Path(folder), args.runs, args.poll_interval, args.store)
 
 
-def measure(folder: Path, runs: int, poll_interval: float) -> None:
-    from stageline.stores import SqliteStore
+def measure(folder: Path, runs: int, poll_interval: float, url: str | None = None) -> None:
+    from stageline.stores.url import open_store
 
     (folder / "latency_app.py").write_text(APP)
-    url = f"sqlite:///{folder / 'runs.db'}"
+    url = url or f"sqlite:///{folder / 'runs.db'}"
     env = {**os.environ, "STAGELINE_STORE": url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(folder)])}  # fmt: skip
     stageline = [sys.executable, "-m", "stageline"]
@@ -56,7 +58,7 @@ def measure(folder: Path, runs: int, poll_interval: float) -> None:
         [*stageline, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)],
         env=env, cwd=folder, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    store = SqliteStore(folder / "runs.db")
+    store = open_store(url)
     try:
         ids = [f"r{i}" for i in range(runs)]
         for run_id in ids:

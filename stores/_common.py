@@ -1,9 +1,13 @@
-"""Checks shared by every store (pure; no I/O)."""
+"""Checks and row codecs shared by every store (pure; no I/O)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from stageline.core.codec import decode, encode
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
 from stageline.core.lifecycle import PENDING, RUNNING
+from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
 
 
@@ -41,3 +45,60 @@ def claimable(record: RunRecord, owner: str, now: float) -> bool:
     if record.owner is None or record.owner == owner:
         return True
     return record.lease_until is None or record.lease_until <= now
+
+
+RUN_COLUMNS = (
+    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
+)
+
+
+def maybe_encode(value: Any) -> bytes | None:
+    return None if value is None else encode(value)
+
+
+def maybe_decode(data: bytes | None, what: str) -> Any:
+    return None if data is None else decode(data, what=what)
+
+
+def record_from_row(row: tuple[Any, ...]) -> RunRecord:
+    """A RunRecord from a row of the SQL stores' `runs` columns (RUN_COLUMNS), in order."""
+    return RunRecord(
+        run_id=row[0],
+        pipeline_id=row[1],
+        pipeline_version=row[2],
+        status=row[3],
+        stage=row[4],
+        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        checkpoint=row[6],
+        error=maybe_decode(row[7], f"error of run {row[0]!r}"),
+        version=row[8],
+        last_seq=row[9],
+        stage_runs=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        owner=row[13],
+        lease_until=row[14],
+    )
+
+
+REQUEST_COLUMNS = (
+    "request_id, kind, run_id, posted_at, pipeline_id, args, status, claimed_by, "
+    "answered_at, answer"
+)
+
+
+def request_from_row(row: tuple[Any, ...]) -> Request:
+    """A mailbox Request from a row of the SQL stores' REQUEST_COLUMNS, in their order."""
+    return Request(
+        request_id=row[0],
+        kind=row[1],
+        run_id=row[2],
+        posted_at=row[3],
+        pipeline_id=row[4],
+        args=decode(row[5], what=f"arguments of request {row[0]!r}"),
+        status=row[6],
+        claimed_by=row[7],
+        answered_at=row[8],
+        answer=row[9],
+    )

@@ -21,7 +21,18 @@ from stageline.core.events import Event, event_from_journal, is_journaled, journ
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
 
-from ._common import conflict, request_exists, request_not_found, run_exists, run_not_found
+from ._common import (
+    REQUEST_COLUMNS,
+    RUN_COLUMNS,
+    conflict,
+    maybe_encode,
+    record_from_row,
+    request_exists,
+    request_from_row,
+    request_not_found,
+    run_exists,
+    run_not_found,
+)
 
 SCHEMA_VERSION = 3
 
@@ -79,10 +90,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
-_REQUEST_COLUMNS = (
-    "request_id, kind, run_id, posted_at, pipeline_id, args, status, claimed_by, "
-    "answered_at, answer"
-)
 
 _SET = (
     "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
@@ -95,10 +102,6 @@ _CLAIM = (
     "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
     "AND status IN ('running', 'pending') "
     "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
-)
-_COLUMNS = (
-    "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
 )
 
 
@@ -172,7 +175,7 @@ class SqliteStore:
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.run_id,
                     record.pipeline_id,
@@ -181,7 +184,7 @@ class SqliteStore:
                     record.stage,
                     encode(record.state),
                     record.checkpoint,
-                    _maybe_encode(record.error),
+                    maybe_encode(record.error),
                     record.version,
                     record.last_seq,
                     record.stage_runs,
@@ -193,10 +196,10 @@ class SqliteStore:
             )
 
     def load_run(self, run_id: str) -> RunRecord:
-        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return _record(rows[0])
+        return record_from_row(rows[0])
 
     def commit(self, commit: Commit) -> int:
         state = encode_trusted(commit.state)
@@ -212,7 +215,7 @@ class SqliteStore:
                 commit.stage,
                 state,
                 commit.checkpoint,
-                _maybe_encode(commit.error),
+                maybe_encode(commit.error),
                 commit.last_seq,
                 commit.stage_runs,
                 commit.updated_at,
@@ -280,11 +283,11 @@ class SqliteStore:
 
     def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) "
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status = ?1) "
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [_record(row).info() for row in rows]
+        return [record_from_row(row).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -305,7 +308,7 @@ class SqliteStore:
         with self._transaction(f"posting request {request.request_id!r}") as db:
             try:
                 db.execute(
-                    f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         request.request_id,
                         request.kind,
@@ -328,10 +331,10 @@ class SqliteStore:
             rows = db.execute(
                 f"UPDATE requests SET status = ?, claimed_by = ? WHERE seq IN "
                 f"(SELECT seq FROM requests WHERE status = ? ORDER BY seq LIMIT ?) "
-                f"AND status = ? RETURNING seq, {_REQUEST_COLUMNS}",
+                f"AND status = ? RETURNING seq, {REQUEST_COLUMNS}",
                 (CLAIMED, claimer, PENDING, limit, PENDING),
             ).fetchall()
-        return [_request(row[1:]) for row in sorted(rows)]
+        return [request_from_row(row[1:]) for row in sorted(rows)]
 
     def answer_request(self, request_id: str, error: str | None = None) -> None:
         with self._transaction(f"answering request {request_id!r}") as db:
@@ -345,11 +348,11 @@ class SqliteStore:
 
     def get_request(self, request_id: str) -> Request:
         rows = self._query(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
         if not rows:
             raise request_not_found(request_id)
-        return _request(rows[0])
+        return request_from_row(rows[0])
 
     def mailbox_version(self) -> int:
         """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""
@@ -380,46 +383,3 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
             "INSERT OR REPLACE INTO stageline_meta VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
-
-
-def _request(row: tuple[Any, ...]) -> Request:
-    return Request(
-        request_id=row[0],
-        kind=row[1],
-        run_id=row[2],
-        posted_at=row[3],
-        pipeline_id=row[4],
-        args=decode(row[5], what=f"arguments of request {row[0]!r}"),
-        status=row[6],
-        claimed_by=row[7],
-        answered_at=row[8],
-        answer=row[9],
-    )
-
-
-def _maybe_encode(value: Any) -> bytes | None:
-    return None if value is None else encode(value)
-
-
-def _maybe_decode(data: bytes | None, what: str) -> Any:
-    return None if data is None else decode(data, what=what)
-
-
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        pipeline_id=row[1],
-        pipeline_version=row[2],
-        status=row[3],
-        stage=row[4],
-        state=decode(row[5], what=f"state of run {row[0]!r}"),
-        checkpoint=row[6],
-        error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
-        version=row[8],
-        last_seq=row[9],
-        stage_runs=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        owner=row[13],
-        lease_until=row[14],
-    )

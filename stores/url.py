@@ -48,14 +48,6 @@ def _sqlite(path: str) -> Store:
 
 
 def _postgres(url: str) -> Store:
-    import importlib
+    from .postgres import PostgresStore  # StoreError naming the extra if psycopg is absent
 
-    try:  # by name: PostgresStore lives on another branch until it is merged
-        postgres = importlib.import_module("stageline.stores.postgres")
-    except ImportError as exc:
-        raise StoreError(
-            f"cannot open {url.split('@')[-1]!r}: PostgresStore is not available in this "
-            f"install ({exc}); install stageline[postgres] or use sqlite:///path.db"
-        ) from None
-    store: Store = postgres.PostgresStore(url)
-    return store
+    return PostgresStore(url)

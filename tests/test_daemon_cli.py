@@ -90,9 +90,11 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "shop.py").write_text(APP)
+    if request.param == "postgres":  # a schema of this test's own (conftest.pg_url)
+        return cli_env(request.getfixturevalue("pg_url"), tmp_path)
     return cli_env(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
 
 
@@ -249,7 +251,11 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path, env):
         (("start", "checkout", "--state", "[1]"), env, "--state must be a JSON object"),
         (("runs",), no_store, "no store given: pass --store URL or set STAGELINE_STORE"),
         (("runs", "--store", "mysql://x"), no_store, "cannot read store URL 'mysql://x'"),
-        (("runs", "--store", "postgresql://u@h/db"), no_store, "PostgresStore"),
+        (
+            ("runs", "--store", "postgresql://u@h/db"),
+            no_store,
+            "cannot open the PostgreSQL store h:",
+        ),
         (("serve", "nomodule:app"), env, "cannot import 'nomodule'"),
     ]
     for args, environment, message in cases:
