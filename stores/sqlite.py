@@ -108,6 +108,9 @@ _CLAIM = (
 class SqliteStore:
     """A Store in one SQLite file.
 
+    A new file is created readable and writable by its owner only (mode 0600): it holds
+    every run's state. SQLite gives its -wal and -shm files the same mode.
+
     `synchronous` is "FULL" (default: a stage commit survives power loss) or "NORMAL"
     (survives a process crash, not power loss). `busy_timeout` is how long a write waits
     for another process holding the file before failing with StoreError.
@@ -126,6 +129,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._closed = False
         try:
+            _create_private(self.path)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
@@ -383,3 +387,16 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
             "INSERT OR REPLACE INTO stageline_meta VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
+
+
+def _create_private(path: str) -> None:
+    """Create the database file with mode 0600 unless it exists (or is not a file path)."""
+    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return  # another process created it first
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot create the file: {exc}") from exc
+    os.close(fd)
