@@ -62,6 +62,11 @@ def _user_errors(command: F) -> F:
             return command(*args, **kwargs)
         except StagelineError as exc:
             raise UserError(" ".join(str(exc).split())) from None
+        except UnicodeEncodeError as exc:  # an argument from bytes that are not UTF-8
+            bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+            raise UserError(
+                f"an argument holds {bad}, which is not valid UTF-8; pass UTF-8 text"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -797,6 +797,20 @@ def _check_text(value: str | None, what: str, run_id: str) -> None:
             f"the {what} {value[:40]!r} of run {run_id[:40]!r} contains a NUL character, "
             "which PostgreSQL text cannot hold: use an id without NUL"
         )
+    if value is not None and _not_utf8(value):
+        raise StoreError(
+            f"the {what} {value[:40]!r} is not valid Unicode (it came from bytes that are "
+            "not UTF-8): use valid UTF-8 text"
+        )
+
+
+def _not_utf8(value: str) -> bool:
+    """A str with lone surrogates cannot be encoded, so no stored row holds it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _prefixed(prefix: str, columns: str) -> str:
@@ -805,4 +819,4 @@ def _prefixed(prefix: str, columns: str) -> str:
 
 def _unstorable(value: str | None) -> bool:
     """True for an id PostgreSQL cannot hold (so no stored run has it)."""
-    return value is not None and "\x00" in value
+    return value is not None and ("\x00" in value or _not_utf8(value))

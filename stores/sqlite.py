@@ -158,6 +158,8 @@ class SqliteStore:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
+                if isinstance(exc, UnicodeEncodeError):
+                    raise _not_text(what, exc) from exc
                 raise
 
     def _rollback(self) -> None:
@@ -172,6 +174,8 @@ class SqliteStore:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"reading {self.path!r} failed: {exc}") from exc
+            except UnicodeEncodeError as exc:
+                raise _not_text(f"reading {self.path!r}", exc) from exc
 
     def create_run(self, record: RunRecord) -> None:
         with self._transaction(f"creating run {record.run_id!r}") as db:
@@ -400,3 +404,12 @@ def _create_private(path: str) -> None:
     except OSError as exc:
         raise sqlite3.OperationalError(f"cannot create the file: {exc}") from exc
     os.close(fd)
+
+
+def _not_text(what: str, exc: UnicodeEncodeError) -> StoreError:
+    """A str with lone surrogates (bytes that were not UTF-8, e.g. from a shell argument)."""
+    bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+    return StoreError(
+        f"{what} failed: a run id, pipeline id or other text holds {bad}, which is not "
+        "valid Unicode (it came from bytes that are not UTF-8); use valid UTF-8 text"
+    )
