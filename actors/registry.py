@@ -216,6 +216,18 @@ class RegistryActor(StagelineActor):
         self._arm_ttl(context)
         return False
 
+    def _release_lease(self, context: RunContext) -> None:
+        """Let `recover` (here or elsewhere) take a run whose store failed at once,
+        rather than when its lease runs out. Best effort: the store may still be down."""
+        try:
+            context._deps.store.renew_leases(self.registry.owner, [context.run_id], 0.0)
+        except Exception:
+            _log.warning(
+                "stageline registry: could not release the lease of run %r; it can be "
+                "recovered once its lease runs out",
+                context.run_id,
+            )
+
     def _drop(self, context: RunContext) -> None:
         self.counts["ended"] += 1
         self._cancel_window(context.run_id)
@@ -257,6 +269,8 @@ class RegistryActor(StagelineActor):
         record = context._record
         if isinstance(error, StoreError) or record.status != lifecycle.RUNNING:
             self._drop(context)
+            if isinstance(error, StoreError) and not isinstance(error, ConflictError):
+                self._release_lease(context)
             return False
         now = self.registry.clock.wall()
         event = Event(  # the very failure event the actor emitted (its seq is last_seq)

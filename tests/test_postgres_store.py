@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import drop_schema
 
-from stageline import Pipeline, PipelineFactory, Stage, Step, StoreError
+from stageline import Pipeline, PipelineFactory, Registry, Stage, Step, StoreError
 from stageline.core.codec import encode
 from stageline.core.errors import ConflictError, RunExistsError, RunNotFound
 from stageline.core.events import Event, PathNode
@@ -713,3 +713,44 @@ def test_a_schema_made_by_a_dba_opens_without_create_privileges(pg_dsn, schema, 
     finally:
         admin.execute(sql.SQL("DROP OWNED BY {}").format(app))
         admin.execute(sql.SQL("DROP ROLE {}").format(app))
+
+
+def test_a_run_whose_connection_drops_fails_clearly_and_the_registry_goes_on(
+    store_on_schema, schema, admin
+):
+    """Issue 9: a Postgres connection lost mid-run: a clear StoreError for that run,
+    nothing committed is lost, other runs keep being served, and recovery continues it."""
+    store = store_on_schema(min_size=1, max_size=1, check_after=None)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(state, ctx):
+        started.set()
+        assert gate.wait(20)
+        return {"n": state["n"] + 1}
+
+    def inc(state, ctx):
+        return {"n": state["n"] + 1}
+
+    pipeline = Pipeline("dropped", [
+        Stage("s1", 1, steps=[Step("inc", inc)]),
+        Stage("s2", 2, steps=[Step("hold", hold)]),
+        Stage("s3", 3, steps=[Step("inc", inc)]),
+    ])  # fmt: skip
+    with Registry() as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry,
+                                  initial_state={"n": 0})  # fmt: skip
+        run = factory.prepare()
+        future = run.start()
+        assert started.wait(20)  # s1 is committed; s2's step runs
+        for pid in store_pids(admin, schema):
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        gate.set()
+        with pytest.raises(StoreError, match="connection"):
+            future.result(timeout=20)
+        info = store.get_run(run.run_id)  # the pool replaced the dead connection
+        assert (info.status, info.stage, info.state) == ("running", "s2", {"n": 1})
+        started.clear()
+        other = factory.prepare().run(timeout=20)  # the registry serves other runs
+        assert other.status == "succeeded" and other.state == {"n": 3}
+        [again] = registry.recover(factory)
+        assert again.wait(timeout=20).state == {"n": 3}
