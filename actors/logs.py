@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from stageline.core.errors import describe_error
 from stageline.core.events import Event
 
 STDLIB_LOGGER = logging.getLogger("stageline")
@@ -103,6 +104,9 @@ class EventLogger:
             if value is not None:
                 fields[name] = value
         if event.error is not None:
-            fields["error"] = str(event.error)
+            try:
+                fields["error"] = str(event.error)
+            except Exception:  # user code made str() raise: the log line still goes out
+                fields["error"] = describe_error(event.error)
         logger = library_logger(self._custom)
         getattr(logger, _METHOD_OF[level])(event.name, **fields)

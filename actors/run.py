@@ -33,6 +33,7 @@ from stageline.core.errors import (
     StagelineError,
     StepFailure,
     StepTimeout,
+    describe_error,
     error_to_record,
     exception_types,
 )
@@ -521,7 +522,7 @@ class RunActor(StagelineActor):
             answer = stage.router(_user_state(state), copy_state(results))
         except BaseException as exc:
             raise StageError(
-                f"router of stage {stage.label}:{stage.id} raised {exc!r}",
+                f"router of stage {stage.label}:{stage.id} raised {describe_error(exc)}",
                 stage_id=stage.id,
                 kind="router",
                 traceback="".join(traceback.format_exception(exc)),
@@ -986,7 +987,7 @@ def _cancel(timer: TimerHandle | None) -> None:
 
 
 def _describe(error: BaseException) -> str:
-    return repr(error)
+    return describe_error(error)
 
 
 def _child_results(run: _StageRun) -> dict[str, ChildResult]:

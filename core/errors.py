@@ -192,6 +192,14 @@ def type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def describe_error(error: BaseException) -> str:
+    """`repr(error)`, or a stand-in naming its type when user code made repr raise."""
+    try:
+        return repr(error)
+    except Exception:
+        return f"<{type(error).__name__} (its repr() raised)>"
+
+
 def exception_types(error: BaseException) -> tuple[str, ...]:
     """Every class of `error` (most derived first, without `object`), by `type_name`."""
     return tuple(type_name(cls) for cls in type(error).__mro__ if cls is not object)
