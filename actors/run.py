@@ -426,7 +426,7 @@ class RunActor(StagelineActor):
         slot.failure = StepFailure(
             step_id=slot.step.id,
             type=type(error).__name__,
-            message=_describe(error),
+            message=describe_error(error),
             traceback=tb,
             attempts=slot.attempt,
             types=exception_types(error),
@@ -984,10 +984,6 @@ def _seq_of(event: Event) -> int:
 def _cancel(timer: TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
-
-
-def _describe(error: BaseException) -> str:
-    return describe_error(error)
 
 
 def _child_results(run: _StageRun) -> dict[str, ChildResult]:
