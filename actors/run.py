@@ -537,7 +537,7 @@ class RunActor(StagelineActor):
             ev.STAGE_SUCCESS,
             stage.id,
             label=stage.label,
-            results=results,
+            results=copy_state(results),  # handlers may mutate events: never the state
             routing=decision.routing,
         )
         events = run.journal(success)
@@ -592,7 +592,7 @@ class RunActor(StagelineActor):
                 return
             checkpoint = checkpoint.with_bundle(bundle)
         paused = self._event(
-            ev.STAGE_PAUSED, stage.id, label=stage.label, results=results,
+            ev.STAGE_PAUSED, stage.id, label=stage.label, results=copy_state(results),
             resume_at=pause.resume_at, routing="pause",
         )  # fmt: skip
         public = _user_state(state)
@@ -860,7 +860,7 @@ class RunActor(StagelineActor):
         if request.children is not None:
             results: dict[str, Any] = kids.results_record(request.children)
         else:
-            results = dict(request.patches)
+            results = copy_state(dict(request.patches))  # events never alias the state
         if decision.kind == "pause":
             pause = decision.pause
             assert pause is not None

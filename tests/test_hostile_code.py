@@ -60,3 +60,44 @@ def test_an_exception_whose_repr_raises_fails_the_stage_not_the_runtime(store, w
     assert "Hostile (its repr() raised)" in str(result.error)
     assert store.get_run(run.run_id).status == "failed"
     assert any("handler_failed" in r.getMessage() for r in caplog.records)
+
+
+def test_handlers_and_steps_mutating_what_they_were_given_never_touch_the_state(store):
+    """Was: the merged state shared lists and dicts with the step's returned patch and with
+    the `results` of stage events, so a handler mutating `event.results` (or a step mutating
+    a list it returned, or its state copy, later) changed the run's committed state in
+    memory, and the next stage committed the damage."""
+    kept: list = [1, 2]  # a step returns it, then keeps mutating it
+
+    def first(state, ctx):
+        state["injected"] = True  # its private copy: no effect
+        return {"items": kept, "d": {"x": 1}}
+
+    def second(state, ctx):
+        kept.append("late")
+        return {
+            "seen": list(state["items"]),
+            "d_seen": dict(state["d"]),
+            "saw": "injected" in state,
+        }
+
+    pipeline = Pipeline(
+        "p",
+        [Stage("s1", 1, steps=[Step("w", first)]), Stage("s2", 2, steps=[Step("v", second)])],
+    )
+
+    def vandal(event):
+        if event.stage_id == "s1":
+            event.results["w"]["items"].append("evil")
+            event.results["w"]["d"]["x"] = "evil"
+
+    run = PipelineFactory(pipeline, store=store).prepare()
+    run.on("stage:success", vandal)
+    result = run.run(timeout=10)
+    expected = {"items": [1, 2], "d": {"x": 1}, "seen": [1, 2], "d_seen": {"x": 1}, "saw": False}
+    assert result.state == expected
+    assert store.get_run(run.run_id).state == expected
+    [s1] = [
+        e for e in store.read_events(run.run_id) if e.name == "stage:success" and e.stage_id == "s1"
+    ]
+    assert s1.results == {"w": {"items": [1, 2], "d": {"x": 1}}}
