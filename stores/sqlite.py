@@ -165,7 +165,7 @@ class SqliteStore:
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
-                if isinstance(exc, sqlite3.Error):
+                if isinstance(exc, sqlite3.Error | UnicodeEncodeError):
                     raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
                 raise
 
@@ -179,6 +179,8 @@ class SqliteStore:
                 raise StoreError(f"SQLite store {self.path!r} is closed")
             try:
                 return self._db.execute(sql, params).fetchall()
+            except UnicodeEncodeError:
+                return []  # text that is not UTF-8 (lone surrogates) was never stored
             except sqlite3.Error as exc:
                 raise StoreError(f"reading {self.path!r} failed: {exc}") from exc
 
