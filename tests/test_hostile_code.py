@@ -9,10 +9,13 @@ docs/guarantees.md).
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
-from stageline import Pipeline, PipelineFactory, Stage, Step
+from stageline import ManualClock, Pipeline, PipelineFactory, Stage, Step
+from stageline.actors.workers import shared_workers
+from stageline.testing import advance
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +104,54 @@ def test_handlers_and_steps_mutating_what_they_were_given_never_touch_the_state(
         e for e in store.read_events(run.run_id) if e.name == "stage:success" and e.stage_id == "s1"
     ]
     assert s1.results == {"w": {"items": [1, 2], "d": {"x": 1}}}
+
+
+def warm_pool() -> int:
+    """Grow the shared step pool to its bound; return how many step threads are alive."""
+    workers = shared_workers()
+    barrier = threading.Barrier(workers.max_threads + 1)
+    for _ in range(workers.max_threads):
+        workers.submit(lambda: barrier.wait(10))
+    barrier.wait(10)
+    return step_threads()
+
+
+def step_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "stageline-step")
+
+
+def test_a_step_that_never_returns_times_out_and_its_thread_retires_when_it_does(store):
+    """Was: the pool added a thread for each abandoned step and never gave it back, so
+    every timed-out or aborted step left one more idle thread behind for good."""
+    baseline = warm_pool()
+    clock = ManualClock()
+    release = threading.Event()
+    entered = threading.Event()
+    stuck: list[threading.Thread] = []
+
+    def hang(state, ctx):
+        stuck.append(threading.current_thread())
+        entered.set()
+        release.wait(30)  # ignores ctx.aborted, like a stuck network call
+        return {"late": True}
+
+    hung = Pipeline("hung", [Stage("s", 1, steps=[Step("hang", hang, timeout=5.0)])])
+    factory = PipelineFactory(hung, store=store, clock=clock)
+    run = factory.prepare()
+    future = run.start()
+    assert entered.wait(10)
+    advance(clock, 5.0)
+    result = future.result(10)
+    assert result.status == "failed" and "StepTimeout" in str(result.error)
+    assert store.get_run(run.run_id).state == {}  # the late patch is never committed
+    # the stuck thread does not starve anyone: a full pool's worth of runs still completes
+    busy = Pipeline(
+        "busy", [Stage("s", 1, steps=[Step(f"w{i}", lambda s, c: None) for i in range(16)])]
+    )
+    assert PipelineFactory(busy, store=store).prepare().run(timeout=10).ok
+    assert step_threads() == baseline + 1  # one more, for as long as the step is stuck
+    release.set()
+    stuck[0].join(10)  # the thread that ran it is the surplus one: it retires
+    assert not stuck[0].is_alive()
+    assert step_threads() == baseline
+    assert store.get_run(run.run_id).state == {}
