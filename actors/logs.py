@@ -41,7 +41,12 @@ _PAYLOAD = ("attempt", "duration", "routing", "resume_at", "entry", "resumed", "
 def structlog_configured() -> bool:
     """Has the application configured structlog? (Without importing it if it has not.)"""
     module = sys.modules.get("structlog")
-    return module is not None and bool(module.is_configured())
+    if module is None:
+        return False
+    if not hasattr(module, "is_configured"):  # another thread is importing it right now:
+        import structlog as module  # this waits until that import has finished
+
+    return bool(module.is_configured())
 
 
 def _stdlib_structlog(**context: Any) -> Any:
