@@ -12,6 +12,7 @@ import logging
 import threading
 
 import pytest
+from invariants import check_run
 
 from stageline import ManualClock, Pipeline, PipelineFactory, Stage, Step
 from stageline.actors.workers import shared_workers
@@ -155,3 +156,142 @@ def test_a_step_that_never_returns_times_out_and_its_thread_retires_when_it_does
     assert not stuck[0].is_alive()
     assert step_threads() == baseline
     assert store.get_run(run.run_id).state == {}
+
+
+def quick_pipeline(pipeline_id: str = "quick") -> Pipeline:
+    return Pipeline(pipeline_id, [Stage("s", 1, steps=[Step("w", lambda s, c: {"ok": True})])])
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_base_exceptions_from_async_steps_routers_and_handlers_fail_only_their_stage(store, exc):
+    async def async_bad(state, ctx):
+        raise exc
+
+    def handler(event):
+        raise exc
+
+    async_stage = Pipeline("a", [Stage("s", 1, steps=[Step("bad", async_bad)])])
+    router_stage = Pipeline(
+        "r",
+        [
+            Stage(
+                "s",
+                1,
+                steps=[Step("w", lambda s, c: None)],
+                router=lambda s, r: (_ for _ in ()).throw(exc),
+            )
+        ],
+    )
+    for pipeline in (async_stage, router_stage):
+        run = PipelineFactory(pipeline, store=store).prepare()
+        run.on("*", handler)  # raises the same at every event: logged, ignored
+        result = run.run(timeout=10)
+        assert result.status == "failed", pipeline.id
+        assert type(exc).__name__ in str(result.error)
+        assert store.get_run(run.run_id).status == "failed"
+
+    # the runtime, its event loop included, still serves runs
+    async def fine(state, ctx):
+        return {"ok": True}
+
+    again = Pipeline("again", [Stage("s", 1, steps=[Step("fine", fine)])])
+    assert PipelineFactory(again, store=store).prepare().run(timeout=10).ok
+
+
+def test_an_async_step_that_blocks_the_event_loop_is_timed_out_and_sync_runs_go_on(store):
+    """An `async def` step calling a blocking function (time.sleep, a sync driver) holds
+    the one event loop thread. Its timeout still fires (timers are another thread), the
+    run fails with StepTimeout, and runs of sync steps are not affected. Other async steps
+    wait for the loop until the blocking call returns (docs/guarantees.md)."""
+    clock = ManualClock()
+    release = threading.Event()
+    entered = threading.Event()
+
+    async def blocking(state, ctx):
+        entered.set()
+        release.wait(30)  # a blocking call inside a coroutine: the whole loop stops
+        return {"late": True}
+
+    async def polite(state, ctx):
+        return {"polite": True}
+
+    blocker = Pipeline("blocker", [Stage("s", 1, steps=[Step("block", blocking, timeout=2.0)])])
+    waiting = Pipeline("waiting", [Stage("s", 1, steps=[Step("polite", polite)])])
+    factory = PipelineFactory(blocker, store=store, clock=clock)
+    run = factory.prepare()
+    future = run.start()
+    assert entered.wait(10)
+    stalled = PipelineFactory(waiting, store=store, clock=clock).prepare().start()
+    advance(clock, 2.0)
+    result = future.result(10)
+    assert result.status == "failed" and "StepTimeout" in str(result.error)
+    assert PipelineFactory(quick_pipeline(), store=store, clock=clock).prepare().run(timeout=10).ok
+    assert not stalled.done()  # behind the blocked loop
+    release.set()
+    assert stalled.result(10).state == {"polite": True}
+    assert store.get_run(run.run_id).state == {}  # the late patch is never committed
+
+
+@pytest.mark.parametrize("where", ["router", "handler"])
+def test_a_hanging_router_or_handler_holds_only_its_own_run(store, where):
+    """Routers and event handlers run on the run's actor thread: one that hangs holds that
+    run (even its abort waits until it returns), never another run. Once it returns the
+    abort is honoured at once: the run ends aborted and nothing after that is committed."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(*args):
+        entered.set()
+        release.wait(30)
+
+    router = hang if where == "router" else None
+    pipeline = Pipeline(
+        "hangs",
+        [
+            Stage("s1", 1, steps=[Step("w", lambda s, c: {"s1": True})], router=router),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: {"s2": True})]),
+        ],
+    )
+    run = PipelineFactory(pipeline, store=store).prepare()
+    if where == "handler":
+        run.on("stage:success", hang)
+    future = run.start()
+    assert entered.wait(10)
+    for i in range(5):  # other runs, same store and runtime, go on
+        assert (
+            PipelineFactory(quick_pipeline(f"other{i}"), store=store).prepare().run(timeout=10).ok
+        )
+    run.abort("stuck")  # queued behind the hanging call
+    assert not future.done()
+    release.set()
+    result = future.result(10)
+    assert result.status == "aborted"
+    info = store.get_run(run.run_id)
+    assert info.status == "aborted" and "s2" not in info.state
+    check_run(store, run.run_id)
+
+
+def test_huge_patches_are_committed_whole_or_the_step_fails_clearly(store):
+    """A 32 MiB patch (one big bytes value and 200,000 small keys) commits and reads back;
+    a patch nested deeper than the storable depth fails its step with a clear message."""
+    wide = {f"k{i}": i for i in range(200_000)}
+    big = Pipeline(
+        "big",
+        [
+            Stage("s1", 1, steps=[Step("blob", lambda s, c: {"blob": b"\x01" * (32 << 20)})]),
+            Stage("s2", 2, steps=[Step("wide", lambda s, c: {"wide": wide})]),
+        ],
+    )
+    result = PipelineFactory(big, store=store).prepare().run(timeout=60)
+    assert result.ok
+    info = store.get_run(result.run_id)
+    assert len(info.state["blob"]) == 32 << 20 and info.state["wide"] == wide
+
+    deep: dict = {}
+    node = deep
+    for _ in range(1_000):
+        node["d"] = {}
+        node = node["d"]
+    too_deep = Pipeline("deep", [Stage("s", 1, steps=[Step("deep", lambda s, c: deep)])])
+    result = PipelineFactory(too_deep, store=store).prepare().run(timeout=10)
+    assert result.status == "failed" and "nested deeper than" in str(result.error)
