@@ -31,6 +31,7 @@ from stageline.core.errors import (
     RunAborted,
     StageError,
     StagelineError,
+    StateTooLarge,
     StepFailure,
     StepTimeout,
     describe_error,
@@ -543,7 +544,8 @@ class RunActor(StagelineActor):
         events = run.journal(success)
         if decision.ends_run:
             end = self._event(ev.PIPELINE_SUCCESS, state=_user_state(state))
-            self._commit("succeed", None, state, (*events, end), patch=results)
+            if not self._commit_closing("succeed", None, state, (*events, end), patch=results):
+                return
             self.current = None
             self._emit(success)
             self._emit(end)
@@ -551,7 +553,8 @@ class RunActor(StagelineActor):
                 RunResult(self.record.run_id, self.pipeline.id, self.status, _user_state(state))
             )
             return
-        self._commit("commit", decision.next_stage, state, events, patch=results)
+        if not self._commit_closing("commit", decision.next_stage, state, events, patch=results):
+            return
         self.current = None
         self._emit(success)
         if self.draining:  # shutting down: stop between stages; the run stays resumable
@@ -599,10 +602,11 @@ class RunActor(StagelineActor):
         end = self._event(
             ev.PIPELINE_PAUSED, checkpoint=checkpoint, state=public, pause_timeout=pause.timeout
         )
-        self._commit(
+        if not self._commit_closing(
             "pause", pause.resume_at, state, run.journal(paused, end),
             patch=results, checkpoint=checkpoint_to_bytes(checkpoint),
-        )  # fmt: skip
+        ):  # fmt: skip
+            return
         self.current = None
         self.deps.container.stop()
         self._emit(paused)
@@ -918,6 +922,23 @@ class RunActor(StagelineActor):
         self.record = record.applied(commit, version)
         self.status = status
         self.deps.on_commit(self.record)
+
+    def _commit_closing(
+        self,
+        lifecycle_event: str,
+        stage_id: str | None,
+        state: dict[str, Any],
+        events: tuple[Event, ...],
+        **fields: Any,
+    ) -> bool:
+        """Commit the current stage's closing transaction; False if the store refused a
+        state it could not hold (StateTooLarge: nothing written), which fails the stage."""
+        try:
+            self._commit(lifecycle_event, stage_id, state, events, **fields)
+        except StateTooLarge as exc:
+            self._fail_stage(exc)
+            return False
+        return True
 
     def _conflict_logger(self, stage_id: str) -> Callable[[str, str, str], None] | None:
         if not STDLIB_LOGGER.isEnabledFor(logging.DEBUG) and self.deps.logger is None:

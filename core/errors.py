@@ -161,6 +161,15 @@ class StoreError(StagelineError):
     kind = "store"
 
 
+class StateTooLarge(StoreError):
+    """A commit's state (or a journal record) is over the store's `max_state_bytes`.
+
+    Refused before anything is written, so the store never holds what it cannot read back.
+    """
+
+    kind = "state_too_large"
+
+
 class ConflictError(StoreError):
     """A compare-and-set commit met a newer version: another writer owns the run."""
 

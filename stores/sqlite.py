@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from stageline.core.codec import decode, encode, encode_trusted
-from stageline.core.errors import StoreError
+from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
+from stageline.core.errors import StateTooLarge, StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.store import Commit, RunInfo, RunRecord
 
@@ -84,6 +84,8 @@ class SqliteStore:
     `synchronous` is "FULL" (default: a stage commit survives power loss) or "NORMAL"
     (survives a process crash, not power loss). `busy_timeout` is how long a write waits
     for another process holding the file before failing with StoreError.
+    `max_state_bytes` bounds a run's encoded state and each journal record: a commit over
+    it is refused with StateTooLarge (nothing written), since reading it back would be.
     """
 
     def __init__(
@@ -92,10 +94,12 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
+        max_state_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
         self.path = os.fspath(path)
+        self.max_state_bytes = max_state_bytes
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -184,7 +188,17 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"reading {self.path!r} failed: {exc}") from exc
 
+    def _fits(self, run_id: str, what: str, data: bytes) -> bytes:
+        if len(data) > self.max_state_bytes:
+            raise StateTooLarge(
+                f"the {what} of run {run_id!r} is {len(data)} bytes, over this store's "
+                f"max_state_bytes={self.max_state_bytes}; nothing was written. Keep large "
+                "data out of the state (or raise max_state_bytes)"
+            )
+        return data
+
     def create_run(self, record: RunRecord) -> None:
+        state = self._fits(record.run_id, "state", encode(record.state))
         with self._transaction(f"creating run {record.run_id!r}") as db:
             exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,))
             if exists.fetchone() is not None:
@@ -197,7 +211,7 @@ class SqliteStore:
                     record.pipeline_version,
                     record.status,
                     record.stage,
-                    encode(record.state),
+                    state,
                     record.checkpoint,
                     _maybe_encode(record.error),
                     record.version,
@@ -214,12 +228,18 @@ class SqliteStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return _record(rows[0])
+        return _record(rows[0], self.max_state_bytes)
 
     def commit(self, commit: Commit) -> int:
-        state = encode_trusted(commit.state)
+        fits = self._fits
+        state = fits(commit.run_id, "state", encode_trusted(commit.state))
         events = [
-            (commit.run_id, e.seq, e.name, encode_trusted(journal_record(e)))
+            (
+                commit.run_id,
+                e.seq,
+                e.name,
+                fits(commit.run_id, e.name, encode_trusted(journal_record(e))),
+            )
             for e in commit.events
             if is_journaled(e.name)
         ]
@@ -302,7 +322,7 @@ class SqliteStore:
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [_record(row).info() for row in rows]
+        return [_record(row, self.max_state_bytes).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -314,7 +334,10 @@ class SqliteStore:
         )
         return [
             event_from_journal(
-                decode(data, what="journal event", patches=True), name, run_id, run[0][0]
+                decode(data, max_bytes=self.max_state_bytes, what="journal event", patches=True),
+                name,
+                run_id,
+                run[0][0],
             )
             for name, data in rows
         ]
@@ -334,14 +357,14 @@ def _maybe_decode(data: bytes | None, what: str) -> Any:
     return None if data is None else decode(data, what=what)
 
 
-def _record(row: tuple[Any, ...]) -> RunRecord:
+def _record(row: tuple[Any, ...], max_bytes: int = DEFAULT_MAX_BYTES) -> RunRecord:
     return RunRecord(
         run_id=row[0],
         pipeline_id=row[1],
         pipeline_version=row[2],
         status=row[3],
         stage=row[4],
-        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        state=decode(row[5], max_bytes=max_bytes, what=f"state of run {row[0]!r}"),
         checkpoint=row[6],
         error=_maybe_decode(row[7], f"error of run {row[0]!r}"),
         version=row[8],

@@ -25,7 +25,7 @@ from stageline.core.errors import RunNotFound
 pytestmark = pytest.mark.timeout(60)
 
 ODD_TEXT = [
-    "it's \"quoted\"; DROP TABLE runs; --",
+    'it\'s "quoted"; DROP TABLE runs; --',
     "nul\x00inside",
     "x" * 100_000,
     "\u00e9\u4e2d\U0001f600",
@@ -87,7 +87,12 @@ def test_odd_keys_and_values_in_patches_round_trip(store):
     pipeline = Pipeline(
         "p",
         [
-            Stage("s1", 1, steps=[Step("w", lambda s, c: patch)], router=lambda s, r: Pause("s2", timeout=0)),
+            Stage(
+                "s1",
+                1,
+                steps=[Step("w", lambda s, c: patch)],
+                router=lambda s, r: Pause("s2", timeout=0),
+            ),
             Stage("s2", 2, steps=[Step("v", lambda s, c: {"echo": dict(s)})]),
         ],
     )
@@ -99,7 +104,11 @@ def test_odd_keys_and_values_in_patches_round_trip(store):
     assert result.ok
     state = store.get_run(result.run_id).state
     assert state["echo"] == {**patch, "resumed\x00'": "\x00"}
-    [success] = [e for e in store.read_events(result.run_id) if e.stage_id == "s1" and e.name == "stage:paused"]
+    [success] = [
+        e
+        for e in store.read_events(result.run_id)
+        if e.stage_id == "s1" and e.name == "stage:paused"
+    ]
     assert success.results == {"w": patch}
 
 
@@ -137,7 +146,9 @@ def test_oversized_artifacts_are_refused_naming_the_configured_limit(store):
             Stage("s2", 2, steps=[Step("w", lambda s, c: None)]),
         ],
     )
-    result = PipelineFactory(pipeline, store=store, max_bundle_bytes=10_000).prepare().run(timeout=10)
+    result = (
+        PipelineFactory(pipeline, store=store, max_bundle_bytes=10_000).prepare().run(timeout=10)
+    )
     assert result.status == "failed"
     assert "max_bundle_bytes=10000" in str(result.error)
     assert store.get_run(result.run_id).status == "failed"
@@ -145,3 +156,49 @@ def test_oversized_artifacts_are_refused_naming_the_configured_limit(store):
         from stageline.actors.container import Container
 
         Container("r").view("p").put("k", object())
+
+
+def test_oversized_state_is_refused_naming_the_configured_limit(tmp_path):
+    """Was: SqliteStore committed a state of any size but read back at most 64 MiB, so a
+    run with a bigger state "succeeded" and then made get_run, and list_runs of the whole
+    store, raise BundleError. Now a commit over `max_state_bytes` writes nothing and fails
+    the stage with the limit in the message; the store stays readable."""
+    from invariants import check_run
+
+    from stageline.core.errors import StateTooLarge
+    from stageline.stores import SqliteStore
+
+    store = SqliteStore(tmp_path / "limited.db", max_state_bytes=100_000)
+    big = b"x" * 200_000
+    pipeline = Pipeline(
+        "p",
+        [
+            Stage("s1", 1, steps=[Step("w", lambda s, c: {"small": True})]),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: {"big": big})]),
+        ],
+    )
+    pausing = Pipeline(
+        "q",
+        [
+            Stage(
+                "s1",
+                1,
+                steps=[Step("w", lambda s, c: {"big": big})],
+                router=lambda s, r: Pause("s2"),
+            ),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: None)]),
+        ],
+    )
+    for p in (pipeline, pausing):
+        result = PipelineFactory(p, store=store).prepare().run(timeout=10)
+        assert result.status == "failed", p.id
+        assert "max_state_bytes=100000" in str(result.error)
+        assert result.error.kind == "state_too_large"
+        info = store.get_run(result.run_id)
+        assert info.status == "failed" and "big" not in info.state
+        check_run(store, result.run_id)
+    with pytest.raises(StateTooLarge, match="max_state_bytes=100000"):
+        PipelineFactory(pipeline, store=store, initial_state={"big": big}).prepare()
+    assert len(store.list_runs()) == 2  # the store reads every run back
+    assert PipelineFactory(one_stage(), store=store).prepare().run(timeout=10).ok
+    store.close()
