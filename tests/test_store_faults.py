@@ -294,3 +294,49 @@ def test_sqlite_lock_held_briefly_is_waited_out_by_busy_timeout(tmp_path):
     assert released.is_set() and result.ok
     assert store.get_run(run.run_id).state == {"s1": True, "s2": True, "s3": True}
     store.close()
+
+
+def test_a_store_refusing_a_pause_export_keeps_the_run_live_and_retries(tmp_path):
+    """Was: one failed export (the store locked for a moment) dropped the run from the
+    registry and lost its artifacts for good. Now the run stays live and the export is
+    retried after EXPORT_RETRY seconds; once the store takes it, the bundle is there."""
+    import sqlite3
+
+    from stageline import ManualClock, Pause, Registry
+    from stageline.actors.registry import EXPORT_RETRY
+    from stageline.stores import SqliteStore
+    from stageline.testing import advance
+
+    def collect(state, ctx):
+        ctx.artifacts.put("note", "keep me")
+        return None
+
+    pipeline = Pipeline(
+        "export",
+        [
+            Stage(
+                "s1", 1, steps=[Step("w", collect)], router=lambda s, r: Pause("s2", timeout=10.0)
+            ),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: {"note": c.artifacts.get("note")})]),
+        ],
+    )
+    store = SqliteStore(tmp_path / "export.db", busy_timeout=0.05)
+    clock = ManualClock()
+    with Registry(clock=clock) as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        paused = factory.prepare().run(timeout=10)
+        other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            advance(clock, 10.0, registry)  # the window ends; the export meets the lock
+            stats = registry.stats()
+            assert stats["paused_live"] == 1 and stats["exported"] == 0
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        advance(clock, EXPORT_RETRY, registry)
+        assert registry.stats()["exported"] == 1 and registry.stats()["paused_live"] == 0
+    assert store.get_run(paused.run_id).checkpoint.container_bundle is not None
+    result = PipelineFactory(pipeline, store=store).resume(paused.run_id).run(timeout=10)
+    assert result.state == {"note": "keep me"}
+    store.close()
