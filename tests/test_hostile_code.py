@@ -295,3 +295,41 @@ def test_huge_patches_are_committed_whole_or_the_step_fails_clearly(store):
     too_deep = Pipeline("deep", [Stage("s", 1, steps=[Step("deep", lambda s, c: deep)])])
     result = PipelineFactory(too_deep, store=store).prepare().run(timeout=10)
     assert result.status == "failed" and "nested deeper than" in str(result.error)
+
+
+def test_registry_stop_does_not_wait_for_a_hanging_router(store):
+    """stop(timeout) gives up on a run whose router hangs: its future fails, the run stays
+    at its last commit (recoverable), and stop returns; the router's late answer can only
+    commit whole (compare-and-set), as any late commit."""
+    from stageline import Registry, RunStateError
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(state, results):
+        entered.set()
+        release.wait(30)
+
+    pipeline = Pipeline(
+        "hangs",
+        [
+            Stage("s1", 1, steps=[Step("w", lambda s, c: {"s1": True})], router=hang),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: {"s2": True})]),
+        ],
+    )
+    registry = Registry()
+    run = PipelineFactory(pipeline, store=store, registry=registry).prepare()
+    future = run.start()
+    assert entered.wait(10)
+    stopping = threading.Thread(target=registry.stop, kwargs={"timeout": 0.5})
+    stopping.start()
+    stopping.join(20)
+    try:
+        assert not stopping.is_alive(), "registry.stop waited for the hanging router"
+        with pytest.raises(RunStateError, match=r"registry\.stop"):
+            future.result(10)
+        info = store.get_run(run.run_id)
+        assert (info.status, info.stage, info.state) == ("running", "s1", {})
+        check_run(store, run.run_id)
+    finally:
+        release.set()
