@@ -112,3 +112,26 @@ def test_a_thousand_live_paused_runs_hold_no_thread(tmp_path):
     slow = PipelineFactory(pipeline, store=store)
     assert slow.resume(paused[-1].run_id).run(timeout=10).state["ok"] is True
     store.close()
+
+
+def test_cancelled_timers_do_not_pile_up():
+    """Was: a cancelled timer stayed in the timer heap until its deadline, so a daemon
+    whose steps have long timeouts (or whose paused runs resume fast within long windows)
+    kept every finished step's timer for up to that timeout: memory grew with the rate."""
+    from stageline import ManualClock
+    from stageline.actors.timers import TimerService
+
+    clock = ManualClock()
+    timers = TimerService(clock)
+    fired = []
+    try:
+        keep = timers.schedule(7200.0, lambda: fired.append("kept"))
+        for _ in range(100_000):
+            timers.schedule(3600.0, lambda: fired.append("cancelled")).cancel()
+        assert len(timers._heap) < 4096
+        assert timers.pending() == 1
+        clock.advance(7200.0)
+        assert timers.wait_idle()
+        assert fired == ["kept"] and not keep.cancelled
+    finally:
+        timers.stop()
