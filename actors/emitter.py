@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from stageline.core.errors import StagelineError
+from stageline.core.errors import StagelineError, describe_error
 from stageline.core.events import EVENT_NAMES, Event
 
 from .logs import EventLogger, library_logger
@@ -55,5 +55,15 @@ class Emitter:
                 handler(event)
             except BaseException as exc:  # a handler never fails the run
                 library_logger(run_id=event.run_id).error(
-                    "handler_failed", event_name=event.name, handler=repr(handler), error=repr(exc)
+                    "handler_failed",
+                    event_name=event.name,
+                    handler=_name_of(handler),
+                    error=describe_error(exc),
                 )
+
+
+def _name_of(handler: Handler) -> str:
+    try:
+        return repr(handler)
+    except Exception:
+        return f"<{type(handler).__name__} (its repr() raised)>"

@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from stageline.core.errors import describe_error
 from stageline.core.events import Event
 
 STDLIB_LOGGER = logging.getLogger("stageline")
@@ -40,7 +41,12 @@ _PAYLOAD = ("attempt", "duration", "routing", "resume_at", "entry", "resumed", "
 def structlog_configured() -> bool:
     """Has the application configured structlog? (Without importing it if it has not.)"""
     module = sys.modules.get("structlog")
-    return module is not None and bool(module.is_configured())
+    if module is None:
+        return False
+    if not hasattr(module, "is_configured"):  # another thread is importing it right now:
+        import structlog as module  # this waits until that import has finished
+
+    return bool(module.is_configured())
 
 
 def _stdlib_structlog(**context: Any) -> Any:
@@ -103,6 +109,9 @@ class EventLogger:
             if value is not None:
                 fields[name] = value
         if event.error is not None:
-            fields["error"] = str(event.error)
+            try:
+                fields["error"] = str(event.error)
+            except Exception:  # user code made str() raise: the log line still goes out
+                fields["error"] = describe_error(event.error)
         logger = library_logger(self._custom)
         getattr(logger, _METHOD_OF[level])(event.name, **fields)

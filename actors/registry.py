@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("stageline")
 
+EXPORT_RETRY = 5.0
+"""Seconds before a paused run's export is tried again after the store refused it."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Track:
@@ -420,17 +423,35 @@ class RegistryActor(StagelineActor):
 
         The checkpoint (without artifacts) stays, so the run can still be resumed; only
         artifacts over `max_bundle_bytes` (or unencodable) are lost, and the log says so.
+        A store that fails the write (locked, full, read-only) may recover: the run stays
+        live and the export is tried again after EXPORT_RETRY seconds (at stop: given up).
         """
         try:
             self._export(run_id)
+        except StoreError:
+            if not self.registry._stopped:
+                _log.warning(
+                    "stageline registry: the store refused the export of paused run %r; it "
+                    "stays live, and the export is retried in %ss",
+                    run_id,
+                    EXPORT_RETRY,
+                    exc_info=True,
+                )
+                self._arm_window(run_id, EXPORT_RETRY)
+                return
+            self._give_up_export(run_id)
         except Exception:
-            _log.exception(
-                "stageline registry: exporting the artifacts of paused run %r failed; the run "
-                "stays resumable from its checkpoint without them",
-                run_id,
-            )
-            self.windows.pop(run_id, None)
-            self.live.pop(run_id, None)
+            self._give_up_export(run_id)
+
+    def _give_up_export(self, run_id: str) -> None:
+        """Called while handling the export's exception: log it and let the run go."""
+        _log.exception(
+            "stageline registry: exporting the artifacts of paused run %r failed; the run "
+            "stays resumable from its checkpoint without them",
+            run_id,
+        )
+        self.windows.pop(run_id, None)
+        self.live.pop(run_id, None)
 
     def _export(self, run_id: str) -> None:
         """Write the run's bundle into its checkpoint, then let go of the run."""

@@ -31,8 +31,10 @@ from stageline.core.errors import (
     RunAborted,
     StageError,
     StagelineError,
+    StateTooLarge,
     StepFailure,
     StepTimeout,
+    describe_error,
     error_to_record,
     exception_types,
 )
@@ -425,7 +427,7 @@ class RunActor(StagelineActor):
         slot.failure = StepFailure(
             step_id=slot.step.id,
             type=type(error).__name__,
-            message=_describe(error),
+            message=describe_error(error),
             traceback=tb,
             attempts=slot.attempt,
             types=exception_types(error),
@@ -521,7 +523,7 @@ class RunActor(StagelineActor):
             answer = stage.router(_user_state(state), copy_state(results))
         except BaseException as exc:
             raise StageError(
-                f"router of stage {stage.label}:{stage.id} raised {exc!r}",
+                f"router of stage {stage.label}:{stage.id} raised {describe_error(exc)}",
                 stage_id=stage.id,
                 kind="router",
                 traceback="".join(traceback.format_exception(exc)),
@@ -536,13 +538,14 @@ class RunActor(StagelineActor):
             ev.STAGE_SUCCESS,
             stage.id,
             label=stage.label,
-            results=results,
+            results=copy_state(results),  # handlers may mutate events: never the state
             routing=decision.routing,
         )
         events = run.journal(success)
         if decision.ends_run:
             end = self._event(ev.PIPELINE_SUCCESS, state=_user_state(state))
-            self._commit("succeed", None, state, (*events, end), patch=results)
+            if not self._commit_closing("succeed", None, state, (*events, end), patch=results):
+                return
             self.current = None
             self._emit(success)
             self._emit(end)
@@ -550,7 +553,8 @@ class RunActor(StagelineActor):
                 RunResult(self.record.run_id, self.pipeline.id, self.status, _user_state(state))
             )
             return
-        self._commit("commit", decision.next_stage, state, events, patch=results)
+        if not self._commit_closing("commit", decision.next_stage, state, events, patch=results):
+            return
         self.current = None
         self._emit(success)
         if self.draining:  # shutting down: stop between stages; the run stays resumable
@@ -591,17 +595,18 @@ class RunActor(StagelineActor):
                 return
             checkpoint = checkpoint.with_bundle(bundle)
         paused = self._event(
-            ev.STAGE_PAUSED, stage.id, label=stage.label, results=results,
+            ev.STAGE_PAUSED, stage.id, label=stage.label, results=copy_state(results),
             resume_at=pause.resume_at, routing="pause",
         )  # fmt: skip
         public = _user_state(state)
         end = self._event(
             ev.PIPELINE_PAUSED, checkpoint=checkpoint, state=public, pause_timeout=pause.timeout
         )
-        self._commit(
+        if not self._commit_closing(
             "pause", pause.resume_at, state, run.journal(paused, end),
             patch=results, checkpoint=checkpoint_to_bytes(checkpoint),
-        )  # fmt: skip
+        ):  # fmt: skip
+            return
         self.current = None
         self.deps.container.stop()
         self._emit(paused)
@@ -859,7 +864,7 @@ class RunActor(StagelineActor):
         if request.children is not None:
             results: dict[str, Any] = kids.results_record(request.children)
         else:
-            results = dict(request.patches)
+            results = copy_state(dict(request.patches))  # events never alias the state
         if decision.kind == "pause":
             pause = decision.pause
             assert pause is not None
@@ -917,6 +922,23 @@ class RunActor(StagelineActor):
         self.record = record.applied(commit, version)
         self.status = status
         self.deps.on_commit(self.record)
+
+    def _commit_closing(
+        self,
+        lifecycle_event: str,
+        stage_id: str | None,
+        state: dict[str, Any],
+        events: tuple[Event, ...],
+        **fields: Any,
+    ) -> bool:
+        """Commit the current stage's closing transaction; False if the store refused a
+        state it could not hold (StateTooLarge: nothing written), which fails the stage."""
+        try:
+            self._commit(lifecycle_event, stage_id, state, events, **fields)
+        except StateTooLarge as exc:
+            self._fail_stage(exc)
+            return False
+        return True
 
     def _conflict_logger(self, stage_id: str) -> Callable[[str, str, str], None] | None:
         if not STDLIB_LOGGER.isEnabledFor(logging.DEBUG) and self.deps.logger is None:
@@ -983,10 +1005,6 @@ def _seq_of(event: Event) -> int:
 def _cancel(timer: TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
-
-
-def _describe(error: BaseException) -> str:
-    return repr(error)
 
 
 def _child_results(run: _StageRun) -> dict[str, ChildResult]:

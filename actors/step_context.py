@@ -162,7 +162,8 @@ def step_job(
             return
         started = time.perf_counter()
         try:
-            patch = check_patch(action(copy_state(state), ctx), where)
+            # copied: a step may keep (and later mutate) what it returned
+            patch = copy_state(check_patch(action(copy_state(state), ctx), where))
         except BaseException as exc:  # KeyboardInterrupt / SystemExit fail the step only
             ticket.finish()
             reply(_failed(token, exc, started))
@@ -183,7 +184,7 @@ async def async_step(
     """The async counterpart of `step_job`, run on the runtime's event loop."""
     started = time.perf_counter()
     try:
-        patch = check_patch(await action(copy_state(state), ctx), where)
+        patch = copy_state(check_patch(await action(copy_state(state), ctx), where))
     except BaseException as exc:
         return _failed(token, exc, started)
     return StepDone(token, patch=patch, duration=time.perf_counter() - started)

@@ -17,6 +17,9 @@ from stageline.core.clock import Clock
 _log = logging.getLogger("stageline")
 
 
+_MIN_COMPACT = 1024
+
+
 def _nothing() -> None:
     pass
 
@@ -47,6 +50,7 @@ class TimerService:
         self._stopped = False
         self._firing = False
         self._thread: threading.Thread | None = None
+        self._compact_at = _MIN_COMPACT
         clock.subscribe(self._wake)
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -54,6 +58,8 @@ class TimerService:
         handle = TimerHandle(self.clock.monotonic() + max(0.0, delay), callback)
         with self._cond:
             heapq.heappush(self._heap, (handle.deadline, next(self._counter), handle))
+            if len(self._heap) >= self._compact_at:
+                self._compact()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="stageline-timers", daemon=True
@@ -61,6 +67,14 @@ class TimerService:
                 self._thread.start()
             self._cond.notify()
         return handle
+
+    def _compact(self) -> None:
+        """Drop cancelled timers (under the lock). Every finished step cancels its timeout
+        and every resume its pause window; left in the heap until their deadlines, they
+        would pile up (an hour's timeouts at hundreds of steps a second). Amortized O(1)."""
+        self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+        heapq.heapify(self._heap)
+        self._compact_at = max(_MIN_COMPACT, 2 * len(self._heap))
 
     def pending(self) -> int:
         """How many timers are armed and not cancelled (for tests and stats)."""

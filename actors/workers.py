@@ -3,7 +3,7 @@
 The pool grows lazily up to `max_threads`. A step abandoned by its run (timed out or
 aborted) may keep its thread busy forever, since Python cannot kill a thread; the pool
 then lets one more thread exist for as long as that step runs, so stuck steps never
-starve other runs.
+starve other runs. Once the abandoned step returns, the surplus thread retires.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class Workers:
                     job = self._jobs.get_nowait()
                     continue
                 except queue.Empty:
+                    if self._threads > self.max_threads + self._abandoned:
+                        self._threads -= 1  # a thread added for an abandoned step retires
+                        return
                     self._idle += 1
             job = self._jobs.get()
 

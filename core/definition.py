@@ -171,7 +171,14 @@ class Pipeline:
 
 
 def _is_id(value: object) -> bool:
-    return isinstance(value, str) and value.strip() != ""
+    """A non-empty string that every store can keep (valid UTF-8: no lone surrogates)."""
+    if not isinstance(value, str) or value.strip() == "":
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_non_negative(value: object, allow_none: bool) -> bool:
@@ -187,7 +194,9 @@ def _pipeline_problems(
 ) -> list[str]:
     problems: list[str] = []
     if not _is_id(pipeline_id):
-        problems.append(f"pipeline id must be a non-empty string, got {pipeline_id!r}")
+        problems.append(
+            f"pipeline id must be a non-empty string of valid UTF-8, got {pipeline_id!r}"
+        )
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         problems.append(f"version must be an integer >= 1, got {version!r}")
     if not isinstance(max_stage_runs, int) or max_stage_runs < 1:
@@ -212,7 +221,7 @@ def _stage_problems(
     problems: list[str] = []
     where = f"stage {stage.id!r}" if _is_id(stage.id) else f"stages[{index}]"
     if not _is_id(stage.id):
-        problems.append(f"{where}: id must be a non-empty string, got {stage.id!r}")
+        problems.append(f"{where}: id must be a non-empty string of valid UTF-8, got {stage.id!r}")
     elif stage.id in seen_ids:
         problems.append(f"{where}: duplicate stage id")
     else:
@@ -247,7 +256,7 @@ def _steps_problems(where: str, steps: tuple[Step, ...]) -> list[str]:
             continue
         at = f"{where} step {step.id!r}" if _is_id(step.id) else f"{where} steps[{index}]"
         if not _is_id(step.id):
-            problems.append(f"{at}: id must be a non-empty string, got {step.id!r}")
+            problems.append(f"{at}: id must be a non-empty string of valid UTF-8, got {step.id!r}")
         elif step.id in seen:
             problems.append(f"{at}: duplicate step id")
         else:

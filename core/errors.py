@@ -161,6 +161,15 @@ class StoreError(StagelineError):
     kind = "store"
 
 
+class StateTooLarge(StoreError):
+    """A commit's state (or a journal record) is over the store's `max_state_bytes`.
+
+    Refused before anything is written, so the store never holds what it cannot read back.
+    """
+
+    kind = "state_too_large"
+
+
 class ConflictError(StoreError):
     """A compare-and-set commit met a newer version: another writer owns the run."""
 
@@ -190,6 +199,14 @@ _BY_KIND: dict[str, type[StagelineError]] = {
 def type_name(cls: type) -> str:
     """A class as "module.qualname": how failures record exception types."""
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_error(error: BaseException) -> str:
+    """`repr(error)`, or a stand-in naming its type when user code made repr raise."""
+    try:
+        return repr(error)
+    except Exception:
+        return f"<{type(error).__name__} (its repr() raised)>"
 
 
 def exception_types(error: BaseException) -> tuple[str, ...]:

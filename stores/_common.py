@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from stageline.core.codec import decode, encode
-from stageline.core.errors import ConflictError, RunExistsError, RunNotFound, StoreError
+from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode
+from stageline.core.errors import (
+    ConflictError,
+    RunExistsError,
+    RunNotFound,
+    StateTooLarge,
+    StoreError,
+)
 from stageline.core.lifecycle import PENDING, RUNNING
 from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
@@ -15,6 +21,18 @@ def run_exists(run_id: str) -> RunExistsError:
     return RunExistsError(
         f"run {run_id!r} already exists in this store; use a new run_id or resume it"
     )
+
+
+def fitting(run_id: str, what: str, data: bytes, max_bytes: int) -> bytes:
+    """`data` if it is within the store's `max_state_bytes`, else StateTooLarge: a store
+    must never write what it would refuse to read back."""
+    if len(data) > max_bytes:
+        raise StateTooLarge(
+            f"the {what} of run {run_id!r} is {len(data)} bytes, over this store's "
+            f"max_state_bytes={max_bytes}; nothing was written. Keep large data out of the "
+            "state (or raise max_state_bytes)"
+        )
+    return data
 
 
 def run_not_found(run_id: str) -> RunNotFound:
@@ -61,15 +79,18 @@ def maybe_decode(data: bytes | None, what: str) -> Any:
     return None if data is None else decode(data, what=what)
 
 
-def record_from_row(row: tuple[Any, ...]) -> RunRecord:
-    """A RunRecord from a row of the SQL stores' `runs` columns (RUN_COLUMNS), in order."""
+def record_from_row(row: tuple[Any, ...], max_bytes: int = DEFAULT_MAX_BYTES) -> RunRecord:
+    """A RunRecord from a row of the SQL stores' `runs` columns (RUN_COLUMNS), in order.
+
+    `max_bytes` bounds the state's decoding (a store that writes bigger states reads them).
+    """
     return RunRecord(
         run_id=row[0],
         pipeline_id=row[1],
         pipeline_version=row[2],
         status=row[3],
         stage=row[4],
-        state=decode(row[5], what=f"state of run {row[0]!r}"),
+        state=decode(row[5], max_bytes=max_bytes, what=f"state of run {row[0]!r}"),
         checkpoint=row[6],
         error=maybe_decode(row[7], f"error of run {row[0]!r}"),
         version=row[8],

@@ -56,8 +56,8 @@ class MemoryStore:
             self._runs[commit.run_id] = current.applied(commit, version)
             journal = self._journal[commit.run_id]
             for event in commit.events:
-                if is_journaled(event.name):
-                    journal.append(event)
+                if is_journaled(event.name):  # a copy, as a durable store keeps
+                    journal.append(replace(event, results=copy_state(event.results)))
             return int(version)
 
     def set_checkpoint(
@@ -119,7 +119,9 @@ class MemoryStore:
             events = sorted(
                 (e for e in self._journal[run_id] if e.seq > after_seq), key=lambda e: e.seq
             )
-        return [replace(e, state=None, checkpoint=None) for e in events]
+        return [
+            replace(e, state=None, checkpoint=None, results=copy_state(e.results)) for e in events
+        ]
 
     def post_request(self, request: Request) -> None:
         with self._lock:

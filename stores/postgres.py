@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final
 
-from stageline.core.codec import decode, encode, encode_trusted
+from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
@@ -61,6 +61,7 @@ from ._common import (
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     conflict,
+    fitting,
     maybe_encode,
     record_from_row,
     request_exists,
@@ -179,7 +180,9 @@ class PostgresStore:
         pool_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         check_after: float | None = 2.0,
+        max_state_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        self.max_state_bytes = max_state_bytes
         psycopg, pool_module = _import_driver()
         dsn, schema = _schema_from_url(dsn, schema)
         if not schema or "\x00" in schema:
@@ -344,7 +347,7 @@ class PostgresStore:
             record.pipeline_version,
             record.status,
             record.stage,
-            encode(record.state),
+            fitting(record.run_id, "state", encode(record.state), self.max_state_bytes),
             record.checkpoint,
             maybe_encode(record.error),
             record.version,
@@ -375,7 +378,7 @@ class PostgresStore:
         values: tuple[Any, ...] = (
             commit.status,
             commit.stage,
-            encode_trusted(commit.state),
+            fitting(commit.run_id, "state", encode_trusted(commit.state), self.max_state_bytes),
             commit.checkpoint,
             maybe_encode(commit.error),
             commit.last_seq,
@@ -393,7 +396,15 @@ class PostgresStore:
                 commit.run_id,
                 [e.seq for e in journaled],
                 [e.name for e in journaled],
-                [encode_trusted(journal_record(e)) for e in journaled],
+                [
+                    fitting(
+                        commit.run_id,
+                        e.name,
+                        encode_trusted(journal_record(e)),
+                        self.max_state_bytes,
+                    )
+                    for e in journaled
+                ],
             )
         else:
             sql = _COMMIT
@@ -480,7 +491,7 @@ class PostgresStore:
         )
         if not rows:
             raise run_not_found(run_id)
-        return record_from_row(rows[0])
+        return record_from_row(rows[0], self.max_state_bytes)
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.load_run(run_id).info()
@@ -495,7 +506,7 @@ class PostgresStore:
             'ORDER BY created_at, run_id COLLATE "C"',
             (status, status, pipeline_id, pipeline_id),
         )
-        return [record_from_row(row).info() for row in rows]
+        return [record_from_row(row, self.max_state_bytes).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         if _unstorable(run_id):
@@ -511,7 +522,10 @@ class PostgresStore:
             raise run_not_found(run_id)
         return [
             event_from_journal(
-                decode(data, what="journal event", patches=True), name, run_id, pipeline_id
+                decode(data, max_bytes=self.max_state_bytes, what="journal event", patches=True),
+                name,
+                run_id,
+                pipeline_id,
             )
             for pipeline_id, name, data in rows
             if name is not None

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from stageline.core.codec import decode, encode, encode_trusted
+from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
@@ -25,6 +25,7 @@ from ._common import (
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     conflict,
+    fitting,
     maybe_encode,
     record_from_row,
     request_exists,
@@ -114,6 +115,8 @@ class SqliteStore:
     `synchronous` is "FULL" (default: a stage commit survives power loss) or "NORMAL"
     (survives a process crash, not power loss). `busy_timeout` is how long a write waits
     for another process holding the file before failing with StoreError.
+    `max_state_bytes` bounds a run's encoded state and each journal record: a commit over
+    it is refused with StateTooLarge (nothing written), since reading it back would be.
     """
 
     def __init__(
@@ -122,10 +125,12 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
+        max_state_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
         self.path = os.fspath(path)
+        self.max_state_bytes = max_state_bytes
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -172,12 +177,16 @@ class SqliteStore:
                 raise StoreError(f"SQLite store {self.path!r} is closed")
             try:
                 return self._db.execute(sql, params).fetchall()
+            except UnicodeEncodeError:
+                return []  # text that is not UTF-8 (lone surrogates) was never stored
             except sqlite3.Error as exc:
                 raise StoreError(f"reading {self.path!r} failed: {exc}") from exc
-            except UnicodeEncodeError as exc:
-                raise _not_text(f"reading {self.path!r}", exc) from exc
+
+    def _fits(self, run_id: str, what: str, data: bytes) -> bytes:
+        return fitting(run_id, what, data, self.max_state_bytes)
 
     def create_run(self, record: RunRecord) -> None:
+        state = self._fits(record.run_id, "state", encode(record.state))
         with self._transaction(f"creating run {record.run_id!r}") as db:
             exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,))
             if exists.fetchone() is not None:
@@ -190,7 +199,7 @@ class SqliteStore:
                     record.pipeline_version,
                     record.status,
                     record.stage,
-                    encode(record.state),
+                    state,
                     record.checkpoint,
                     maybe_encode(record.error),
                     record.version,
@@ -207,12 +216,18 @@ class SqliteStore:
         rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return record_from_row(rows[0])
+        return record_from_row(rows[0], self.max_state_bytes)
 
     def commit(self, commit: Commit) -> int:
-        state = encode_trusted(commit.state)
+        fits = self._fits
+        state = fits(commit.run_id, "state", encode_trusted(commit.state))
         events = [
-            (commit.run_id, e.seq, e.name, encode_trusted(journal_record(e)))
+            (
+                commit.run_id,
+                e.seq,
+                e.name,
+                fits(commit.run_id, e.name, encode_trusted(journal_record(e))),
+            )
             for e in commit.events
             if is_journaled(e.name)
         ]
@@ -295,7 +310,7 @@ class SqliteStore:
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [record_from_row(row).info() for row in rows]
+        return [record_from_row(row, self.max_state_bytes).info() for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -307,7 +322,10 @@ class SqliteStore:
         )
         return [
             event_from_journal(
-                decode(data, what="journal event", patches=True), name, run_id, run[0][0]
+                decode(data, max_bytes=self.max_state_bytes, what="journal event", patches=True),
+                name,
+                run_id,
+                run[0][0],
             )
             for name, data in rows
         ]

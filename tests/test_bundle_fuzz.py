@@ -479,3 +479,34 @@ def test_unusual_but_valid_scalars_in_artifacts():
     assert math.isnan(got.pop("nan"))
     values.pop("nan")
     assert same(got, values)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+HOSTILE = [
+    *(head(major, n) + b"x" for major in (2, 3, 4, 5) for n in (2**28, 2**31, 2**40, 2**64 - 1)),
+    b"\x9f" * 100_000,  # deep indefinite arrays, never closed
+    b"\x81" * 100_000 + b"\x00",
+    head(6, 4) + cbor2.dumps([2**63, 1]),  # Decimal with a huge exponent
+    head(6, 2) + head(2, 2**40) + b"\xff" * 64,  # a bignum that lies about its length
+    b"\x5f" + b"\x41a" * 10_000 + b"\xff",  # 10,000 one-byte chunks
+]
+
+
+@pytest.mark.parametrize("item", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_input_decodes_in_bounded_memory(item):
+    """Declared lengths are never trusted: memory stays within a small multiple of the
+    input (plus a fixed allowance), whatever the header claims."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for data in (item, in_bundle(item)):
+            check_bundle(data)
+            check_checkpoint(data)
+            check_checkpoint(in_checkpoint("children", item))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * len(item) + (8 << 20), f"peak {peak} bytes for {len(item)} bytes of input"

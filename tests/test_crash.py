@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from crash_worker import STAGES, STEPS  # tests/ is on sys.path (pytest's rootdir importing)
+from invariants import check_run as check_invariants
 
 import stageline
 from stageline.stores import SqliteStore
@@ -93,6 +94,7 @@ def check_run(store: SqliteStore, run_id: str, where: str) -> tuple[str, int]:
     """Check one run's invariants; return its status and its number of committed stages."""
     info = store.get_run(run_id)
     where = f"{where} run {run_id} ({info.status})"
+    check_invariants(store, run_id)  # the generic ones (tests/invariants.py), then these
     assert info.status in ("pending", "running", "succeeded"), where
     m = committed_prefix(info.state, where)
 
