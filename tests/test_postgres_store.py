@@ -577,7 +577,9 @@ def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
     stop = threading.Event()
     with Registry() as registry:
         factories = {"p": PipelineFactory(pipeline).bound_to(daemon_store, registry)}
-        daemon = Daemon(factories, daemon_store, registry, DaemonOptions(poll_interval=0.01))
+        # no polling, no idle claims for a minute: only the post's NOTIFY can wake it
+        options = DaemonOptions(poll_interval=60.0, idle_claim=60.0, recover_every=None)
+        daemon = Daemon(factories, daemon_store, registry, options)
         server = threading.Thread(target=daemon.serve, args=(stop,))
         server.start()
         try:
@@ -587,6 +589,7 @@ def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
             while not (answer := sender.get_request("start-1")).answered:
                 sender.wait_for_requests(timeout=5)  # the answer's NOTIFY wakes the sender
             assert answer.status == "done", answer
+            assert answer.answered_at - answer.posted_at < 5.0
             wait_until(lambda: daemon_store.get_run("run-1").status == "succeeded", "the run")
         finally:
             stop.set()
