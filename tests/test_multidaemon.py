@@ -260,3 +260,18 @@ def test_a_killed_daemons_runs_are_taken_over_once_after_its_lease(serve, store,
         assert journal_count(store, run_id, "stage:success") == {"one": 1, "two": 1, "three": 1}
         assert ran[(run_id, "one")] == ran[(run_id, "three")] == 1
         assert ran[(run_id, "two")] == (2 if run_id in orphans else 1)
+
+
+def test_the_throughput_script_runs(pg_dsn):
+    """scripts/daemon_throughput.py (docs/scaling.md's figures) works; timings not judged."""
+    if not pg_dsn.startswith(("postgresql://", "postgres://")):
+        pytest.skip(f"the script takes a URL, STAGELINE_TEST_PG_DSN is {pg_dsn!r}")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "daemon_throughput.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--runs", "5", "--daemons", "1,2", "--reps", "1",
+         "--dsn", pg_dsn],
+        capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["1", "2"] and all(float(row[1]) > 0 for row in rows)
