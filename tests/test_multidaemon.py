@@ -63,7 +63,18 @@ APP = textwrap.dedent(
         Stage("two", order=2, steps=[Step("two", hold)]),
         Stage("three", order=3, steps=[Step("three", step)]),
     ])
-    app = [short, approval, long]
+    def fail_once(state, ctx):
+        marker = HERE / f"fail-{ctx.run_id}"
+        if marker.exists():
+            marker.unlink()
+            raise RuntimeError("transient outage")
+        return step(state, ctx)
+
+    flaky = Pipeline("flaky", [
+        Stage("one", order=1, steps=[Step("one", step)]),
+        Stage("two", order=2, steps=[Step("two", fail_once)]),
+    ])
+    app = [short, approval, long, flaky]
     """
 )
 
@@ -301,3 +312,25 @@ def test_a_stopped_daemon_hands_its_running_runs_over(serve, store, tmp_path):
         assert journal_count(store, run_id, "stage:success") == {"one": 1, "two": 1, "three": 1}
         assert ran[(run_id, "one")] == ran[(run_id, "three")] == 1
         assert ran[(run_id, "two")] == (2 if run_id in handed else 1)
+
+
+def test_racing_retries_of_a_failed_run_exactly_one_wins(serve, store, tmp_path):
+    daemons = serve(2)
+    runs = [f"f{n}" for n in range(6)]
+    for run_id in runs:
+        (tmp_path / f"fail-{run_id}").write_text("")
+        post(store, "start", run_id, pipeline_id="flaky")
+    expect_each(daemons, "pipeline:failure", runs)  # failed runs live in either daemon
+
+    pairs = {run_id: [post(store, "retry", run_id) for _ in range(2)] for run_id in runs}
+    request_ids = [request_id for pair in pairs.values() for request_id in pair]
+    expect_each(daemons, ("request:done", "request:failed"), request_ids, key="request_id")
+    expect_each(daemons, "pipeline:success", runs)
+    for run_id, pair in pairs.items():
+        answers = [store.get_request(request_id) for request_id in pair]
+        assert sorted(a.status for a in answers) == [DONE, FAILED], (run_id, answers)
+        [lost] = [a.answer for a in answers if a.status == FAILED]
+        assert lost.startswith(f"run {run_id!r} is ") and "\n" not in lost, lost
+        assert store.get_run(run_id).status == "succeeded"
+        assert journal_count(store, run_id, "stage:success") == {"one": 1, "two": 1}
+    assert steps_run(tmp_path) == {(r, s): 1 for r in runs for s in ("one", "two")}
