@@ -319,9 +319,15 @@ class Daemon:
 
 
 def _waiter(store: Store) -> Callable[[float], bool] | None:
-    """The store's `wait_for_requests(timeout)` if it has one (PostgresStore), else None."""
+    """The store's `wait_for_requests(timeout)` if it has one (PostgresStore), else None.
+
+    Only posted requests wake the daemon, not answers (every daemon's answers would wake
+    every daemon).
+    """
     wait = getattr(store, "wait_for_requests", None)
-    return wait if callable(wait) else None
+    if not callable(wait):
+        return None
+    return lambda timeout: bool(wait(timeout, answers=False))
 
 
 def _one_line(message: str) -> str:

@@ -201,7 +201,8 @@ class NotifyingStore(MemoryStore):
         super().post_request(request)
         self.posted.set()  # the NOTIFY
 
-    def wait_for_requests(self, timeout: float) -> bool:
+    def wait_for_requests(self, timeout: float, *, answers: bool = True) -> bool:
+        assert answers is False  # a daemon has no use for answers
         self.waits.append(timeout)
         woke = self.posted.wait(timeout)
         self.posted.clear()

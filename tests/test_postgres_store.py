@@ -445,6 +445,22 @@ def test_a_post_from_another_process_wakes_a_waiting_daemon(store_on_schema):
     assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
 
 
+def test_a_daemon_can_wait_for_posts_only_not_answers(store_on_schema):
+    daemon, other = store_on_schema(), store_on_schema()
+    assert daemon.wait_for_requests(timeout=5, answers=False) is True  # starts listening
+    other.post_request(mail(1))
+    assert daemon.wait_for_requests(timeout=10, answers=False) is True  # a post wakes it
+    [request] = other.claim_requests("other daemon")
+    other.answer_request(request.request_id, None)
+    started = time.monotonic()
+    assert daemon.wait_for_requests(timeout=0.5, answers=False) is False  # an answer does not
+    assert time.monotonic() - started >= 0.45  # it waited out its timeout
+    other.post_request(mail(2))
+    assert daemon.wait_for_requests(timeout=10, answers=False) is True
+    other.answer_request("req-2", "no")
+    assert daemon.wait_for_requests(timeout=10) is True  # by default, answers wake it too
+
+
 def test_the_mailbox_version_sees_posts_and_answers_of_other_processes(store_on_schema):
     daemon, sender = store_on_schema(), store_on_schema()
     before = daemon.mailbox_version()  # starts listening
