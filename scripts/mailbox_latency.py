@@ -1,13 +1,17 @@
 """How fast a resume sent with the CLI reaches a daemon's run (spec section 13).
 
     python scripts/mailbox_latency.py [--runs 20] [--poll-interval 0.01] [--store URL]
+                                      [--daemons N]
 
-Starts `stageline serve` on a temporary SQLite file (or on --store, e.g.
-`postgresql://postgres@127.0.0.1/test?schema=latency`), pauses --runs runs, then resumes each
+Starts `stageline serve` (--daemons of them) on a temporary SQLite file (or on --store,
+e.g. `postgresql://postgres@127.0.0.1/test?schema=latency`; PostgreSQL daemons block on
+LISTEN/NOTIFY, --poll-interval is for SQLite), pauses --runs runs, then resumes each
 with `stageline resume RUN --json` and reads from the store: when the CLI posted the
 request (`posted_at`), when the daemon answered it (`answered_at`), and the timestamp of
 the run's resumed `pipeline:start` event (written in the resume's claim commit). Prints
-min / median / max of each delay and of the whole CLI process.
+min / median / max of each delay and of the whole CLI process. With several daemons, it
+also counts the resumes handled by another daemon than the one that paused the run
+(those take the store path: the checkpoint is read and claimed with compare-and-set).
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.01)
     parser.add_argument("--store", default=None, help="a store URL (default: a temporary SQLite)")
+    parser.add_argument("--daemons", type=int, default=1, help="how many daemons serve the store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        measure(Path(folder), args.runs, args.poll_interval, args.store)
+        measure(Path(folder), args.runs, args.poll_interval, args.store, args.daemons)
 
 
-def measure(folder: Path, runs: int, poll_interval: float, url: str | None = None) -> None:
+def measure(
+    folder: Path, runs: int, poll_interval: float, url: str | None = None, daemons: int = 1
+) -> None:
     from stageline.stores.url import open_store
 
     (folder / "latency_app.py").write_text(APP)
@@ -54,18 +61,22 @@ def measure(folder: Path, runs: int, poll_interval: float, url: str | None = Non
     env = {**os.environ, "STAGELINE_STORE": url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(folder)])}  # fmt: skip
     stageline = [sys.executable, "-m", "stageline"]
-    daemon = subprocess.Popen(
-        [*stageline, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)],
-        env=env, cwd=folder, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    serve = [*stageline, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)]
+    procs = [
+        subprocess.Popen(serve, env=env, cwd=folder, stdout=subprocess.DEVNULL)
+        for _ in range(daemons)
+    ]
     store = open_store(url)
     try:
         ids = [f"r{i}" for i in range(runs)]
+        started_by = {}
         for run_id in ids:
-            subprocess.run([*stageline, "start", "approval", "--run-id", run_id],
-                           env=env, cwd=folder, check=True, capture_output=True)  # fmt: skip
+            out = subprocess.run([*stageline, "start", "approval", "--run-id", run_id, "--json"],
+                                 env=env, cwd=folder, check=True, capture_output=True,
+                                 text=True).stdout  # fmt: skip
+            started_by[run_id] = store.get_request(json.loads(out)["request_id"]).claimed_by
         wait_until(lambda: all(store.get_run(r).status == "paused" for r in ids))
-        to_run, to_answer, whole = [], [], []
+        to_run, to_answer, whole, elsewhere = [], [], [], 0
         for run_id in ids:
             began = time.monotonic()
             out = subprocess.run([*stageline, "resume", run_id, "--json"], env=env, cwd=folder,
@@ -75,12 +86,17 @@ def measure(folder: Path, runs: int, poll_interval: float, url: str | None = Non
             resumed = [e for e in store.read_events(run_id) if e.resumed]
             to_run.append(resumed[0].ts - request.posted_at)
             to_answer.append(request.answered_at - request.posted_at)
+            elsewhere += request.claimed_by != started_by[run_id]
         report("posted -> run resumed (claim commit)", to_run)
         report("posted -> daemon's answer stored", to_answer)
         report("whole `stageline resume` process", whole)
+        if daemons > 1:
+            print(f"resumed by another daemon than the one that paused the run: {elsewhere}")
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        for daemon in procs:
+            daemon.terminate()
+        for daemon in procs:
+            daemon.wait(timeout=30)
         store.close()
 
 

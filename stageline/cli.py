@@ -127,7 +127,8 @@ def main() -> None:
 @main.command()
 @click.argument("app")
 @_store_option
-@click.option("--poll-interval", type=float, default=0.01, show_default=True, metavar="SECONDS")
+@click.option("--poll-interval", type=float, default=0.01, show_default=True, metavar="SECONDS",
+              help="How often to poll the mailbox on SQLite (PostgreSQL wakes it).")  # fmt: skip
 @click.option("--pause-timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
               help="How long a paused run stays live when its Pause gave no timeout.")  # fmt: skip
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",

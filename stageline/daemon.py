@@ -2,8 +2,11 @@
 
 `stageline serve APP --store URL` builds a `Daemon` and calls `serve` until SIGTERM/SIGINT.
 At start it recovers orphaned runs of every pipeline (`registry.recover(factory)`); then it
-polls the store's cheap `mailbox_version()` every `poll_interval` seconds and, when it
-moves (and once a second anyway), claims pending requests and acts on each:
+waits for requests and, when there may be some (and once a second anyway), claims pending
+requests and acts on each. A store with `wait_for_requests(timeout)` (PostgresStore:
+LISTEN/NOTIFY) is blocked on, so a request wakes the daemon at once and an idle daemon
+sends no queries; on the others (SQLite, memory) the daemon polls the cheap
+`mailbox_version()` every `poll_interval` seconds. Then:
 
     start  -> factory.prepare(entry, run_id, state=...).start()
     resume -> factory.resume(run_id, patch).start()
@@ -52,10 +55,12 @@ class DaemonOptions:
     """How the daemon polls, recovers and stops. Seconds throughout.
 
     `recover_every`: how often orphaned runs (their owner's lease ran out) are looked for
-    again after the start; None: only at start.
+    again after the start; None: only at start. `wait_slice`: on a store the daemon blocks
+    on (`wait_for_requests`), the longest single wait, so a stop is noticed that soon.
     """
 
     poll_interval: float = 0.01
+    wait_slice: float = 0.2
     idle_claim: float = 1.0
     claim_limit: int = 16
     stop_timeout: float = 10.0
@@ -201,9 +206,10 @@ class Daemon:
                 self.log.info("daemon:recovered", pipeline_id=pipeline_id, runs=runs)
 
     def serve(self, stop: threading.Event) -> None:
-        """Poll the mailbox until `stop` is set; a store error is logged, never fatal."""
-        interval = self.options.poll_interval
-        self.log.info("daemon:ready", pipelines=sorted(self.factories), poll_interval=interval)
+        """Serve the mailbox until `stop` is set; a store error is logged, never fatal."""
+        wait = _waiter(self.store)
+        waits = "notify" if wait is not None else f"poll every {self.options.poll_interval}s"
+        self.log.info("daemon:ready", pipelines=sorted(self.factories), waits=waits)
         seen: int | None = None
         last_claim = last_recover = time.monotonic()
         while not stop.is_set():
@@ -212,14 +218,28 @@ class Daemon:
                 if every is not None and time.monotonic() - last_recover >= every:
                     last_recover = time.monotonic()
                     self.recover(quiet=True)
-                version = self.store.mailbox_version()
-                if version != seen or time.monotonic() - last_claim >= self.options.idle_claim:
-                    seen, last_claim = version, time.monotonic()
+                if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
+                    news = wait(self._wait_time(last_claim, last_recover))
+                else:
+                    version = self.store.mailbox_version()
+                    news, seen = version != seen, version
+                if news or time.monotonic() - last_claim >= self.options.idle_claim:
+                    last_claim = time.monotonic()
                     while self.poll_once() and not stop.is_set():
                         pass
+                if wait is None:
+                    stop.wait(self.options.poll_interval)
             except StagelineError as exc:
                 self.log.error("daemon:store_error", error=str(exc))
-            stop.wait(self.options.poll_interval)
+                stop.wait(self.options.poll_interval)
+
+    def _wait_time(self, last_claim: float, last_recover: float) -> float:
+        """How long to block for requests: until a stop check, idle claim or recovery is due."""
+        now = time.monotonic()
+        due = [self.options.wait_slice, last_claim + self.options.idle_claim - now]
+        if self.options.recover_every is not None:
+            due.append(last_recover + self.options.recover_every - now)
+        return max(0.0, min(due))
 
     def poll_once(self) -> int:
         """Claim pending requests and act on each; how many there were."""
@@ -296,6 +316,18 @@ class Daemon:
             future.add_done_callback(ended)
         if self.on_start is not None:
             self.on_start(context)
+
+
+def _waiter(store: Store) -> Callable[[float], bool] | None:
+    """The store's `wait_for_requests(timeout)` if it has one (PostgresStore), else None.
+
+    Only posted requests wake the daemon, not answers (every daemon's answers would wake
+    every daemon).
+    """
+    wait = getattr(store, "wait_for_requests", None)
+    if not callable(wait):
+        return None
+    return lambda timeout: bool(wait(timeout, answers=False))
 
 
 def _one_line(message: str) -> str:

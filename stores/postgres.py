@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION: Final = 3
 MAX_ID_BYTES: Final = 2048  # btree entries are limited to about 2.7 kB
+_POSTED: Final = "posted"  # the NOTIFY payload of a posted request (answers: "answered")
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox.
@@ -554,7 +555,7 @@ class PostgresStore:
                     "(request_id, kind, run_id, posted_at, pipeline_id, args, status) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (request_id) DO NOTHING RETURNING 1) "
-                    "SELECT pg_notify(%s, 'posted') FROM posted"
+                    f"SELECT pg_notify(%s, '{_POSTED}') FROM posted"
                 ),
                 values,
             ).fetchone()
@@ -616,15 +617,17 @@ class PostgresStore:
         self._fail_if_closed()
         return self._listener.version(self._where)
 
-    def wait_for_requests(self, timeout: float) -> bool:
+    def wait_for_requests(self, timeout: float, *, answers: bool = True) -> bool:
         """Block until the mailbox changes (a NOTIFY from any process) or `timeout` passes.
 
         True if it changed, or may have (the first call, which starts listening, and a
         reconnection both return True at once: claim, then wait again); False on timeout.
+        `answers=False`: only a posted request wakes it, not an answer (a daemon has no use
+        for answers, and with many daemons every answer would wake every one of them).
         A daemon loop: `while not stopping: store.wait_for_requests(1.0); claim...`.
         """
         self._fail_if_closed()
-        return self._listener.wait(timeout, self._where)
+        return self._listener.wait(timeout, self._where, answers=answers)
 
     def _fail_if_closed(self) -> None:
         if self._closed:
@@ -680,23 +683,24 @@ class _Listener:
         finally:
             self._lock.release()
 
-    def wait(self, timeout: float, where: str) -> bool:
+    def wait(self, timeout: float, where: str, *, answers: bool = True) -> bool:
         deadline = time.monotonic() + max(timeout, 0.0)
         if not self._lock.acquire(timeout=max(timeout, 0.0)):
             return False
         try:
             while not self._closing.is_set():
                 remaining = deadline - time.monotonic()
-                if self._receive(min(max(remaining, 0.0), self.SLICE), where):
+                if self._receive(min(max(remaining, 0.0), self.SLICE), where, answers):
                     return True
-                if remaining <= self.SLICE:
+                if deadline - time.monotonic() <= 0:
                     return False
             return False
         finally:
             self._lock.release()
 
-    def _receive(self, timeout: float, where: str) -> bool:
-        """Wait up to `timeout` for notifications (lock held); True if anything moved."""
+    def _receive(self, timeout: float, where: str, answers: bool = True) -> bool:
+        """Wait up to `timeout` for notifications (lock held); True if anything moved (with
+        `answers=False`: if a request was posted)."""
         psycopg = self._psycopg
         if self._conn is None:
             pause = self._retry_at - time.monotonic()
@@ -719,13 +723,13 @@ class _Listener:
             self._count(1)
             return True
         try:
-            received = sum(1 for _ in self._conn.notifies(timeout=timeout, stop_after=1))
+            received = [n.payload for n in self._conn.notifies(timeout=timeout, stop_after=1)]
         except psycopg.Error:
             self._drop()  # reopened by the next call, which reports a change
             self._count(1)
             return True
-        self._count(received)
-        return received > 0
+        self._count(len(received))
+        return bool(received) if answers else _POSTED in received
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -116,3 +116,49 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def expect_each(
+    daemons: list[Daemon],
+    events: str | tuple[str, ...],
+    values: Any,
+    *,
+    key: str = "run_id",
+    timeout: float = 30.0,
+) -> dict[Any, Daemon]:
+    """Wait until one of `events` was logged for each of `values` (`key` of the line) by any
+    of `daemons`, since they started; which daemon logged each. Logged twice fails the test.
+    """
+    names = (events,) if isinstance(events, str) else events
+    wanted = set(values)
+    found: dict[Any, Daemon] = {}
+
+    def take(daemon: Daemon, line: dict[str, Any]) -> None:
+        if line.get("event") in names and line.get(key) in wanted:
+            if line[key] in found:
+                daemon.fail(f"{line[key]!r} logged {line['event']} twice")
+            found[line[key]] = daemon
+
+    for daemon in daemons:
+        for line in daemon.seen:
+            take(daemon, line)
+    deadline = time.monotonic() + timeout
+    live = [d for d in daemons if not getattr(d, "ended", False)]
+    while len(found) < len(wanted) and live:
+        if time.monotonic() > deadline:
+            missing = sorted(map(str, wanted - found.keys()))
+            live[0].fail(f"no {names} for {missing[:10]} within {timeout}s")
+        for daemon in list(live):
+            try:  # wait on output, a little on each daemon in turn
+                line = daemon.lines.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            if line is None:  # the process ended
+                daemon.ended = True  # type: ignore[attr-defined]
+                live.remove(daemon)
+                continue
+            daemon.seen.append(line)
+            take(daemon, line)
+    if len(found) < len(wanted):
+        daemons[0].fail(f"every daemon ended before {names} for {sorted(wanted - found.keys())}")
+    return found

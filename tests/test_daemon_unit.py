@@ -7,6 +7,7 @@ them; runs are awaited through the registry's live RunContext (`wait`), never by
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from collections import Counter
@@ -16,7 +17,8 @@ import pytest
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.core.errors import StagelineError
 from stageline.core.mailbox import DONE, FAILED, Request
-from stageline.daemon import Daemon, _factories, bind_factories
+from stageline.daemon import Daemon, DaemonOptions, _factories, bind_factories
+from stageline.stores import MemoryStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,6 +182,96 @@ def test_app_loading_accepts_factories_pipelines_lists_and_callables():
         with pytest.raises(StagelineError, match="APP 'm:a'"):
             _factories(bad, "m:a")
     with Registry() as registry, pytest.raises(StagelineError, match="two factories"):
-        from stageline.stores import MemoryStore
-
         bind_factories([factory, PipelineFactory(quick)], MemoryStore(), registry)
+
+
+# --- how the daemon waits for requests: blocking on a store that can, polling otherwise -----
+
+
+class NotifyingStore(MemoryStore):
+    """A MemoryStore with `wait_for_requests`, as PostgresStore has: a post wakes a waiter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posted = threading.Event()
+        self.waits: list[float] = []
+        self.polls = 0
+
+    def post_request(self, request: Request) -> None:
+        super().post_request(request)
+        self.posted.set()  # the NOTIFY
+
+    def wait_for_requests(self, timeout: float, *, answers: bool = True) -> bool:
+        assert answers is False  # a daemon has no use for answers
+        self.waits.append(timeout)
+        woke = self.posted.wait(timeout)
+        self.posted.clear()
+        return woke
+
+    def mailbox_version(self) -> int:
+        self.polls += 1
+        return super().mailbox_version()
+
+
+class PollingStore(NotifyingStore):
+    wait_for_requests = None  # type: ignore[assignment]  # as SQLite: nothing to block on
+
+
+def serve_in_thread(store, options: DaemonOptions):
+    """A daemon serving `store` on a thread: (daemon, queue of started runs, stop, thread)."""
+    started: queue.Queue = queue.Queue()
+    registry = Registry()
+    factories = bind_factories([PipelineFactory(quick)], store, registry)
+    daemon = Daemon(factories, store, registry, options, on_start=started.put)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.serve, args=(stop,))
+    thread.start()
+    return daemon, started, stop, thread
+
+
+# Polling and idle claims every minute: a request handled within seconds was woken for.
+SLOW_POLL = DaemonOptions(poll_interval=60.0, idle_claim=60.0, recover_every=None)
+
+
+def test_a_store_that_can_block_is_blocked_on_not_polled():
+    store = NotifyingStore()
+    daemon, started, stop, thread = serve_in_thread(store, SLOW_POLL)
+    try:
+        for n in range(3):
+            request_id = post(daemon, "start", f"w{n}", pipeline_id="quick")
+            assert started.get(timeout=10).run_id == f"w{n}"  # woken at once, not in 60 s
+            assert daemon.store.get_request(request_id).status == DONE
+    finally:
+        stop.set()
+        thread.join(timeout=5)  # a stop is seen within one wait slice
+        daemon.registry.stop()
+    assert not thread.is_alive()
+    assert store.polls == 0
+    assert store.waits and max(store.waits) <= SLOW_POLL.wait_slice
+
+
+def test_a_store_that_cannot_block_is_polled():
+    store = PollingStore()
+    options = DaemonOptions(poll_interval=0.01, idle_claim=60.0, recover_every=None)
+    daemon, started, stop, thread = serve_in_thread(store, options)
+    try:
+        post(daemon, "start", "p1", pipeline_id="quick")
+        assert started.get(timeout=10).run_id == "p1"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        daemon.registry.stop()
+    assert not thread.is_alive() and store.polls >= 1 and store.waits == []
+
+
+def test_the_wait_ends_when_an_idle_claim_or_a_recovery_is_due():
+    options = DaemonOptions(wait_slice=0.2, idle_claim=1.0, recover_every=5.0)
+    daemon = Daemon({}, MemoryStore(), Registry(), options)
+    try:
+        now = time.monotonic()
+        assert daemon._wait_time(now, now) == pytest.approx(0.2, abs=0.05)
+        assert daemon._wait_time(now - 0.9, now) == pytest.approx(0.1, abs=0.05)
+        assert daemon._wait_time(now, now - 4.95) == pytest.approx(0.05, abs=0.05)
+        assert daemon._wait_time(now - 3.0, now - 9.0) == 0.0
+    finally:
+        daemon.registry.stop()

@@ -445,6 +445,22 @@ def test_a_post_from_another_process_wakes_a_waiting_daemon(store_on_schema):
     assert [r.request_id for r in daemon.claim_requests("d")] == ["req-1"]
 
 
+def test_a_daemon_can_wait_for_posts_only_not_answers(store_on_schema):
+    daemon, other = store_on_schema(), store_on_schema()
+    assert daemon.wait_for_requests(timeout=5, answers=False) is True  # starts listening
+    other.post_request(mail(1))
+    assert daemon.wait_for_requests(timeout=10, answers=False) is True  # a post wakes it
+    [request] = other.claim_requests("other daemon")
+    other.answer_request(request.request_id, None)
+    started = time.monotonic()
+    assert daemon.wait_for_requests(timeout=0.5, answers=False) is False  # an answer does not
+    assert time.monotonic() - started >= 0.45  # it waited out its timeout
+    other.post_request(mail(2))
+    assert daemon.wait_for_requests(timeout=10, answers=False) is True
+    other.answer_request("req-2", "no")
+    assert daemon.wait_for_requests(timeout=10) is True  # by default, answers wake it too
+
+
 def test_the_mailbox_version_sees_posts_and_answers_of_other_processes(store_on_schema):
     daemon, sender = store_on_schema(), store_on_schema()
     before = daemon.mailbox_version()  # starts listening
@@ -577,7 +593,9 @@ def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
     stop = threading.Event()
     with Registry() as registry:
         factories = {"p": PipelineFactory(pipeline).bound_to(daemon_store, registry)}
-        daemon = Daemon(factories, daemon_store, registry, DaemonOptions(poll_interval=0.01))
+        # no polling, no idle claims for a minute: only the post's NOTIFY can wake it
+        options = DaemonOptions(poll_interval=60.0, idle_claim=60.0, recover_every=None)
+        daemon = Daemon(factories, daemon_store, registry, options)
         server = threading.Thread(target=daemon.serve, args=(stop,))
         server.start()
         try:
@@ -587,6 +605,7 @@ def test_the_daemon_serves_a_postgres_mailbox(store_on_schema):
             while not (answer := sender.get_request("start-1")).answered:
                 sender.wait_for_requests(timeout=5)  # the answer's NOTIFY wakes the sender
             assert answer.status == "done", answer
+            assert answer.answered_at - answer.posted_at < 5.0
             wait_until(lambda: daemon_store.get_run("run-1").status == "succeeded", "the run")
         finally:
             stop.set()
