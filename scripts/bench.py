@@ -356,15 +356,20 @@ def sl_durable(s: Settings) -> float:
     with scratch_dir(s) as tmp:
         store = SqliteStore(tmp / "stageline.db")  # synchronous=FULL, WAL
         try:
-            factory = PipelineFactory(
-                sl_linear_pipeline(DURABLE_STAGES), store=store, initial_state={"n": 0}
-            )
-            start = time.perf_counter()
-            for _ in range(s.durable_runs):
-                sl_run_ok(factory.prepare().run(), DURABLE_STAGES)
-            return per(start, s.durable_runs * DURABLE_STAGES)
+            return _sl_durable_runs(store, s)
         finally:
             store.close()
+
+
+def _sl_durable_runs(store: Any, s: Settings) -> float:
+    """Time per stage of `durable_runs` runs of the 20-stage pipeline on `store`."""
+    factory = PipelineFactory(
+        sl_linear_pipeline(DURABLE_STAGES), store=store, initial_state={"n": 0}
+    )
+    start = time.perf_counter()
+    for _ in range(s.durable_runs):
+        sl_run_ok(factory.prepare().run(), DURABLE_STAGES)
+    return per(start, s.durable_runs * DURABLE_STAGES)
 
 
 PG_DSN = os.environ.get("STAGELINE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -394,13 +399,7 @@ def sl_durable_pg(s: Settings) -> float:
     schema = f"stageline_bench_{uuid.uuid4().hex[:12]}"
     store = PostgresStore(PG_DSN, schema=schema)
     try:
-        factory = PipelineFactory(
-            sl_linear_pipeline(DURABLE_STAGES), store=store, initial_state={"n": 0}
-        )
-        start = time.perf_counter()
-        for _ in range(s.durable_runs):
-            sl_run_ok(factory.prepare().run(), DURABLE_STAGES)
-        return per(start, s.durable_runs * DURABLE_STAGES)
+        return _sl_durable_runs(store, s)
     finally:
         store.close()
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
