@@ -1,6 +1,7 @@
 """Subprocess for tests/test_crash.py: runs one pipeline to the end unless it is killed.
 
     python tests/crash_worker.py DB_PATH RUN_ID
+    python tests/crash_worker.py STORE_URL RUN_ID    # e.g. postgresql://...?schema=...
 
 The pipeline has STAGES stages ("s1".."s30", in order, no routers); each stage has
 STEPS concurrent steps, and step j of stage k returns {"s{k}": {"j{j}": k}, "count": k}.
@@ -21,6 +22,7 @@ import sys
 
 from stageline import Pipeline, PipelineFactory, Stage, Step
 from stageline.stores import SqliteStore
+from stageline.stores.url import open_store
 
 STAGES = 30
 STEPS = 3
@@ -58,7 +60,7 @@ def main(argv: list[str]) -> int:
     db_path, run_id = argv[1], argv[2]
     pipeline = build_pipeline()
     print("ready", flush=True)
-    store = SqliteStore(db_path)
+    store = open_store(db_path) if "://" in db_path else SqliteStore(db_path)
     try:
         factory = PipelineFactory(pipeline, store=store)
         result = factory.prepare(run_id=run_id).run(timeout=60)

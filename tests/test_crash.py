@@ -221,3 +221,66 @@ def test_sigkill_at_any_moment_leaves_whole_stages(tmp_path: Path) -> None:
     print(summary)
     assert len(mid_run) >= MIN_MID_RUN, f"too few kills landed mid-run: {summary}"
     assert any(m > 0 for m in mid_run), f"no kill landed after a stage commit: {summary}"
+
+
+PG_ITERATIONS = 10
+
+
+def test_sigkill_on_postgres_leaves_whole_stages_and_recovery_finishes(pg_url: str) -> None:
+    """Issue 9 on PostgreSQL: kill -9 at random moments of runs on one schema, check
+    every run (no torn stage, journal = state = position), then recover the killed ones:
+    each finishes, and no committed stage ran twice (the journal has each stage once)."""
+    from crash_worker import build_pipeline
+
+    from stageline import PipelineFactory, Registry
+    from stageline.stores.url import open_store
+
+    rng = random.Random(SEED + 1)
+    baseline = spawn_url(pg_url, "pg-baseline")
+    wait_ready(baseline, "pg-baseline")
+    t0 = time.monotonic()
+    _, err = baseline.communicate(timeout=60)
+    duration = time.monotonic() - t0
+    assert baseline.returncode == 0, err.decode(errors="replace")
+    killed: list[str] = []
+    store = open_store(pg_url)
+    try:
+        where = f"seed={SEED + 1} postgres"
+        mid_run: list[str] = []
+        # PG_ITERATIONS kills, more (bounded) until two landed mid-run: load varies
+        while len(killed) < PG_ITERATIONS or (len(mid_run) < 2 and len(killed) < 30):
+            run_id = f"pg-run-{len(killed):02d}"
+            delay = rng.uniform(0.0, duration)
+            proc = spawn_url(pg_url, run_id)
+            wait_ready(proc, run_id)
+            time.sleep(delay)  # the deliberate random kill moment
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            killed.append(run_id)
+            runs = {i.run_id: check_run(store, i.run_id, where) for i in store.list_runs()}
+            mid_run = [r for r, (status, _) in runs.items() if status == "running"]
+        assert len(mid_run) >= 2, f"{where}: too few kills landed mid-run: {runs}"
+        with Registry() as registry:
+            factory = PipelineFactory(build_pipeline(), store=store)
+            for context in registry.recover(factory):
+                assert context.wait(timeout=60).status == "succeeded"
+        for run_id in mid_run:
+            info = store.get_run(run_id)
+            assert info.status == "succeeded" and committed_prefix(info.state, where) == STAGES
+            check_invariants(store, run_id)
+            journal = store.read_events(run_id)
+            committed = [e.stage_id for e in journal if e.name == "stage:success"]
+            assert committed == [f"s{k}" for k in range(1, STAGES + 1)], (where, committed)
+            assert [e.name for e in journal].count("pipeline:start") == 2, where  # + recovery
+        print(f"{where}: run={duration:.3f}s killed mid-run={len(mid_run)} of {len(killed)}")
+    finally:
+        store.close()
+
+
+def spawn_url(url: str, run_id: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=worker_env(),
+    )
