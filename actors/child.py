@@ -33,7 +33,7 @@ from .messages import (
     ChildStarted,
     Verdict,
 )
-from .run import RunActor, RunDeps, _StageRun
+from .run import RunActor, RunDeps, _child_results, _StageRun
 
 _PATIENCE = 1.0
 """Seconds between checks that the root still lives while a child waits for its verdict."""
@@ -108,15 +108,8 @@ class ChildRunActor(RunActor):
             self.current = None
             self._end_child("drained")
             return
-        results = {
-            child.id: run.children.get(child.id) if run.children else None
-            for child in run.stage.pipelines
-        }
         request = ChildStageEnded(
-            self.scope,
-            run.stage,
-            self.stage_runs,
-            children={k: v for k, v in results.items() if v is not None},
+            self.scope, run.stage, self.stage_runs, children=_child_results(run)
         )
         self._conclude(run, request)
 

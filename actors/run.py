@@ -802,8 +802,8 @@ class RunActor(StagelineActor):
         state, decision, error = self._conclude_child(request)
         verdict, position, event = self._child_outcome(request, state, decision, error)
         if request.children is not None and verdict.kind in ("next", kids.SUCCEEDED):
-            state = kids.without_children_of(state, request.scope.key, request.stage.id)
-        state = kids.with_position(state, request.scope.key, position)
+            state = kids.without_children_of(state, scope.key, request.stage.id)
+        state = kids.with_position(state, scope.key, position)
         patch = None if request.children is not None else dict(request.patches)
         self._commit("commit", run.stage.id, state, (event,), patch=patch)
         self._emit(event)
