@@ -36,6 +36,7 @@ from stageline.core.patch import (
     merge,
 )
 from stageline.core.store import RunRecord, Store, commit_from
+from stageline.core.text import is_utf8
 
 from .container import Container
 from .context import RunContext, _NotSettled
@@ -164,7 +165,7 @@ class PipelineFactory:
             import uuid6  # deferred: it costs a cold start ~20 ms
 
             return str(uuid6.uuid7())
-        if not isinstance(run_id, str) or not run_id or "\x00" in run_id or not _utf8(run_id):
+        if not isinstance(run_id, str) or not run_id or "\x00" in run_id or not is_utf8(run_id):
             raise StagelineError(
                 f"run_id must be a non-empty string of valid UTF-8 without NUL, got {run_id!r}"
             )
@@ -422,12 +423,3 @@ class PipelineFactory:
             max_bundle_bytes=self.max_bundle_bytes,
             live_window=self.registry is not None,
         )
-
-
-def _utf8(text: str) -> bool:
-    """Can every store keep this text? (False for lone surrogates, e.g. from os.fsdecode.)"""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

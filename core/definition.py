@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DefinitionError
+from .text import is_utf8
 
 
 class _Sentinel:
@@ -172,13 +173,7 @@ class Pipeline:
 
 def _is_id(value: object) -> bool:
     """A non-empty string that every store can keep (valid UTF-8: no lone surrogates)."""
-    if not isinstance(value, str) or value.strip() == "":
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and value.strip() != "" and is_utf8(value)
 
 
 def _is_non_negative(value: object, allow_none: bool) -> bool:

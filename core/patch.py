@@ -15,6 +15,7 @@ from typing import Any
 
 from .definition import DELETE
 from .errors import StepError
+from .text import is_utf8
 
 PIPELINE_DATA_KEY = "__pipeline_data__"
 """Reserved top-level state key for the runtime's own records; patches may not touch it."""
@@ -180,7 +181,7 @@ def find_unstorable(
                 at = f"{path}.{show(key)}" if path else show(key)
                 if type(key) is not str:
                     return (at, key)
-                if not key.isascii() and not _is_utf8(key):
+                if not key.isascii() and not is_utf8(key):
                     return (at, _BadText())
                 if item is DELETE and allow_delete:
                     continue
@@ -198,7 +199,7 @@ def find_unstorable(
             return (path or "<root>", value)
         if kind is Decimal and not value.is_finite():
             return (path or "<root>", value)
-        if kind is str and not value.isascii() and not _is_utf8(value):
+        if kind is str and not value.isascii() and not is_utf8(value):
             return (path or "<root>", _BadText())
         return None
     return (path or "<root>", value)
@@ -208,14 +209,6 @@ def _storable_datetime(value: _dt.datetime) -> bool:
     """Aware, with a UTC offset of whole minutes (what CBOR datetime text can carry)."""
     offset = value.utcoffset()
     return offset is not None and offset.seconds % 60 == 0 and offset.microseconds == 0
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class _TooDeep:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,7 +64,9 @@ def _user_errors(command: F) -> F:
         except StagelineError as exc:
             raise UserError(" ".join(str(exc).split())) from None
         except UnicodeEncodeError as exc:  # an argument from bytes that are not UTF-8
-            bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+            from stageline.core.text import unencodable_part
+
+            bad = unencodable_part(exc)
             raise UserError(
                 f"an argument holds {bad}, which is not valid UTF-8; pass UTF-8 text"
             ) from None
@@ -192,9 +195,46 @@ def serve(
         "lease_ttl": lease_ttl,
         "supervision": policy if max_restarts > 0 else None,
     }
-    run_daemon(
-        app, store_url, options=options, registry_options=registry_options, log_level=log_level
+    _configure_logging(log_level)
+    run_daemon(app, store_url, options=options, registry_options=registry_options)
+
+
+# --- logging: the `serve` process only (the library never configures it) -----------------
+
+
+def _configure_logging(level: str = "info") -> None:
+    """Send structlog (the library's run events included) to stdout as JSON lines."""
+    import structlog
+
+    number = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
     )
+    library = logging.getLogger("stageline")  # the registry's own warnings and errors
+    library.addHandler(_ToStructlog())
+    library.setLevel(number)
+    library.propagate = False
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards standard `logging` records of "stageline" to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import structlog
+
+        log = structlog.get_logger("stageline")
+        fields: dict[str, Any] = {"logger": record.name}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        getattr(log, record.levelname.lower(), log.error)(record.getMessage(), **fields)
 
 
 # --- requests to the daemon ----------------------------------------------------------------

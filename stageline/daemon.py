@@ -22,20 +22,20 @@ registry (`factory.bound_to`): the daemon serves exactly the store given by --st
 registry keeps paused runs live and supervises failed ones, whatever the factories were
 built with. Pipelines are keyed by id; two with one id is an error.
 
-Logging (JSON lines through structlog) is configured here, never in the library.
+Logging is configured by the `stageline serve` command (stageline/cli.py), never here:
+embedding the daemon leaves the application's logging alone.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
@@ -118,44 +118,6 @@ def bind_factories(
             raise StagelineError(f"two factories serve pipeline {pipeline_id!r}; keep one")
         bound[pipeline_id] = factory.bound_to(store, registry)
     return bound
-
-
-# --- logging -------------------------------------------------------------------------------
-
-
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send structlog (the library's run events included) to `stream` as JSON lines."""
-    import structlog
-
-    number = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-    library = logging.getLogger("stageline")  # the registry's own warnings and errors
-    library.addHandler(_ToStructlog())
-    library.setLevel(number)
-    library.propagate = False
-
-
-class _ToStructlog(logging.Handler):
-    """Forwards standard `logging` records of "stageline" to structlog."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        import structlog
-
-        log = structlog.get_logger("stageline")
-        fields: dict[str, Any] = {"logger": record.name}
-        if record.exc_info:
-            fields["exc_info"] = record.exc_info
-        getattr(log, record.levelname.lower(), log.error)(record.getMessage(), **fields)
 
 
 # --- the daemon ----------------------------------------------------------------------------
@@ -343,7 +305,6 @@ def run_daemon(
     *,
     options: DaemonOptions | None = None,
     registry_options: Mapping[str, Any] | None = None,
-    log_level: str = "info",
 ) -> None:
     """`stageline serve`: serve until SIGTERM or SIGINT, then stop the registry gracefully.
 
@@ -354,7 +315,6 @@ def run_daemon(
 
     from stageline.stores.url import open_store
 
-    configure_logging(log_level)
     options = options or DaemonOptions()
     factories = load_app(app)
     store = open_store(store_url)

@@ -56,6 +56,7 @@ from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
+from stageline.core.text import is_utf8
 
 from ._common import (
     REQUEST_COLUMNS,
@@ -815,20 +816,11 @@ def _check_text(value: str | None, what: str, run_id: str) -> None:
             f"the {what} {value[:40]!r} of run {run_id[:40]!r} contains a NUL character, "
             "which PostgreSQL text cannot hold: use an id without NUL"
         )
-    if value is not None and _not_utf8(value):
+    if value is not None and not is_utf8(value):
         raise StoreError(
             f"the {what} {value[:40]!r} is not valid Unicode (it came from bytes that are "
             "not UTF-8): use valid UTF-8 text"
         )
-
-
-def _not_utf8(value: str) -> bool:
-    """A str with lone surrogates cannot be encoded, so no stored row holds it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _prefixed(prefix: str, columns: str) -> str:
@@ -837,4 +829,4 @@ def _prefixed(prefix: str, columns: str) -> str:
 
 def _unstorable(value: str | None) -> bool:
     """True for an id PostgreSQL cannot hold (so no stored run has it)."""
-    return value is not None and ("\x00" in value or _not_utf8(value))
+    return value is not None and ("\x00" in value or not is_utf8(value))

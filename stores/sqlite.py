@@ -20,6 +20,7 @@ from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
+from stageline.core.text import unencodable_part
 
 from ._common import (
     REQUEST_COLUMNS,
@@ -426,7 +427,7 @@ def _create_private(path: str) -> None:
 
 def _not_text(what: str, exc: UnicodeEncodeError) -> StoreError:
     """A str with lone surrogates (bytes that were not UTF-8, e.g. from a shell argument)."""
-    bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+    bad = unencodable_part(exc)
     return StoreError(
         f"{what} failed: a run id, pipeline id or other text holds {bad}, which is not "
         "valid Unicode (it came from bytes that are not UTF-8); use valid UTF-8 text"
