@@ -327,7 +327,10 @@ class PipelineFactory:
             raise RunNotPaused(
                 f"run {record.run_id!r} is no longer paused: another resume won the race"
             ) from exc
-        return replace(record.applied(commit, version), pipeline_version=self.pipeline.version)
+        claimed = record.applied(commit, version)
+        if claimed.pipeline_version == self.pipeline.version:
+            return claimed
+        return replace(claimed, pipeline_version=self.pipeline.version)  # migrated
 
     def _migrated(self, record: RunRecord, migrate: Migration) -> dict[str, Any]:
         state = migrate(copy_state(record.state))

@@ -54,6 +54,7 @@ from stageline.core.supervision import (
 )
 
 from .base import StagelineActor
+from .carriers import shared_carriers
 from .container import Container
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
@@ -711,6 +712,7 @@ class Registry:
         except pykka.Timeout:
             _log.error("stageline registry: its actor did not stop in time")
         self._timers.stop()
+        shared_carriers().retire_idle(timeout=5.0)
 
     # --- used by RunContext and PipelineFactory ---------------------------------------
 

@@ -967,7 +967,7 @@ class RunActor(StagelineActor):
         self.stop_soon()
 
     def stop_soon(self) -> None:
-        self.actor_ref.stop(block=False)
+        self.stop()  # pykka's stop message, told: no future to build and drop
 
     def _crash(self, exc: BaseException) -> None:
         """A store error or a runtime bug: report it; the store keeps the last commit."""

@@ -323,7 +323,7 @@ def run_daemon(
     try:
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda number, frame: stop.set())
+            signal.signal(signum, lambda number, frame: _set_later(stop))
         daemon.recover()
         daemon.serve(stop)
         daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
@@ -331,3 +331,11 @@ def run_daemon(
         registry.stop(options.stop_timeout)
         store.close()
     daemon.log.info("daemon:stopped")
+
+
+def _set_later(event: threading.Event) -> None:
+    """Set `event` from a signal handler. The handler runs on the main thread between two
+    bytecodes, maybe while that thread holds the event's own lock (inside `event.wait`);
+    `event.set()` right there would wait for that lock forever. A short-lived thread
+    takes the lock once the main thread lets go of it."""
+    threading.Thread(target=event.set, name="stageline-signal", daemon=True).start()

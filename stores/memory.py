@@ -57,7 +57,9 @@ class MemoryStore:
             journal = self._journal[commit.run_id]
             for event in commit.events:
                 if is_journaled(event.name):  # a copy, as a durable store keeps
-                    journal.append(replace(event, results=copy_state(event.results)))
+                    if event.results is not None:
+                        event = replace(event, results=copy_state(event.results))
+                    journal.append(event)
             return int(version)
 
     def set_checkpoint(

@@ -22,6 +22,7 @@ from stageline import (
     Step,
     read_checkpoint,
 )
+from stageline.actors.carriers import IDLE_NAME, shared_carriers
 from stageline.core.checkpoint import decode_bundle
 from stageline.testing import EventRecorder, advance
 
@@ -332,9 +333,15 @@ def test_registry_stop_exports_live_paused_runs(store):
 
 
 def _join_actor_threads():
-    for thread in threading.enumerate():
-        if thread.name.startswith(("RunActor", "ContainerActor", "RegistryActor")):
-            thread.join(10)
+    """Wait until no actor loop runs and no idle carrier thread waits for one."""
+    names = ("RunActor", "ContainerActor", "RegistryActor", IDLE_NAME)
+    for _ in range(200):
+        shared_carriers().retire_idle(timeout=10)
+        busy = [t for t in threading.enumerate() if t.name.startswith(names)]
+        if not busy:
+            return
+        busy[0].join(0.05)  # a loop still ending: its carrier parks, then is retired
+    raise AssertionError(f"actor threads still alive: {busy}")
 
 
 def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
