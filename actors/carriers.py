@@ -42,6 +42,7 @@ class Carriers:
         self.max_idle = max_idle
         self._lock = threading.Lock()
         self._idle: list[_Carrier] = []
+        self._retirements = 0
 
     def run(self, loop: Loop, name: str) -> None:
         """Run `loop()` on an idle carrier, or on a new daemon thread named `name`."""
@@ -60,8 +61,10 @@ class Carriers:
             return len(self._idle)
 
     def retire_idle(self, timeout: float | None = None) -> None:
-        """End every idle carrier's thread now; wait up to `timeout` for them to exit."""
+        """End every idle carrier's thread now, and let each loop running now end its
+        thread when it ends; wait up to `timeout` for the idle ones to exit."""
         with self._lock:
+            self._retirements += 1
             idle, self._idle = self._idle, []
             for carrier in idle:
                 carrier.inbox.put(None)
@@ -75,14 +78,18 @@ class Carriers:
         job: tuple[Loop, str] | None = (loop, thread.name)
         while job is not None:
             thread.name = job[1]
+            retirements = self._retirements
             job[0]()  # pykka's actor loop handles its own exceptions
-            thread.name = IDLE_NAME
-            job = self._next(carrier)
+            job = self._next(carrier, thread, retirements)
 
-    def _next(self, carrier: _Carrier) -> tuple[Loop, str] | None:
+    def _next(
+        self, carrier: _Carrier, thread: threading.Thread, retirements: int
+    ) -> tuple[Loop, str] | None:
         with self._lock:
-            if len(self._idle) >= self.max_idle:
+            # A loop that ran while idle carriers were retired does not park either.
+            if self._retirements != retirements or len(self._idle) >= self.max_idle:
                 return None
+            thread.name = IDLE_NAME
             self._idle.append(carrier)
         try:
             return carrier.inbox.get(timeout=self.idle_timeout)
