@@ -205,7 +205,9 @@ class PipelineFactory:
         checked = check_patch(patch, f"resume patch for run {run_id!r}")
         if self.registry is not None:
             live: RunContext | None = self.registry._lookup(run_id)
-            same = live is not None and live._deps.pipeline == self.pipeline
+            same = live is not None and (
+                live._deps.pipeline is self.pipeline or live._deps.pipeline == self.pipeline
+            )
             if live is not None and not same:
                 self.registry._forget(run_id)  # another definition or version: use the store
             if live is not None and same:

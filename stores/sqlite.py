@@ -38,6 +38,13 @@ from ._common import (
 
 SCHEMA_VERSION = 3
 
+WAL_AUTOCHECKPOINT_PAGES = 256
+"""Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
+checkpoint the next commits overwrite the WAL from its start instead of growing it, and
+an fsync that must also record a larger file costs about a third more: with 256 pages a
+new file reaches that cheaper regime after about a hundred stage commits, not four hundred,
+for a few more (small) checkpoints."""
+
 _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 # MIGRATIONS[v] takes a file from schema version v - 1 to v (0: a new file). Each is
@@ -141,6 +148,7 @@ class SqliteStore:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._db.execute(_META)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
