@@ -145,7 +145,8 @@ class RegistryActor(StagelineActor):
         self.registry = registry
         # Written only by this actor; other threads may read it (the fast-path lookup).
         self.live: dict[str, RunContext] = registry._live
-        self.windows: dict[str, tuple[int, TimerHandle | None]] = {}
+        # Also written only here; a fast-path resume reads it to cancel the run's timer.
+        self.windows: dict[str, tuple[int, TimerHandle | None]] = registry._windows
         self.next_token = 0
         self.counts = {
             "paused": 0, "exported": 0, "expired": 0, "ended": 0,
@@ -494,7 +495,9 @@ class RegistryActor(StagelineActor):
             "live": len(self.live),
             "running": statuses.count(lifecycle.RUNNING) + statuses.count(lifecycle.PENDING),
             "paused_live": statuses.count(lifecycle.PAUSED),
-            "pause_windows": len(self.windows),
+            "pause_windows": sum(
+                1 for _, handle in self.windows.values() if handle is None or not handle.cancelled
+            ),
             "retrying": len(self.retries),
             **self.counts,
         }
@@ -558,6 +561,7 @@ class Registry:
         self.clock: Clock = clock or SystemClock()
         self.max_bundle_bytes = max_bundle_bytes
         self._live: dict[str, RunContext] = {}
+        self._windows: dict[str, tuple[int, TimerHandle | None]] = {}
         self._factories: dict[str, PipelineFactory] = {}
         self._factories_lock = threading.Lock()
         self._fast_resumes = 0
@@ -722,6 +726,18 @@ class Registry:
         stale = record.lease_until is None or record.lease_until < now + self.lease_ttl / 2
         if record.owner == self.owner and stale:  # prepared long ago: renew before it runs
             context._deps.store.renew_leases(self.owner, [record.run_id], now + self.lease_ttl)
+        if self._live.get(context.run_id) is context:
+            # Resumed on the fast path and still held: the registry's actor has nothing
+            # to do (the lease renewal runs while any run is live), only the pause
+            # window's timer must not fire. Cancelling it here, not by a message, spares
+            # the resume a wake-up of the registry's thread. Its stale entry goes when
+            # the run ends or pauses again. An export that let go of the run first
+            # (under the run's lock, before the claim) took it out of `_live`: then
+            # the message below tracks it again.
+            window = self._windows.get(context.run_id)
+            if window is not None and window[1] is not None:
+                window[1].cancel()
+            return
         self._actor.tell(_Track(context))
 
     def _ended(

@@ -24,7 +24,7 @@ from stageline import (
 )
 from stageline.actors.carriers import IDLE_NAME, shared_carriers
 from stageline.core.checkpoint import decode_bundle
-from stageline.testing import EventRecorder, advance
+from stageline.testing import EventRecorder, advance, wait_for_stats
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,6 +126,42 @@ def test_fast_path_returns_the_same_context_without_reading_the_store(store):
     assert result.state["note"] == {"checked": True}  # artifacts kept in memory
     assert counter.calls == {"check": 1, "label": 1}  # approve was skipped by resume_at
     assert store.get_run(run.run_id).checkpoint is None  # cleared when the run ended
+
+
+def test_a_run_resumed_on_the_fast_path_outlives_its_old_pause_window(store):
+    """The fast path cancels the pause window's timer itself (no registry message): a
+    resumed run still busy when the window would have ended is neither exported nor let
+    go, and the registry counts no open window for it."""
+    clock = ManualClock()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(state, ctx):
+        entered.set()
+        assert release.wait(10)
+        return {"slow": True}
+
+    pipeline = Pipeline(
+        "gate",
+        [
+            Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})], router=lambda s, r: Pause("b")),
+            Stage("b", 2, steps=[Step("slow", slow)]),
+        ],
+    )
+    with Registry(clock=clock, default_pause_timeout=60.0) as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        paused = factory.prepare().run(timeout=10)
+        assert registry.stats()["pause_windows"] == 1
+        resumed = factory.resume(paused.run_id)
+        future = resumed.start()
+        assert entered.wait(10)
+        assert registry.stats()["pause_windows"] == 0  # its timer is cancelled already
+        advance(clock, 120.0, registry)
+        stats = registry.stats()
+        assert stats["exported"] == 0 and stats["pause_windows"] == 0
+        assert registry.live_runs() == [resumed]
+        release.set()
+        assert future.result(10).state == {"a": 1, "slow": True}
+        wait_for_stats(registry, ended=1, live=0)
 
 
 def test_window_expiry_exports_the_bundle_and_slow_path_restores_it(store):
