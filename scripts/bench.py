@@ -65,6 +65,7 @@ from typing import Any, TypedDict
 
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.stores import SqliteStore
+from stageline.stores.sqlite import WAL_AUTOCHECKPOINT_PAGES
 
 try:
     from langgraph.checkpoint.memory import InMemorySaver
@@ -431,6 +432,47 @@ def lg_durable(s: Settings) -> float:
 
 def lg_durable_default(s: Settings) -> float:
     return _lg_durable(s, None)
+
+
+FLOOR_STATE = b"\xa1an\x05" * 4  # about the size of the bench's encoded state and records
+
+
+def sqlite_commit_floor(s: Settings) -> float:
+    """The disk's price of stageline's durable commits, with no runtime around them.
+
+    Bare SQLite transactions on a new file, set up as SqliteStore sets its own (WAL,
+    synchronous=FULL, its autocheckpoint), each writing what a stage commit writes (one
+    run row updated, two journal rows inserted), as many as a durable sample makes
+    (20 stage commits plus 2 per run: its record and its start); time per stage.
+    """
+    commits = s.durable_runs * (DURABLE_STAGES + 2)
+    with scratch_dir(s) as tmp:
+        db = sqlite3.connect(tmp / "floor.db", isolation_level=None)
+        try:
+            for pragma in ("journal_mode=WAL", "synchronous=FULL"):
+                db.execute(f"PRAGMA {pragma}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, state BLOB, version INT)")
+            db.execute(
+                "CREATE TABLE events (run_id TEXT, seq INT, data BLOB, "
+                "PRIMARY KEY (run_id, seq)) WITHOUT ROWID"
+            )
+            db.execute("INSERT INTO runs VALUES ('r', x'00', 0)")
+            start = time.perf_counter()
+            for i in range(commits):
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "UPDATE runs SET state = ?, version = version + 1 WHERE run_id = 'r'",
+                    (FLOOR_STATE,),
+                )
+                db.executemany(
+                    "INSERT INTO events VALUES ('r', ?, ?)",
+                    ((2 * i, FLOOR_STATE), (2 * i + 1, FLOOR_STATE)),
+                )
+                db.execute("COMMIT")
+            return per(start, s.durable_runs * DURABLE_STAGES)
+        finally:
+            db.close()
 
 
 def _wal_size(db: Path) -> int:
@@ -896,12 +938,14 @@ CASES: tuple[Case, ...] = (
         sl_linear,
         lg_linear,
         variants=(Variant("langgraph no checkpointer", lg_linear_no_checkpointer),),
+        target=Target("ratio", 0.25),
     ),
     Case(
         "fanout_4_steps_stage",
         "one stage of 4 concurrent steps and the join, in memory; time per run",
         sl_fanout,
         lg_fanout,
+        target=Target("ratio", 0.3),
     ),
     Case(
         "children_4_pipelines_stage",
@@ -914,7 +958,11 @@ CASES: tuple[Case, ...] = (
         "20 one-step stages on SQLite, each committed before the next; time per stage",
         sl_durable,
         lg_durable,
-        variants=(Variant("langgraph default durability=async", lg_durable_default),),
+        variants=(
+            Variant("langgraph default durability=async", lg_durable_default),
+            Variant("floor: bare sqlite commits, no runtime", lg_durable, sqlite_commit_floor),
+        ),
+        target=Target("ratio", 0.25),
     ),
     Case(
         "durable_postgres_stage_commit",
@@ -932,12 +980,14 @@ CASES: tuple[Case, ...] = (
         lg_bytes,
         unit="bytes",
         variants=(Variant("sqlite WAL bytes", lg_wal_bytes, sl_wal_bytes),),
+        target=Target("ratio", 0.1),
     ),
     Case(
         "throughput_1000_runs",
         "1,000 runs (200 with --quick) of 10 stages, 50 at a time, in memory; time per run",
         sl_throughput,
         lg_throughput,
+        target=Target("ratio", 0.25),
     ),
     Case(
         "pause_resume_same_process",
@@ -963,6 +1013,7 @@ CASES: tuple[Case, ...] = (
         sl_cold_resume,
         lg_cold_resume,
         reps=lambda s: s.cold_reps,
+        target=Target("ratio", 0.3),
     ),
     Case(
         "live_paused_runs_memory",
