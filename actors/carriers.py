@@ -11,6 +11,7 @@ thread, and `retire_idle()` ends every idle carrier at once (`Registry.stop` cal
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -79,7 +80,9 @@ class Carriers:
         while job is not None:
             thread.name = job[1]
             retirements = self._retirements
-            job[0]()  # pykka's actor loop handles its own exceptions
+            # A fresh context, as a new thread has: context variables a handler or router
+            # sets (structlog's contextvars, say) do not leak into the next actor's loop.
+            contextvars.Context().run(job[0])  # pykka's loop handles its own exceptions
             job = self._next(carrier, thread, retirements)
 
     def _next(

@@ -122,8 +122,9 @@ class ChildRunActor(RunActor):
     def _fail_run(
         self, stage_id: str, error: StagelineError, stage_events: tuple[Event, ...]
     ) -> None:
-        stage = self.pipeline.stage(stage_id)
-        self._ask_root(ChildStageEnded(self.scope, stage, self.stage_runs, error=error))
+        stage = self.pipeline.stage(stage_id)  # a stage this child could not start
+        request = ChildStageEnded(self.scope, stage, self.stage_runs, error=error, started=False)
+        self._ask_root(request)
 
     def _conclude(self, run: _StageRun, request: ChildStageEnded) -> None:
         self._stop_timer(run)

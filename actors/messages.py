@@ -92,7 +92,9 @@ class ChildStageEnded:
     """Asked of the root: conclude a child's stage (merge, route, commit) and say what next.
 
     `patches` are the steps' patches in definition order; for a stage with child pipelines,
-    `children` holds their results instead. `error` means the stage failed.
+    `children` holds their results instead. `error` means the stage failed; `started`
+    False, that it never started (the child ran over its max_stage_runs), so it has no
+    stage event to journal.
     """
 
     scope: ChildScope
@@ -101,6 +103,7 @@ class ChildStageEnded:
     patches: tuple[tuple[str, Any], ...] = ()
     children: dict[str, ChildResult] | None = None
     error: StagelineError | None = None
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -805,8 +805,10 @@ class RunActor(StagelineActor):
             state = kids.without_children_of(state, scope.key, request.stage.id)
         state = kids.with_position(state, scope.key, position)
         patch = None if request.children is not None else dict(request.patches)
-        self._commit("commit", run.stage.id, state, (event,), patch=patch)
-        self._emit(event)
+        events = (event,) if request.started else ()
+        self._commit("commit", run.stage.id, state, events, patch=patch)
+        for event in events:
+            self._emit(event)
         self._forget_children(scope.key, request.stage.id)
         if verdict.kind != "next":
             del self.live[scope.key]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -121,7 +121,10 @@ def event_from_journal(record: dict[str, Any], name: str, run_id: str, pipeline_
         full["path"] = [[pipeline_id, record.get("stage_id")]]
     if name.startswith("stage:") and "label" not in full:
         full["label"] = record.get("stage_id")
-    return event_from_record(full)
+    event = event_from_record(full)
+    if "path" in record and event.path:  # a child pipeline's event: the path's last node
+        return replace(event, pipeline_id=event.path[-1].pipeline_id)
+    return event
 
 
 def default_path(event: Event) -> tuple[PathNode, ...]:

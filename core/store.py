@@ -227,6 +227,12 @@ class Store(Protocol):
         """The request as stored now (senders poll it for the answer); StoreError if absent."""
         ...
 
+    def prune_requests(self, answered_before: float) -> int:
+        """Delete the requests answered ("done" or "failed") before `answered_before`, a
+        wall-clock time; return how many. Pending and claimed requests are never touched.
+        """
+        ...
+
     def mailbox_version(self) -> int:
         """A cheap number that changes whenever a request is posted or answered.
 

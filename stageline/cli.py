@@ -159,6 +159,14 @@ def main() -> None:
     metavar="SECONDS",
     help="How soon the runs of a dead daemon can be recovered by another.",
 )
+@click.option(
+    "--keep-answered",
+    type=float,
+    default=86_400.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long answered mailbox requests are kept for their senders, then deleted.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)  # fmt: skip
 @_user_errors
@@ -171,6 +179,7 @@ def serve(
     max_restarts: int,
     restart_backoff: float,
     lease_ttl: float,
+    keep_answered: float,
     log_level: str,
 ) -> None:
     """Run the daemon: APP's pipelines, acting on the store's mailbox.
@@ -187,7 +196,10 @@ def serve(
     from stageline.core.supervision import RetryPolicy
 
     options = DaemonOptions(
-        poll_interval=poll_interval, stop_timeout=stop_timeout, recover_every=lease_ttl
+        poll_interval=poll_interval,
+        stop_timeout=stop_timeout,
+        recover_every=lease_ttl,
+        keep_answered=keep_answered,
     )
     policy = RetryPolicy(max_restarts=max_restarts, backoff=restart_backoff)
     registry_options = {

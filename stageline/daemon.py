@@ -57,6 +57,9 @@ class DaemonOptions:
     `recover_every`: how often orphaned runs (their owner's lease ran out) are looked for
     again after the start; None: only at start. `wait_slice`: on a store the daemon blocks
     on (`wait_for_requests`), the longest single wait, so a stop is noticed that soon.
+    `keep_answered`: how long an answered mailbox request stays in the store, for its
+    sender to read the answer; older ones are deleted at start and with each recovery
+    pass. None keeps them all.
     """
 
     poll_interval: float = 0.01
@@ -65,6 +68,7 @@ class DaemonOptions:
     claim_limit: int = 16
     stop_timeout: float = 10.0
     recover_every: float | None = 30.0
+    keep_answered: float | None = 86_400.0
 
 
 # --- loading the application ------------------------------------------------------------
@@ -167,6 +171,19 @@ class Daemon:
                 runs = [context.run_id for context in recovered]
                 self.log.info("daemon:recovered", pipeline_id=pipeline_id, runs=runs)
 
+    def prune(self) -> None:
+        """Delete the mailbox requests answered more than `keep_answered` seconds ago."""
+        keep = self.options.keep_answered
+        if keep is None:
+            return
+        try:
+            pruned = self.store.prune_requests(time.time() - keep)
+        except StagelineError as exc:
+            self.log.error("daemon:prune_failed", error=str(exc))
+            return
+        if pruned:
+            self.log.info("daemon:pruned", requests=pruned)
+
     def serve(self, stop: threading.Event) -> None:
         """Serve the mailbox until `stop` is set; a store error is logged, never fatal."""
         wait = _waiter(self.store)
@@ -180,6 +197,7 @@ class Daemon:
                 if every is not None and time.monotonic() - last_recover >= every:
                     last_recover = time.monotonic()
                     self.recover(quiet=True)
+                    self.prune()
                 if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
                     news = wait(self._wait_time(last_claim, last_recover))
                 else:
@@ -325,6 +343,7 @@ def run_daemon(
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, frame: _set_later(stop))
         daemon.recover()
+        daemon.prune()
         daemon.serve(stop)
         daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
     finally:

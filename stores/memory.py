@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from stageline.core.events import Event, is_journaled
-from stageline.core.mailbox import PENDING, Request
+from stageline.core.mailbox import ANSWERED, PENDING, Request
 from stageline.core.patch import copy_state
 from stageline.core.store import Commit, RunInfo, RunRecord
 
@@ -154,6 +154,17 @@ class MemoryStore:
                 return self._requests[request_id]
             except KeyError:
                 raise request_not_found(request_id) from None
+
+    def prune_requests(self, answered_before: float) -> int:
+        with self._lock:
+            old = [
+                r.request_id
+                for r in self._requests.values()
+                if r.status in ANSWERED and (r.answered_at or 0.0) < answered_before
+            ]
+            for request_id in old:
+                del self._requests[request_id]
+            return len(old)
 
     def mailbox_version(self) -> int:
         return self._mailbox_version

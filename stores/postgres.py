@@ -596,6 +596,14 @@ class PostgresStore:
             raise request_not_found(request_id)
         self._listener.own_write()
 
+    def prune_requests(self, answered_before: float) -> int:
+        with self._connection("pruning answered requests") as conn:
+            cursor = conn.execute(
+                self._sql("DELETE FROM {s}.requests WHERE status IN (%s, %s) AND answered_at < %s"),
+                (DONE, FAILED, answered_before),
+            )
+            return int(cursor.rowcount)
+
     def get_request(self, request_id: str) -> Request:
         if _unstorable(request_id):
             raise request_not_found(request_id)

@@ -389,6 +389,14 @@ class SqliteStore:
             raise request_not_found(request_id)
         return request_from_row(rows[0])
 
+    def prune_requests(self, answered_before: float) -> int:
+        with self._transaction("pruning answered requests") as db:
+            cursor = db.execute(
+                "DELETE FROM requests WHERE status IN (?, ?) AND answered_at < ?",
+                (DONE, FAILED, answered_before),
+            )
+            return int(cursor.rowcount)
+
     def mailbox_version(self) -> int:
         """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""
         rows = self._query("PRAGMA data_version", ())

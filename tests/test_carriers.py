@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 
 import pytest
@@ -115,3 +116,31 @@ def test_runs_resume_on_reused_threads_and_a_stopped_registry_leaves_none_idle()
     for thread in carried:  # none parks after the stop: each ends with its last loop
         thread.join(10)
         assert not thread.is_alive()
+
+
+def test_each_loop_runs_in_a_fresh_context():
+    """A context variable set in one actor's loop (a handler binding structlog's
+    contextvars, say) is not seen by the next loop on the same carrier."""
+    carriers = Carriers(idle_timeout=10)
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[threading.Thread, str]] = []
+    done = threading.Event()
+
+    def setter() -> None:
+        var.set("set by the first loop")
+        seen.append((threading.current_thread(), var.get()))
+        done.set()
+
+    def reader() -> None:
+        seen.append((threading.current_thread(), var.get()))
+        done.set()
+
+    carriers.run(setter, "first")
+    assert done.wait(10)
+    _wait_idle(carriers, 1)
+    done.clear()
+    carriers.run(reader, "second")
+    assert done.wait(10)
+    carriers.retire_idle(timeout=10)
+    (first, value1), (second, value2) = seen
+    assert first is second and value1 == "set by the first loop" and value2 == "unset"

@@ -649,3 +649,26 @@ def test_resume_refuses_child_positions_the_definition_does_not_have(store: Any)
     assert info.status == "paused" and info.checkpoint is not None  # nothing was claimed
     final = PipelineFactory(old, store=store).resume(paused.run_id).run(timeout=20)
     assert final.status == "succeeded" and final.state == {"done": True}
+
+
+def test_a_child_stuck_in_a_loop_fails_the_stage_with_a_journal_that_pairs_up(
+    store: Any,
+) -> None:
+    """A child over its own max_stage_runs fails the parent stage. The stage it could not
+    start leaves no stage:failure behind (was: a stage:failure with no stage:start)."""
+    looping = Pipeline(
+        "looping",
+        [Stage("spin", 1, steps=[Step("n", lambda s, c: {"n": 1})], router=lambda s, r: "spin")],
+        max_stage_runs=3,
+    )
+    parent = Pipeline("parent", [Stage("fan", 1, pipelines=[looping])])
+    result = PipelineFactory(parent, store=store).prepare().run(timeout=10)
+    assert result.status == "failed"
+    assert "max_stage_runs=3" in str(result.error)
+    journal = store.read_events(result.run_id)
+    child = [e for e in journal if e.path[-1].pipeline_id == "looping"]
+    assert {e.pipeline_id for e in child} == {"looping"}  # read back from every store
+    starts = [e for e in child if e.name == "stage:start"]
+    ends = [e for e in child if e.name in ("stage:success", "stage:failure", "stage:paused")]
+    assert len(starts) == len(ends) == 3
+    assert [e.name for e in ends] == ["stage:success"] * 3

@@ -296,6 +296,17 @@ def test_failed_runs_restart_under_a_retry_policy(env, tmp_path):
     assert run_json("f2", env, tmp_path)["state"] == {"first": True, "done": True}
 
 
+def test_the_daemon_prunes_answered_requests(env, tmp_path):
+    d = Daemon("shop:app", env, tmp_path, "--keep-answered", "0", "--lease-ttl", "0.5")
+    try:
+        d.expect("daemon:ready")
+        cli_ok("start", "checkout", "--run-id", "k1", env=env, cwd=tmp_path)
+        d.expect("daemon:pruned", requests=1)  # at the next pass, every --lease-ttl
+        assert d.signal(signal.SIGTERM) == 0
+    finally:
+        d.stop()
+
+
 def test_a_daemon_recovers_the_runs_of_a_killed_one(env, tmp_path):
     (tmp_path / "block-once").write_text("")
     first = Daemon("shop:app", env, tmp_path, "--lease-ttl", "1")

@@ -275,3 +275,20 @@ def test_the_wait_ends_when_an_idle_claim_or_a_recovery_is_due():
         assert daemon._wait_time(now - 3.0, now - 9.0) == 0.0
     finally:
         daemon.registry.stop()
+
+
+def test_the_daemon_prunes_answers_older_than_it_keeps_them(served, store):
+    done = act(served, "start", "p1", pipeline_id="quick")
+    assert done.status == DONE
+    wait(served, "p1")
+    waiting = post(served, "resume", "p1")  # not claimed yet: never pruned
+    served.prune()  # the default keeps answers for a day
+    assert store.get_request(done.request_id).status == DONE
+    served.options = DaemonOptions(keep_answered=None)
+    served.prune()
+    assert store.get_request(done.request_id).status == DONE
+    served.options = DaemonOptions(keep_answered=0.0)
+    served.prune()
+    with pytest.raises(StagelineError, match=done.request_id):
+        store.get_request(done.request_id)
+    assert store.get_request(waiting).status == "pending"

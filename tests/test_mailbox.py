@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -176,3 +177,21 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path, old_versi
         store.close()
     row = sqlite3.connect(path).execute("SELECT value FROM stageline_meta").fetchone()
     assert int(row[0]) == SCHEMA_VERSION == 3
+
+
+def test_pruning_deletes_only_requests_answered_before_the_time(store):
+    for n in range(4):
+        store.post_request(request(n))
+    claimed = store.claim_requests("d1", limit=3)
+    assert [r.request_id for r in claimed] == ["req-0", "req-1", "req-2"]
+    store.answer_request("req-0")
+    store.answer_request("req-1", "it failed")
+    assert store.prune_requests(answered_before=0.0) == 0  # none was answered that early
+    assert store.get_request("req-0").status == DONE
+    assert store.prune_requests(answered_before=time.time() + 60) == 2
+    for gone in ("req-0", "req-1"):
+        with pytest.raises(StoreError, match=gone):
+            store.get_request(gone)
+    assert store.get_request("req-2").status == CLAIMED  # claimed, not answered: kept
+    assert store.get_request("req-3").status == PENDING
+    assert store.prune_requests(answered_before=time.time() + 60) == 0
