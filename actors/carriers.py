@@ -12,6 +12,7 @@ thread, and `retire_idle()` ends every idle carrier at once (`Registry.stop` cal
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -27,11 +28,15 @@ MAX_IDLE = 4
 IDLE_NAME = "stageline-carrier"
 
 
+_Job = tuple[Loop, str, int]
+"""An actor loop, the name its thread takes, and the retirement count when it was handed."""
+
+
 class _Carrier:
     __slots__ = ("inbox", "thread")
 
     def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[tuple[Loop, str] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
 
@@ -41,6 +46,9 @@ class Carriers:
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE) -> None:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[_Carrier] = []
         self._retirements = 0
@@ -48,14 +56,16 @@ class Carriers:
     def run(self, loop: Loop, name: str) -> None:
         """Run `loop()` on an idle carrier, or on a new daemon thread named `name`."""
         with self._lock:
+            job = (loop, name, self._retirements)
             if self._idle:
-                self._idle.pop().inbox.put((loop, name))  # under the lock: see _next
+                self._idle.pop().inbox.put(job)  # under the lock: see _next
                 return
         carrier = _Carrier()
-        thread = carrier.thread = threading.Thread(
-            target=self._carry, args=(carrier, loop), name=name, daemon=True
+        carrier.inbox.put(job)  # not as the thread's args, which it keeps until it exits
+        carrier.thread = threading.Thread(
+            target=self._carry, args=(carrier,), name=name, daemon=True
         )
-        thread.start()
+        carrier.thread.start()
 
     def idle_count(self) -> int:
         with self._lock:
@@ -74,22 +84,21 @@ class Carriers:
                 if carrier.thread is not None:
                     carrier.thread.join(timeout)
 
-    def _carry(self, carrier: _Carrier, loop: Loop) -> None:
+    def _carry(self, carrier: _Carrier) -> None:
         thread = threading.current_thread()
-        job: tuple[Loop, str] | None = (loop, thread.name)
+        job = carrier.inbox.get()
         while job is not None:
-            thread.name = job[1]
-            retirements = self._retirements
+            loop, thread.name, retirements = job
+            job = None  # nothing of a finished actor stays referenced while its carrier waits
             # A fresh context, as a new thread has: context variables a handler or router
             # sets (structlog's contextvars, say) do not leak into the next actor's loop.
-            contextvars.Context().run(job[0])  # pykka's loop handles its own exceptions
+            contextvars.Context().run(loop)  # pykka's loop handles its own exceptions
+            del loop
             job = self._next(carrier, thread, retirements)
 
-    def _next(
-        self, carrier: _Carrier, thread: threading.Thread, retirements: int
-    ) -> tuple[Loop, str] | None:
+    def _next(self, carrier: _Carrier, thread: threading.Thread, retirements: int) -> _Job | None:
         with self._lock:
-            # A loop that ran while idle carriers were retired does not park either.
+            # A loop handed over before idle carriers were retired does not park either.
             if self._retirements != retirements or len(self._idle) >= self.max_idle:
                 return None
             thread.name = IDLE_NAME
@@ -112,3 +121,7 @@ _shared = Carriers()
 def shared_carriers() -> Carriers:
     """The process-wide carriers every stageline actor runs on."""
     return _shared
+
+
+# A forked child has none of its parent's threads: it must not hand loops to them.
+os.register_at_fork(after_in_child=_shared._reset)

@@ -68,6 +68,9 @@ class RunContext:
         self._container = container
         self._registry = registry
         self._result: RunResult | None = None
+        self._segment = 0
+        """Which segment of the run this context drives; each resume or restart adds one.
+        The registry ignores news about a segment that is no longer the current one."""
         self._deps = deps_for(self)
 
     def __repr__(self) -> str:
@@ -256,6 +259,7 @@ class RunContext:
             self._entry = self._result.checkpoint.resume_at
             self._status = self._record.status
             self._resumed = True
+            self._segment += 1
             self._future = None
             self._actor = None
 
@@ -310,6 +314,7 @@ class RunContext:
             self._status = record.status
             self._entry = str(record.stage)
             self._resumed = True
+            self._segment += 1
             self._result = None
             self._actor = actor = RunActor.start(self._deps, record)
         actor.tell(Begin(self._entry, resumed=True))

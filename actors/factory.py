@@ -209,7 +209,7 @@ class PipelineFactory:
                 live._deps.pipeline is self.pipeline or live._deps.pipeline == self.pipeline
             )
             if live is not None and not same:
-                self.registry._forget(run_id)  # another definition or version: use the store
+                self.registry._forget(live)  # another definition or version: use the store
             if live is not None and same:
                 store = live._deps.store
                 try:
@@ -221,7 +221,7 @@ class PipelineFactory:
                 except (_StaleCopy, _NotSettled):
                     # Another process resumed it since (it may be paused again, later on):
                     # this process's copy is out of date; the store decides.
-                    self.registry._forget(run_id)
+                    self.registry._forget(live)
         return self._resume_from_store(run_id, checked)
 
     def _resume_from_store(self, run_id: str, patch: Mapping[str, Any] | None) -> RunContext:

@@ -81,6 +81,7 @@ class _Ended:
     result: RunResult | None
     pause_timeout: float | None
     error: BaseException | None = None
+    segment: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,8 @@ class _TtlExpired:
 
 @dataclass(frozen=True, slots=True)
 class _Forget:
-    run_id: str
+    context: RunContext
+    segment: int
 
 
 class _LiveRuns:
@@ -191,8 +193,7 @@ class RegistryActor(StagelineActor):
         elif isinstance(message, _TtlExpired):
             self._on_ttl_expired(message)
         elif isinstance(message, _Forget):
-            self._cancel_window(message.run_id)
-            self.live.pop(message.run_id, None)
+            self._forget(message)
         elif isinstance(message, _LiveRuns):
             return list(self.live.values())
         elif isinstance(message, _Stats):
@@ -205,6 +206,9 @@ class RegistryActor(StagelineActor):
     def _on_ended(self, message: _Ended) -> bool:
         """Returns True when the registry will restart the run (its future waits)."""
         context = message.context
+        with context._lock:
+            if message.segment != context._segment:
+                return False  # late news (its ask timed out): the run was resumed since
         if message.error is not None:
             return self._on_crash(context, message.error)
         if context.status == lifecycle.FAILED:
@@ -232,6 +236,19 @@ class RegistryActor(StagelineActor):
                 "recovered once its lease runs out",
                 context.run_id,
             )
+
+    def _forget(self, message: _Forget) -> None:
+        """Let go of a live copy found stale, unless it was resumed since (then it runs).
+
+        Checked under the context's lock, which the fast path's claim holds: either this
+        comes first, and the resumed run is tracked again by `Registry._track`, or the
+        claim does, and the copy is not stale any more.
+        """
+        context = message.context
+        with context._lock:
+            if self.live.get(context.run_id) is context and context._segment == message.segment:
+                self._cancel_window(context.run_id)
+                self.live.pop(context.run_id, None)
 
     def _drop(self, context: RunContext) -> None:
         self.counts["ended"] += 1
@@ -418,6 +435,8 @@ class RegistryActor(StagelineActor):
         window = self.windows.get(message.run_id)
         if window is None or window[0] != message.token:
             return  # resumed or re-paused since
+        if window[1] is not None and window[1].cancelled:
+            return  # fired just before a fast-path resume cancelled it (Registry._track)
         self._export_safely(message.run_id)
 
     def _export_safely(self, run_id: str) -> None:
@@ -453,7 +472,11 @@ class RegistryActor(StagelineActor):
             run_id,
         )
         self.windows.pop(run_id, None)
-        self.live.pop(run_id, None)
+        context = self.live.get(run_id)
+        if context is not None:
+            with context._lock:  # as in _forget: a run resumed meanwhile stays
+                if context.status == lifecycle.PAUSED:
+                    self.live.pop(run_id, None)
 
     def _export(self, run_id: str) -> None:
         """Write the run's bundle into its checkpoint, then let go of the run."""
@@ -749,7 +772,7 @@ class Registry:
     ) -> bool:
         """Tell the registry a segment ended; True if it will restart the run."""
         timeout = getattr(pause, "timeout", None)
-        message = _Ended(context, result, timeout, error)
+        message = _Ended(context, result, timeout, error, context._segment)
         try:
             if error is not None or context.status in (lifecycle.PAUSED, lifecycle.FAILED):
                 # an ask: when run() returns "paused", the pause window is already armed;
@@ -767,9 +790,9 @@ class Registry:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
 
-    def _forget(self, run_id: str) -> None:
+    def _forget(self, context: RunContext) -> None:
         """Drop a live copy found stale (the store moved on without this process)."""
-        self._actor.tell(_Forget(run_id))
+        self._actor.tell(_Forget(context, context._segment))
 
     def _resumed_fast(self) -> None:
         self._fast_resumes += 1  # a statistic: a lost increment under a race is harmless

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import gc
+import os
 import threading
+import weakref
 
 import pytest
 
@@ -144,3 +147,44 @@ def test_each_loop_runs_in_a_fresh_context():
     carriers.retire_idle(timeout=10)
     (first, value1), (second, value2) = seen
     assert first is second and value1 == "set by the first loop" and value2 == "unset"
+
+
+def test_a_parked_carrier_keeps_nothing_of_the_actor_it_carried():
+    """Was: the thread's args and the loop variable kept the first (and the last) actor
+    alive, with its run's state, as long as the carrier lived."""
+    carriers = Carriers(idle_timeout=10)
+
+    class Actor:
+        def __init__(self) -> None:
+            self.state = bytearray(1_000_000)
+            self.done = threading.Event()
+
+        def loop(self) -> None:
+            self.done.set()
+
+    first, second = Actor(), Actor()
+    gone = [weakref.ref(first), weakref.ref(second)]
+    for actor in (first, second):
+        carriers.run(actor.loop, "actor")
+        assert actor.done.wait(10)
+        _wait_idle(carriers, 1)
+    del first, second, actor
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+    carriers.retire_idle(timeout=10)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_starts_its_own_carriers():
+    """A child process has none of its parent's idle carriers' threads; a loop handed to
+    one of them there would never run."""
+    carriers = shared_carriers()
+    _run(carriers, "parent")
+    _wait_idle(carriers, carriers.idle_count() or 1)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if a loop runs
+        ran = threading.Event()
+        carriers.run(ran.set, "child")
+        os._exit(0 if ran.wait(5) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -164,6 +164,75 @@ def test_a_run_resumed_on_the_fast_path_outlives_its_old_pause_window(store):
         wait_for_stats(registry, ended=1, live=0)
 
 
+def test_a_stale_forget_does_not_untrack_a_run_resumed_on_the_fast_path(store):
+    """Was: a `_Forget` the registry handled after a fast-path resume dropped the running
+    run from the registry (no lease renewal, no drain at stop); the resume no longer sends
+    a message that would have tracked it again."""
+    from stageline.actors.registry import _Counted
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(state, ctx):
+        entered.set()
+        assert release.wait(10)
+        return {"slow": True}
+
+    pipeline = Pipeline(
+        "gate",
+        [
+            Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})], router=lambda s, r: Pause("b")),
+            Stage("b", 2, steps=[Step("slow", slow)]),
+        ],
+    )
+    with Registry() as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        paused = factory.prepare().run(timeout=10)
+        live = registry._lookup(paused.run_id)
+        with registry._changed:  # the registry's thread stops after its next message
+            registry._actor.tell(_Counted("paused", 0))
+            registry._forget(live)  # found stale by some resume: handled only later
+            resumed = factory.resume(paused.run_id)
+            assert resumed is live
+            future = resumed.start()
+        assert entered.wait(10)
+        assert registry.live_runs() == [resumed]  # handled the _Forget: still tracked
+        release.set()
+        assert future.result(10).state == {"a": 1, "slow": True}
+        wait_for_stats(registry, ended=1, live=0)
+
+
+def test_a_window_that_fired_just_before_a_fast_resume_does_not_export_the_next_pause(store):
+    """The old window's timer fires, then a fast-path resume cancels it too late, then the
+    run pauses again, all before the registry handles the expiry: that expiry is stale."""
+    from stageline.actors.registry import _Counted
+
+    clock = ManualClock()
+    pipeline = Pipeline(
+        "twice",
+        [
+            Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})], router=lambda s, r: Pause("b")),
+            Stage("b", 2, steps=[Step("b", lambda s, c: {"b": 2})], router=lambda s, r: Pause("c")),
+            Stage("c", 3, steps=[Step("c", lambda s, c: {"c": 3})]),
+        ],
+    )
+    with Registry(clock=clock, default_pause_timeout=60.0) as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        paused = factory.prepare().run(timeout=10)
+        with registry._changed:  # the registry's thread stops after its next message
+            registry._actor.tell(_Counted("paused", 0))
+            clock.advance(60.0)
+            assert registry._timers.wait_idle()  # the expiry is in the registry's mailbox
+            resumed = factory.resume(paused.run_id)
+            paused_again = threading.Event()
+            resumed.on("pipeline:paused", lambda event: paused_again.set())
+            again = resumed.start()
+            assert paused_again.wait(10)  # committed paused; its registry ask waits
+        assert again.result(10).status == "paused"
+        stats = registry.stats()
+        assert stats["exported"] == 0 and stats["paused_live"] == 1
+        assert factory.resume(paused.run_id).run(timeout=10).state == {"a": 1, "b": 2, "c": 3}
+
+
 def test_window_expiry_exports_the_bundle_and_slow_path_restores_it(store):
     counter = Counter()
     clock = ManualClock()
