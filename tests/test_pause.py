@@ -128,11 +128,8 @@ def test_fast_path_returns_the_same_context_without_reading_the_store(store):
     assert store.get_run(run.run_id).checkpoint is None  # cleared when the run ended
 
 
-def test_a_run_resumed_on_the_fast_path_outlives_its_old_pause_window(store):
-    """The fast path cancels the pause window's timer itself (no registry message): a
-    resumed run still busy when the window would have ended is neither exported nor let
-    go, and the registry counts no open window for it."""
-    clock = ManualClock()
+def _gate_then_slow() -> tuple[Pipeline, threading.Event, threading.Event]:
+    """Stage "a" pauses for "b"; b's step sets `entered`, then waits for `release`."""
     entered, release = threading.Event(), threading.Event()
 
     def slow(state, ctx):
@@ -147,6 +144,15 @@ def test_a_run_resumed_on_the_fast_path_outlives_its_old_pause_window(store):
             Stage("b", 2, steps=[Step("slow", slow)]),
         ],
     )
+    return pipeline, entered, release
+
+
+def test_a_run_resumed_on_the_fast_path_outlives_its_old_pause_window(store):
+    """The fast path cancels the pause window's timer itself (no registry message): a
+    resumed run still busy when the window would have ended is neither exported nor let
+    go, and the registry counts no open window for it."""
+    clock = ManualClock()
+    pipeline, entered, release = _gate_then_slow()
     with Registry(clock=clock, default_pause_timeout=60.0) as registry:
         factory = PipelineFactory(pipeline, store=store, registry=registry)
         paused = factory.prepare().run(timeout=10)
@@ -170,20 +176,7 @@ def test_a_stale_forget_does_not_untrack_a_run_resumed_on_the_fast_path(store):
     a message that would have tracked it again."""
     from stageline.actors.registry import _Counted
 
-    entered, release = threading.Event(), threading.Event()
-
-    def slow(state, ctx):
-        entered.set()
-        assert release.wait(10)
-        return {"slow": True}
-
-    pipeline = Pipeline(
-        "gate",
-        [
-            Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})], router=lambda s, r: Pause("b")),
-            Stage("b", 2, steps=[Step("slow", slow)]),
-        ],
-    )
+    pipeline, entered, release = _gate_then_slow()
     with Registry() as registry:
         factory = PipelineFactory(pipeline, store=store, registry=registry)
         paused = factory.prepare().run(timeout=10)
