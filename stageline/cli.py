@@ -161,7 +161,7 @@ def main() -> None:
 )
 @click.option(
     "--keep-answered",
-    type=float,
+    type=click.FloatRange(min=0),
     default=86_400.0,
     show_default=True,
     metavar="SECONDS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode
@@ -123,3 +124,24 @@ def request_from_row(row: tuple[Any, ...]) -> Request:
         answered_at=row[8],
         answer=row[9],
     )
+
+
+PRUNE_BATCH = 1000
+"""Answered requests deleted per transaction: pruning a long backlog (a mailbox from
+before pruning existed) never holds a store's write lock for long."""
+
+PRUNE_SQL = (
+    "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} "
+    "WHERE status IN ({mark}, {mark}) AND answered_at < {mark} LIMIT {mark})"
+)
+
+
+def in_batches(delete_batch: Callable[[int], int]) -> int:
+    """Call `delete_batch(PRUNE_BATCH)`, each in its own transaction, until a call deletes
+    fewer than a batch; return how many were deleted in all."""
+    pruned = 0
+    while True:
+        deleted = delete_batch(PRUNE_BATCH)
+        pruned += deleted
+        if deleted < PRUNE_BATCH:
+            return pruned

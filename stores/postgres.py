@@ -59,10 +59,12 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 from stageline.core.text import is_utf8
 
 from ._common import (
+    PRUNE_SQL,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     conflict,
     fitting,
+    in_batches,
     maybe_encode,
     record_from_row,
     request_exists,
@@ -597,12 +599,14 @@ class PostgresStore:
         self._listener.own_write()
 
     def prune_requests(self, answered_before: float) -> int:
-        with self._connection("pruning answered requests") as conn:
-            cursor = conn.execute(
-                self._sql("DELETE FROM {s}.requests WHERE status IN (%s, %s) AND answered_at < %s"),
-                (DONE, FAILED, answered_before),
-            )
-            return int(cursor.rowcount)
+        sql = self._sql(PRUNE_SQL.format(table="{s}.requests", mark="%s"))
+
+        def delete_batch(limit: int) -> int:
+            with self._connection("pruning answered requests") as conn:
+                params = (DONE, FAILED, answered_before, limit)
+                return int(conn.execute(sql, params).rowcount)
+
+        return in_batches(delete_batch)
 
     def get_request(self, request_id: str) -> Request:
         if _unstorable(request_id):

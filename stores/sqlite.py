@@ -23,10 +23,12 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 from stageline.core.text import unencodable_part
 
 from ._common import (
+    PRUNE_SQL,
     REQUEST_COLUMNS,
     RUN_COLUMNS,
     conflict,
     fitting,
+    in_batches,
     maybe_encode,
     record_from_row,
     request_exists,
@@ -107,6 +109,7 @@ _SET = (
 _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
 _UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
+_PRUNE = PRUNE_SQL.format(table="requests", mark="?")
 _CLAIM = (
     "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
     "AND status IN ('running', 'pending') "
@@ -390,12 +393,12 @@ class SqliteStore:
         return request_from_row(rows[0])
 
     def prune_requests(self, answered_before: float) -> int:
-        with self._transaction("pruning answered requests") as db:
-            cursor = db.execute(
-                "DELETE FROM requests WHERE status IN (?, ?) AND answered_at < ?",
-                (DONE, FAILED, answered_before),
-            )
-            return int(cursor.rowcount)
+        def delete_batch(limit: int) -> int:
+            with self._transaction("pruning answered requests") as db:
+                params = (DONE, FAILED, answered_before, limit)
+                return int(db.execute(_PRUNE, params).rowcount)
+
+        return in_batches(delete_batch)
 
     def mailbox_version(self) -> int:
         """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""

@@ -195,3 +195,16 @@ def test_pruning_deletes_only_requests_answered_before_the_time(store):
     assert store.get_request("req-2").status == CLAIMED  # claimed, not answered: kept
     assert store.get_request("req-3").status == PENDING
     assert store.prune_requests(answered_before=time.time() + 60) == 0
+
+
+def test_pruning_a_long_backlog_goes_in_batches(store, monkeypatch):
+    from stageline.stores import _common
+
+    monkeypatch.setattr(_common, "PRUNE_BATCH", 2)  # 7 answered: batches of 2, 2, 2, 1
+    for n in range(8):
+        store.post_request(request(n))
+    for claimed in store.claim_requests("d1", limit=7):
+        store.answer_request(claimed.request_id)
+    assert store.prune_requests(answered_before=time.time() + 60) == 7
+    assert [store.get_request("req-7").status] == [PENDING]
+    assert store.prune_requests(answered_before=time.time() + 60) == 0
