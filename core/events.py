@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -119,12 +119,11 @@ def event_from_journal(record: dict[str, Any], name: str, run_id: str, pipeline_
     full = dict(record, name=name, run_id=run_id, pipeline_id=pipeline_id)
     if "path" not in full:
         full["path"] = [[pipeline_id, record.get("stage_id")]]
+    elif full["path"]:  # a child pipeline's event: its pipeline is the path's last node
+        full["pipeline_id"] = str(full["path"][-1][0])
     if name.startswith("stage:") and "label" not in full:
         full["label"] = record.get("stage_id")
-    event = event_from_record(full)
-    if "path" in record and event.path:  # a child pipeline's event: the path's last node
-        return replace(event, pipeline_id=event.path[-1].pipeline_id)
-    return event
+    return event_from_record(full)
 
 
 def default_path(event: Event) -> tuple[PathNode, ...]:
