@@ -46,9 +46,11 @@ class Carriers:
     def __init__(self, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE) -> None:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
-        self._reset()
+        self.forget_threads()
 
-    def _reset(self) -> None:
+    def forget_threads(self) -> None:
+        """Start afresh with no idle carriers (also after a fork: the child has none of its
+        parent's threads, so it must not hand loops to them)."""
         self._lock = threading.Lock()
         self._idle: list[_Carrier] = []
         self._retirements = 0
@@ -124,4 +126,4 @@ def shared_carriers() -> Carriers:
 
 
 # A forked child has none of its parent's threads: it must not hand loops to them.
-os.register_at_fork(after_in_child=_shared._reset)
+os.register_at_fork(after_in_child=_shared.forget_threads)

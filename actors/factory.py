@@ -7,51 +7,30 @@ from dataclasses import replace
 from typing import Any
 
 from stageline.core import children as kids
-from stageline.core import events as ev
 from stageline.core import lifecycle
-from stageline.core.checkpoint import Checkpoint, checkpoint_of, decode_bundle
+from stageline.core import transitions as tr
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.definition import Pipeline
-from stageline.core.errors import (
-    BundleError,
-    CheckpointCorrupt,
-    CheckpointMismatch,
-    CheckpointNotFound,
-    ConflictError,
-    RoutingError,
-    RunExpired,
-    RunNotFound,
-    RunNotPaused,
-    RunStateError,
-    StagelineError,
-)
-from stageline.core.events import Event, PathNode
-from stageline.core.patch import (
-    PIPELINE_DATA_KEY,
-    check_patch,
-    copy_state,
-    describe,
-    find_unstorable,
-    merge,
-)
-from stageline.core.store import RunRecord, Store, commit_from
-from stageline.core.text import is_utf8
+from stageline.core.errors import ConflictError, RunNotPaused, RunStateError, StagelineError
+from stageline.core.patch import check_patch, merge
+from stageline.core.store import RunRecord, Store
+from stageline.stores.checkpoints import checkpoint_of
 
+from . import run_seed as seed
 from .container import Container
-from .context import RunContext, _NotSettled
+from .context import RunContext
+from .deps import RunDeps
 from .emitter import Emitter
+from .live_run import LiveRun, NotSettled
 from .logs import EventLogger
-from .run import RunDeps
+from .run_seed import InitialState, Migration
 from .runtime import Runtime, runtime_for
+from .supervisor import Supervisor
 
 
 class _StaleCopy(Exception):
     """A live paused copy is older than the store's run (resumed and paused elsewhere)."""
-
-
-InitialState = Callable[[], Mapping[str, Any]] | Mapping[str, Any] | None
-Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class PipelineFactory:
@@ -91,10 +70,13 @@ class PipelineFactory:
         self.logger = logger
         self.max_bundle_bytes = getattr(registry, "max_bundle_bytes", max_bundle_bytes)
         self._migrations: dict[int, Migration] = {}
-        registry_runtime = getattr(registry, "_runtime", None)
-        self._runtime: Runtime = registry_runtime or runtime_for(clock or SystemClock())
-        if registry is not None:
-            registry._register(self)  # so that registry.retry(run_id) finds the pipeline
+        self._supervisor: Supervisor | None = getattr(registry, "supervisor", None)
+        supervised = self._supervisor
+        self._runtime: Runtime = (
+            supervised.runtime if supervised else runtime_for(clock or SystemClock())
+        )
+        if supervised is not None:
+            supervised.register(self)  # so that registry.retry(run_id) finds the pipeline
 
     @property
     def clock(self) -> Clock:
@@ -130,67 +112,27 @@ class PipelineFactory:
         `state`, if given, is a patch merged over the factory's initial state (how
         `stageline start --state JSON` seeds a run).
         """
-        entry = self._entry(entry)
-        run_id = self._run_id(run_id)
-        initial = self._initial_state()
-        seed = check_patch(state, f"initial state patch for run {run_id!r}")
+        entry = seed.entry_of(self.pipeline, entry)
+        run_id = seed.new_run_id(run_id)
+        initial = seed.initial_state(self.initial_state)
+        patch = check_patch(state, f"initial state patch for run {run_id!r}")
         now = self.clock.wall()
+        lease = self._lease()
         record = RunRecord(
             run_id=run_id,
             pipeline_id=self.pipeline.id,
             pipeline_version=self.pipeline.version,
             status=lifecycle.PENDING,
-            state=merge(initial, seed) if seed else initial,
+            state=merge(initial, patch) if patch else initial,
             stage=entry,
             created_at=now,
             updated_at=now,
-            **self._lease(),
+            owner=None if lease is None else lease.owner,
+            lease_until=None if lease is None else lease.until,
         )
         store = self.store_for(run_id)
         store.create_run(record)
-        return self._context(store, record, entry, Container(run_id), resumed=False)
-
-    def _entry(self, entry: str | None) -> str:
-        if entry is None:
-            return str(self.pipeline.first_stage.id)
-        if not self.pipeline.has_stage(entry):
-            raise RoutingError(
-                f"entry {entry!r} is not a stage of pipeline {self.pipeline.id!r}; "
-                f"known stages: {', '.join(self.pipeline.stage_ids)}"
-            )
-        return entry
-
-    def _run_id(self, run_id: str | None) -> str:
-        if run_id is None:
-            import uuid6  # deferred: it costs a cold start ~20 ms
-
-            return str(uuid6.uuid7())
-        if not isinstance(run_id, str) or not run_id or "\x00" in run_id or not is_utf8(run_id):
-            raise StagelineError(
-                f"run_id must be a non-empty string of valid UTF-8 without NUL, got {run_id!r}"
-            )
-        return run_id
-
-    def _initial_state(self) -> dict[str, Any]:
-        source = self.initial_state
-        value = source() if callable(source) else source
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise StagelineError(
-                f"initial_state must be a dict (or return one), got {type(value).__name__}"
-            )
-        state: dict[str, Any] = copy_state(dict(value))
-        if PIPELINE_DATA_KEY in state:
-            raise StagelineError(
-                f"initial_state may not use the reserved key {PIPELINE_DATA_KEY!r}"
-            )
-        problem = find_unstorable(state)
-        if problem is not None:
-            raise StagelineError(
-                f"initial_state cannot be stored at {problem[0]!r}: {describe(problem[1])}"
-            )
-        return state
+        return self.live_run(store, record, entry, Container(run_id)).context
 
     # --- resuming ---------------------------------------------------------------------
 
@@ -203,89 +145,41 @@ class PipelineFactory:
         wins; the other raises RunNotPaused.
         """
         checked = check_patch(patch, f"resume patch for run {run_id!r}")
-        if self.registry is not None:
-            live: RunContext | None = self.registry._lookup(run_id)
-            same = live is not None and (
-                live._deps.pipeline is self.pipeline or live._deps.pipeline == self.pipeline
-            )
-            if live is not None and not same:
-                self.registry._forget(live)  # another definition or version: use the store
-            if live is not None and same:
-                store = live._deps.store
-                try:
-                    live._claim_resume(
-                        lambda record: self._claim(store, record, checked, None, fast=True)
-                    )
-                    self.registry._resumed_fast()
-                    return live
-                except (_StaleCopy, _NotSettled):
-                    # Another process resumed it since (it may be paused again, later on):
-                    # this process's copy is out of date; the store decides.
-                    self.registry._forget(live)
-        return self._resume_from_store(run_id, checked)
+        fast = self._resume_live(run_id, checked)
+        return fast if fast is not None else self._resume_from_store(run_id, checked)
+
+    def _resume_live(self, run_id: str, patch: Mapping[str, Any] | None) -> RunContext | None:
+        """The fast path: the live run, claimed; None when the store must decide."""
+        supervisor = self._supervisor
+        live = None if supervisor is None else supervisor.lookup(run_id)
+        if live is None or supervisor is None:
+            return None
+        if live.pipeline is not self.pipeline and live.pipeline != self.pipeline:
+            supervisor.forget(live)  # another definition or version: use the store
+            return None
+        store = live.store
+        try:
+            live.claim_resume(lambda record: self._claim(store, record, patch, None, fast=True))
+        except (_StaleCopy, NotSettled):
+            # Another process resumed it since (it may be paused again, later on): this
+            # process's copy is out of date; the store decides.
+            supervisor.forget(live)
+            return None
+        supervisor.resumed_fast()
+        context: RunContext = live.context
+        return context
 
     def _resume_from_store(self, run_id: str, patch: Mapping[str, Any] | None) -> RunContext:
         store = self.store_for(run_id)
-        record = self._paused_record(store, run_id)
+        record = seed.paused_record(store, run_id, self.pipeline)
         checkpoint = checkpoint_of(record, self.pipeline.id)  # from this read: no second one
-        migrate = self._migration_for(checkpoint)
-        if not self.pipeline.has_stage(checkpoint.resume_at):
-            raise CheckpointMismatch(
-                f"run {run_id!r} resumes at stage {checkpoint.resume_at!r}, which pipeline "
-                f"{self.pipeline.id!r} v{self.pipeline.version} does not have; known stages: "
-                f"{', '.join(self.pipeline.stage_ids)}"
-            )
+        migrate = seed.migration_for(checkpoint, self.pipeline, self._migrations)
+        seed.check_resume_at(checkpoint, self.pipeline)
         kids.check_positions(self.pipeline, kids.positions(record.state), run_id)
-        container = Container(run_id, self._artifacts(checkpoint))
+        container = Container(run_id, seed.bundle_artifacts(checkpoint, self.max_bundle_bytes))
         claimed = self._claim(store, record, patch, migrate)
-        return self._context(store, claimed, checkpoint.resume_at, container, resumed=True)
-
-    def _paused_record(self, store: Store, run_id: str) -> RunRecord:
-        try:
-            record = store.load_run(run_id)
-        except RunNotFound as exc:
-            raise CheckpointNotFound(
-                f"no run {run_id!r} in the store, so no checkpoint to resume from"
-            ) from exc
-        if record.pipeline_id != self.pipeline.id:
-            raise CheckpointMismatch(
-                f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not "
-                f"{self.pipeline.id!r}; resume it with that pipeline's factory"
-            )
-        if record.status == lifecycle.EXPIRED:
-            raise RunExpired(
-                f"run {run_id!r} stayed paused past the registry's checkpoint_ttl and expired; "
-                "it cannot be resumed (its committed state is still readable)"
-            )
-        if record.status != lifecycle.PAUSED:
-            raise RunNotPaused(
-                f"run {run_id!r} is {record.status!r}, not paused; only a paused run resumes"
-            )
-        return record
-
-    def _migration_for(self, checkpoint: Checkpoint) -> Migration | None:
-        if checkpoint.pipeline_version == self.pipeline.version:
-            return None
-        migrate = self._migrations.get(checkpoint.pipeline_version)
-        if migrate is None:
-            raise CheckpointMismatch(
-                f"run {checkpoint.run_id!r} paused under {self.pipeline.id!r} version "
-                f"{checkpoint.pipeline_version}, this factory has version "
-                f"{self.pipeline.version}; register factory.add_migration("
-                f"{checkpoint.pipeline_version}, migrate) to resume it"
-            )
-        return migrate
-
-    def _artifacts(self, checkpoint: Checkpoint) -> dict[str, dict[str, Any]]:
-        if checkpoint.container_bundle is None:
-            return {}
-        try:
-            artifacts: dict[str, dict[str, Any]] = decode_bundle(
-                checkpoint.container_bundle, checkpoint.run_id, max_bytes=self.max_bundle_bytes
-            )
-        except BundleError as exc:
-            raise CheckpointCorrupt(f"the bundle in the checkpoint is unusable: {exc}") from exc
-        return artifacts
+        live = self.live_run(store, claimed, checkpoint.resume_at, container, resumed=True)
+        return live.context
 
     def _claim(
         self,
@@ -297,35 +191,14 @@ class PipelineFactory:
         fast: bool = False,
     ) -> RunRecord:
         """paused -> running with the patch, in one compare-and-set on the run's version."""
-        state = record.state
-        if migrate is not None:
-            state = self._migrated(record, migrate)
-        if patch:
-            state = merge(state, patch)
-        state = kids.release_paused(state)  # paused children run on, from this commit on
+        state = None if migrate is None else seed.migrated(record, migrate)
         now = self.clock.wall()
-        # The resumed segment's pipeline:start rides on the claim: one commit, not two.
-        start = Event(
-            name=ev.PIPELINE_START,
-            run_id=record.run_id,
-            path=(PathNode(self.pipeline.id, None),),
-            seq=record.last_seq + 1,
-            ts=now,
-            pipeline_id=self.pipeline.id,
-            entry=record.stage,
-            resumed=True,
-        )
-        commit = commit_from(
-            record, "resume", now, state=state, last_seq=start.seq, events=(start,),
-            **self._lease(),
-        )  # fmt: skip
+        commit = tr.resume(record, now, patch=patch, state=state, lease=self._lease())
         try:
             version = store.commit(commit)
         except ConflictError as exc:
-            if fast:
-                current = store.load_run(record.run_id)
-                if current.status == lifecycle.PAUSED:
-                    raise _StaleCopy(record.run_id) from exc
+            if fast and store.load_run(record.run_id).status == lifecycle.PAUSED:
+                raise _StaleCopy(record.run_id) from exc
             raise RunNotPaused(
                 f"run {record.run_id!r} is no longer paused: another resume won the race"
             ) from exc
@@ -333,18 +206,6 @@ class PipelineFactory:
         if claimed.pipeline_version == self.pipeline.version:
             return claimed
         return replace(claimed, pipeline_version=self.pipeline.version)  # migrated
-
-    def _migrated(self, record: RunRecord, migrate: Migration) -> dict[str, Any]:
-        state = migrate(copy_state(record.state))
-        if not isinstance(state, dict):
-            raise StagelineError(f"migration for run {record.run_id!r} must return a dict")
-        problem = find_unstorable(state)
-        if problem is not None:
-            raise StagelineError(
-                f"migration for run {record.run_id!r} produced an unstorable value at "
-                f"{problem[0]!r}: {describe(problem[1])}"
-            )
-        return state
 
     # --- by run id ----------------------------------------------------------------------
 
@@ -356,17 +217,18 @@ class PipelineFactory:
         compare-and-set (no actor starts). Otherwise RunNotFound, or RunStateError when
         the run has ended or another process drives it.
         """
-        live = None if self.registry is None else self.registry._lookup(run_id)
+        live = None if self._supervisor is None else self._supervisor.lookup(run_id)
         if live is not None:
-            live.abort(reason)
+            live.context.abort(reason)
             return
         store = self.store_for(run_id)
         record = store.load_run(run_id)
         if record.status == lifecycle.PAUSED:
             entry = record.stage or str(self.pipeline.first_stage.id)
-            self._context(store, record, entry, Container(run_id), resumed=True).abort(reason)
+            paused = self.live_run(store, record, entry, Container(run_id), resumed=True)
+            paused.context.abort(reason)
             return
-        if not lifecycle.can(record.status, "abort"):
+        if not lifecycle.can(record.status, lifecycle.ABORT):
             raise RunStateError(
                 f"run {run_id!r} has already ended (status {record.status}); nothing to abort"
             )
@@ -389,31 +251,31 @@ class PipelineFactory:
             logger=self.logger,
             max_bundle_bytes=self.max_bundle_bytes,
         )
-        other._migrations = dict(self._migrations)
+        for version, migrate in self._migrations.items():
+            other.add_migration(version, migrate)
         return other
 
-    def _lease(self) -> dict[str, Any]:
+    def _lease(self) -> tr.Lease | None:
         """The lease a run of this factory's registry takes (none without a registry)."""
-        if self.registry is None:
-            return {}
-        lease: dict[str, Any] = self.registry._lease()
-        return lease
+        return None if self._supervisor is None else self._supervisor.lease()
 
     # --- wiring -----------------------------------------------------------------------
 
-    def _context(
-        self, store: Store, record: RunRecord, entry: str, container: Container, *, resumed: bool
-    ) -> RunContext:
-        return RunContext(
-            lambda ctx: self._deps(ctx, store, container),
+    def live_run(
+        self, store: Store, record: RunRecord, entry: str, container: Container, *,
+        resumed: bool = False,
+    ) -> LiveRun:  # fmt: skip
+        """Internal: the live run of `record` in this process (used by the registry)."""
+        return LiveRun(
+            lambda live: self._deps(live, store, container),
             record,
             entry,
             container=container,
             resumed=resumed,
-            registry=self.registry,
+            supervisor=self._supervisor,
         )
 
-    def _deps(self, context: RunContext, store: Store, container: Container) -> RunDeps:
+    def _deps(self, live: LiveRun, store: Store, container: Container) -> RunDeps:
         return RunDeps(
             pipeline=self.pipeline,
             store=store,
@@ -423,8 +285,8 @@ class PipelineFactory:
             emitter=Emitter(EventLogger(self.logger)),
             logger=self.logger,
             container=container,
-            on_commit=context._committed,
-            on_end=context._ended,
+            on_commit=live.committed,
+            on_end=live.ended,
             max_bundle_bytes=self.max_bundle_bytes,
-            live_window=self.registry is not None,
+            live_window=self._supervisor is not None,
         )

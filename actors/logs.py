@@ -115,3 +115,20 @@ class EventLogger:
                 fields["error"] = describe_error(event.error)
         logger = library_logger(self._custom)
         getattr(logger, _METHOD_OF[level])(event.name, **fields)
+
+
+def conflict_logger(logger: Any, run_id: str, stage_id: str) -> Any:
+    """A merge's `on_conflict` callback logging each conflicting leaf at debug level, or
+    None when nobody would see it (then the merge does not look for conflicts)."""
+    if not STDLIB_LOGGER.isEnabledFor(logging.DEBUG) and logger is None:
+        return None
+    log = logger or STDLIB_LOGGER
+
+    def conflict(path: str, earlier: str, later: str) -> None:
+        if isinstance(log, logging.Logger):
+            message = f"patch_conflict run_id={run_id} stage_id={stage_id} "
+            log.debug(message + f"path={path} earlier={earlier} winner={later}")
+        else:
+            log.debug("patch_conflict", path=path, earlier=earlier, winner=later)
+
+    return conflict

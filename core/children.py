@@ -20,15 +20,12 @@ from typing import Any, Final
 
 from .definition import Pause, Pipeline, Stage
 from .errors import CheckpointMismatch, StageError, error_to_record
+from .lifecycle import FAILED, PAUSED, RUNNING, SUCCEEDED
 from .patch import PIPELINE_DATA_KEY, State
 from .results import ChildResult
+from .routing import Decision, route
 
 CHILDREN: Final = "children"
-
-RUNNING: Final = "running"
-PAUSED: Final = "paused"
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
 
 
 def child_key(parent_key: str, stage_id: str, child_id: str) -> str:
@@ -242,3 +239,30 @@ def results_record(results: Mapping[str, ChildResult]) -> dict[str, Any]:
         }
         for child_id, result in results.items()
     }
+
+
+def decide_children(
+    pipeline: Pipeline,
+    key: str,
+    stage: Stage,
+    state: dict[str, Any],
+    results: dict[str, ChildResult],
+) -> Decision:
+    """How a stage whose children all ended goes on (`key`: the path key of `pipeline`).
+
+    Paused children pause the stage; failed ones fail it (StageError) unless the router
+    answers.
+    """
+    outcome = outcome_of(results)
+    if outcome == PAUSED:
+        paused = [
+            position_of(state, child_key(key, stage.id, child_id))
+            for child_id, result in results.items()
+            if result.status == PAUSED
+        ]
+        pause = children_pause(stage, [p for p in paused if p is not None])
+        return Decision("pause", stage.id, pause)
+    answered, decision = route(pipeline, stage, state, results)
+    if outcome == FAILED and not answered:
+        raise children_failure(stage, results)
+    return decision

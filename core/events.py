@@ -128,3 +128,27 @@ def event_from_journal(record: dict[str, Any], name: str, run_id: str, pipeline_
 
 def default_path(event: Event) -> tuple[PathNode, ...]:
     return (PathNode(str(event.pipeline_id), event.stage_id),)
+
+
+def root_event(
+    name: str, run_id: str, pipeline_id: str, seq: int, ts: float, **payload: Any
+) -> Event:
+    """A pipeline-level event of a run's root pipeline (path: the pipeline alone)."""
+    path = (PathNode(pipeline_id, None),)
+    return Event(name, run_id, path, seq, ts, pipeline_id=pipeline_id, **payload)
+
+
+def stage_event(
+    name: str,
+    run_id: str,
+    pipeline_id: str,
+    prefix: tuple[PathNode, ...],
+    stage_id: str,
+    seq: int,
+    ts: float,
+    **payload: Any,
+) -> Event:
+    """A stage- or step-level event of `pipeline_id`, whose parent stage is at `prefix`
+    (empty for the root pipeline)."""
+    path = (*prefix, PathNode(pipeline_id, stage_id))
+    return Event(name, run_id, path, seq, ts, pipeline_id=pipeline_id, stage_id=stage_id, **payload)

@@ -29,11 +29,11 @@ FAILED: Final = "failed"
 ANSWERED: Final = frozenset({DONE, FAILED})
 
 _NEEDS: Final = {
-    RESUME: (frozenset({lifecycle.PAUSED}), "paused"),
-    RETRY: (frozenset({lifecycle.FAILED}), "failed"),
+    RESUME: (frozenset({lifecycle.PAUSED}), lifecycle.PAUSED),
+    RETRY: (frozenset({lifecycle.FAILED}), lifecycle.FAILED),
     ABORT: (
         frozenset({lifecycle.PENDING, lifecycle.RUNNING, lifecycle.PAUSED}),
-        "pending, running or paused",
+        f"{lifecycle.PENDING}, {lifecycle.RUNNING} or {lifecycle.PAUSED}",
     ),
 }
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import Checkpoint
+from .lifecycle import SUCCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == SUCCEEDED
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .definition import TERMINATE, Pause, Pipeline
-from .errors import RoutingError
+from .definition import TERMINATE, Pause, Pipeline, Stage
+from .errors import RoutingError, StageError, describe_error
+from .patch import copy_state, public_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +70,22 @@ def check_stage_budget(pipeline: Pipeline, stage_runs: int, stage_id: str) -> No
             f"max_stage_runs={pipeline.max_stage_runs}: a runaway loop? Fix the router or "
             "raise max_stage_runs"
         )
+
+
+def route(
+    pipeline: Pipeline, stage: Stage, state: dict[str, Any], results: dict[str, Any]
+) -> tuple[bool, Decision]:
+    """Call the stage's router on copies of `state` and `results`; also say whether it
+    answered (returned not None). A router that raises fails the stage (StageError)."""
+    if stage.router is None:
+        return False, decide(pipeline, stage.id, None)
+    try:
+        answer = stage.router(copy_state(public_state(state)), copy_state(results))
+    except BaseException as exc:
+        raise StageError(
+            f"router of stage {stage.label}:{stage.id} raised {describe_error(exc)}",
+            stage_id=stage.id,
+            kind="router",
+            traceback="".join(traceback.format_exception(exc)),
+        ) from exc
+    return answer is not None, decide(pipeline, stage.id, answer)

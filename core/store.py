@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .checkpoint import checkpoint_from_bytes
+from .errors import CheckpointCorrupt
 from .events import Event
 from .mailbox import Request
 from .patch import public_state
@@ -137,33 +139,6 @@ class Commit:
     lease_until: float | None = None
 
 
-def commit_from(
-    record: RunRecord, lifecycle_event: str, updated_at: float, **changes: Any
-) -> Commit:
-    """A commit of `record` through `lifecycle_event`; fields not in `changes` are kept.
-
-    The status comes from the lifecycle table, so an illegal move raises RunStateError.
-    """
-    from .lifecycle import transition
-
-    fields: dict[str, Any] = {
-        "stage": record.stage,
-        "state": record.state,
-        "last_seq": record.last_seq,
-        "stage_runs": record.stage_runs,
-        "checkpoint": record.checkpoint,
-        "error": record.error,
-        **changes,
-    }
-    return Commit(
-        run_id=record.run_id,
-        expected_version=record.version,
-        status=transition(record.status, lifecycle_event),
-        updated_at=updated_at,
-        **fields,
-    )
-
-
 @runtime_checkable
 class Store(Protocol):
     """A durable home for runs. Implementations live in stageline.stores."""
@@ -271,9 +246,6 @@ def _lenient_checkpoint(data: bytes | None, run_id: str) -> Any:
     """The decoded checkpoint for display; None when absent or unreadable."""
     if data is None:
         return None
-    from .checkpoint import checkpoint_from_bytes
-    from .errors import CheckpointCorrupt
-
     try:
         return checkpoint_from_bytes(data, run_id)
     except CheckpointCorrupt:

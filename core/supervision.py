@@ -20,12 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import events as ev
 from . import lifecycle
 from .errors import StagelineError, error_from_record, type_name
-from .events import Event, PathNode
 from .patch import PIPELINE_DATA_KEY
-from .store import Commit, RunRecord, commit_from
+from .store import RunRecord
 
 FAILURES = "failures"
 
@@ -74,10 +72,14 @@ class RetryPolicy:
         wanted = {type_name(cls) for cls in self.retry_on}
         return any(wanted.intersection(types) for types in causes(error))
 
-    def next_delay(self, record: RunRecord) -> float | None:
-        """For a run just failed: seconds until its restart, or None to leave it failed."""
+    def next_delay(self, record: RunRecord, *, crashed: bool = False) -> float | None:
+        """For a run just failed: seconds until its restart, or None to leave it failed.
+
+        A run whose actor died of a runtime bug (`crashed`) is restarted whatever
+        `retry_on` says, within `max_restarts`.
+        """
         restart = restarts(record.state) + 1
-        if restart > self.max_restarts or not self.matches(record.error):
+        if restart > self.max_restarts or not (crashed or self.matches(record.error)):
             return None
         return self.delay(restart)
 
@@ -126,45 +128,6 @@ def attempt_errors(error: Mapping[str, Any] | None, last: Any) -> tuple[Any, ...
     """Every failed attempt's error, oldest first, ending with `last` (the live error)."""
     earlier = list((error or {}).get("attempts") or ())[:-1]
     return (*(error_from_record(e) for e in earlier), last)
-
-
-def restart_commit(
-    record: RunRecord,
-    lifecycle_event: str,
-    now: float,
-    *,
-    pipeline_id: str,
-    owner: str | None,
-    lease_until: float | None,
-) -> Commit:
-    """The commit that continues a run from its stage: "retry" (failed) or "recover".
-
-    It carries the new segment's `pipeline:start` (resumed=True) and takes the lease;
-    a retry also records the failed attempt and clears the error.
-    """
-    start = Event(
-        name=ev.PIPELINE_START,
-        run_id=record.run_id,
-        path=(PathNode(pipeline_id, None),),
-        seq=record.last_seq + 1,
-        ts=now,
-        pipeline_id=pipeline_id,
-        entry=record.stage,
-        resumed=True,
-    )
-    changes: dict[str, Any] = {}
-    if record.status == lifecycle.FAILED:
-        changes = {"state": with_failure(record.state, record.error), "error": None}
-    return commit_from(
-        record,
-        lifecycle_event,
-        now,
-        last_seq=start.seq,
-        events=(start,),
-        owner=owner,
-        lease_until=lease_until,
-        **changes,
-    )
 
 
 def is_orphaned(record: RunRecord, now: float) -> bool:

@@ -4,13 +4,17 @@
     python scripts/check_layout.py --wheel    # also build a wheel and list its packages
 
 Rules: core imports nothing of ours but core, and never pykka; stores import core only;
-actors import core (and stores only for the default MemoryStore); the facade may import all.
+actors import core and stores; the facade may import all. No import cycle anywhere in the
+library, counting every import (function-local and TYPE_CHECKING ones included). Sizes:
+no module over 500 lines, no class over 350, no function over 40, and the median
+function under 10 lines (library and scripts).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,13 @@ ALLOWED = {
 }
 FORBIDDEN_THIRD_PARTY = {"core": {"pykka", "psycopg", "sqlite3", "threading", "asyncio"}}
 SUBPACKAGES = ("stageline", "stageline/core", "stageline/actors", "stageline/stores")
+PACKAGE_OF = {
+    "core": "stageline.core",
+    "actors": "stageline.actors",
+    "stores": "stageline.stores",
+    "stageline": "stageline",
+}
+MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES, MAX_MEDIAN = 500, 350, 40, 10
 
 
 def imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
@@ -57,6 +68,116 @@ def layout_problems() -> list[str]:
     return problems
 
 
+def library_modules() -> dict[str, Path]:
+    """Every module of the library by its dotted name (packages by their own name)."""
+    modules = {}
+    for folder, package in PACKAGE_OF.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            name = path.relative_to(ROOT / folder).with_suffix("").as_posix().replace("/", ".")
+            modules[package if name == "__init__" else f"{package}.{name}"] = path
+    return modules
+
+
+def imports_of(path: Path, package: str, known: set[str]) -> set[str]:
+    """The library modules `path` imports, wherever the import statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package if node.level else (node.module or "")
+            if node.level and node.module:
+                base = f"{package}.{node.module}"
+            names = {f"{base}.{alias.name}" for alias in node.names}
+            found.update(names & known)  # `from pkg import module`: the module itself
+            if names - known:  # names defined in `base` itself
+                found.add(base)
+    return {_known_prefix(name, known) for name in found} - {None}  # type: ignore[misc]
+
+
+def _known_prefix(name: str, known: set[str]) -> str | None:
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_cycles() -> list[list[str]]:
+    """Each import cycle among the library's modules (strongly connected components)."""
+    modules = library_modules()
+    known = set(modules)
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = imports_of(path, package, known) - {name}
+    return [sorted(c) for c in _components(graph) if len(c) > 1]
+
+
+def _components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in graph:
+        if root not in index:
+            _visit(root, graph, index, low, stack, found)
+    return found
+
+
+def _visit(root, graph, index, low, stack, found) -> None:  # type: ignore[no-untyped-def]
+    work = [(root, iter(sorted(graph[root])))]
+    index[root] = low[root] = len(index)
+    stack.append(root)
+    while work:
+        node, children = work[-1]
+        child = next(children, None)
+        if child is None:
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                found.append(component)
+        elif child not in index:
+            index[child] = low[child] = len(index)
+            stack.append(child)
+            work.append((child, iter(sorted(graph[child]))))
+        elif child in stack:
+            low[node] = min(low[node], index[child])
+
+
+def cycle_problems() -> list[str]:
+    return [f"import cycle: {' <-> '.join(cycle)}" for cycle in import_cycles()]
+
+
+def size_problems() -> list[str]:
+    problems: list[str] = []
+    lengths: list[int] = []
+    paths = [p for folder in (*PACKAGE_OF, "scripts") for p in sorted((ROOT / folder).rglob("*.py"))]
+    for path in paths:
+        where = path.relative_to(ROOT)
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            problems.append(f"{where}: {source.count(chr(10))} lines, over {MAX_MODULE_LINES}")
+        for node in ast.walk(ast.parse(source)):
+            size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lengths.append(size)
+                if size > MAX_FUNCTION_LINES:
+                    problems.append(f"{where}:{node.lineno}: function {node.name} has {size} lines")
+            elif isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
+                problems.append(f"{where}:{node.lineno}: class {node.name} has {size} lines")
+    median = statistics.median(lengths)
+    if median >= MAX_MEDIAN:
+        problems.append(f"the median function has {median} lines, not under {MAX_MEDIAN}")
+    return problems
+
+
 def wheel_problems() -> list[str]:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
@@ -78,7 +199,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--wheel", action="store_true", help="also build and inspect a wheel")
     args = parser.parse_args()
-    problems = layout_problems() + (wheel_problems() if args.wheel else [])
+    problems = layout_problems() + cycle_problems() + size_problems()
+    problems += wheel_problems() if args.wheel else []
     for problem in problems:
         print(problem)
     print("layout ok" if not problems else f"{len(problems)} layout problem(s)")

@@ -51,6 +51,9 @@ def main() -> None:
         measure(Path(folder), args.runs, args.poll_interval, args.store, args.daemons)
 
 
+STAGELINE = [sys.executable, "-m", "stageline"]
+
+
 def measure(
     folder: Path, runs: int, poll_interval: float, url: str | None = None, daemons: int = 1
 ) -> None:
@@ -60,8 +63,7 @@ def measure(
     url = url or f"sqlite:///{folder / 'runs.db'}"
     env = {**os.environ, "STAGELINE_STORE": url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(folder)])}  # fmt: skip
-    stageline = [sys.executable, "-m", "stageline"]
-    serve = [*stageline, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)]
+    serve = [*STAGELINE, "serve", "latency_app:approval", "--poll-interval", str(poll_interval)]
     procs = [
         subprocess.Popen(serve, env=env, cwd=folder, stdout=subprocess.DEVNULL)
         for _ in range(daemons)
@@ -69,35 +71,49 @@ def measure(
     store = open_store(url)
     try:
         ids = [f"r{i}" for i in range(runs)]
-        started_by = {}
-        for run_id in ids:
-            out = subprocess.run([*stageline, "start", "approval", "--run-id", run_id, "--json"],
-                                 env=env, cwd=folder, check=True, capture_output=True,
-                                 text=True).stdout  # fmt: skip
-            started_by[run_id] = store.get_request(json.loads(out)["request_id"]).claimed_by
+        started_by = {run_id: start_run(store, run_id, env, folder) for run_id in ids}
         wait_until(lambda: all(store.get_run(r).status == "paused" for r in ids))
-        to_run, to_answer, whole, elsewhere = [], [], [], 0
-        for run_id in ids:
-            began = time.monotonic()
-            out = subprocess.run([*stageline, "resume", run_id, "--json"], env=env, cwd=folder,
-                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
-            whole.append(time.monotonic() - began)
-            request = store.get_request(json.loads(out)["request_id"])
-            resumed = [e for e in store.read_events(run_id) if e.resumed]
-            to_run.append(resumed[0].ts - request.posted_at)
-            to_answer.append(request.answered_at - request.posted_at)
-            elsewhere += request.claimed_by != started_by[run_id]
-        report("posted -> run resumed (claim commit)", to_run)
-        report("posted -> daemon's answer stored", to_answer)
-        report("whole `stageline resume` process", whole)
-        if daemons > 1:
-            print(f"resumed by another daemon than the one that paused the run: {elsewhere}")
+        resume_all(store, started_by, env, folder, daemons)
     finally:
         for daemon in procs:
             daemon.terminate()
         for daemon in procs:
             daemon.wait(timeout=30)
         store.close()
+
+
+def cli_json(args: list[str], env: dict[str, str], folder: Path) -> dict:
+    """The JSON line a `stageline ... --json` command printed."""
+    out = subprocess.run([*STAGELINE, *args, "--json"], env=env, cwd=folder, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(out)
+
+
+def start_run(store, run_id: str, env: dict[str, str], folder: Path) -> str:
+    """Start `run_id` with the CLI; the daemon that claimed the start request."""
+    request_id = cli_json(["start", "approval", "--run-id", run_id], env, folder)["request_id"]
+    return store.get_request(request_id).claimed_by
+
+
+def resume_all(
+    store, started_by: dict[str, str], env: dict[str, str], folder: Path, daemons: int
+) -> None:
+    """Resume each paused run with the CLI, then print the delays measured."""
+    to_run, to_answer, whole, elsewhere = [], [], [], 0
+    for run_id, starter in started_by.items():
+        began = time.monotonic()
+        request_id = cli_json(["resume", run_id], env, folder)["request_id"]
+        whole.append(time.monotonic() - began)
+        request = store.get_request(request_id)
+        resumed = [e for e in store.read_events(run_id) if e.resumed]
+        to_run.append(resumed[0].ts - request.posted_at)
+        to_answer.append(request.answered_at - request.posted_at)
+        elsewhere += request.claimed_by != starter
+    report("posted -> run resumed (claim commit)", to_run)
+    report("posted -> daemon's answer stored", to_answer)
+    report("whole `stageline resume` process", whole)
+    if daemons > 1:
+        print(f"resumed by another daemon than the one that paused the run: {elsewhere}")
 
 
 def wait_until(condition, timeout: float = 60.0) -> None:

@@ -188,14 +188,8 @@ def rss_bytes() -> int:
 
 def run_soak(runs: int, concurrency: int, db: Path, seed: int = 1) -> dict[str, Any]:
     """Soak one Registry with `runs` runs; return the report (raises on a broken check)."""
-    rng = random.Random(seed)
-    names = list(SCENARIOS)
-    weights = [SCENARIOS[n][0] for n in names]
-    kinds = rng.choices(names, weights, k=runs)
-    soak = Soak()
+    kinds = draw_kinds(runs, seed)
     store = SqliteStore(db, synchronous="NORMAL")
-    policy = RetryPolicy(max_restarts=2, backoff=0.001, retry_on=(Transient,))
-    expected: dict[str, str] = {}
     report: dict[str, Any] = {"runs": runs, "concurrency": concurrency, "seed": seed}
     try:
         warm_pool()
@@ -203,34 +197,13 @@ def run_soak(runs: int, concurrency: int, db: Path, seed: int = 1) -> dict[str, 
         threads_before = threading.active_count()
         rss_before = rss_bytes()
         started = time.monotonic()
-        with Registry(supervision=policy, default_pause_timeout=3600.0) as registry:
-            factory = make_factory(soak, store, registry)
-
-            def one(i: int) -> tuple[str, str, str]:
-                kind = kinds[i]
-                return f"soak-{i:06d}-{kind}", kind, drive(soak, factory, registry, kind, i)
-
-            half = runs // 2
-            with concurrent.futures.ThreadPoolExecutor(concurrency, "soak-driver") as pool:
-                outcomes = list(pool.map(one, range(half)))
-                gc.collect()
-                rss_half = rss_bytes()  # the second half's growth shows a leak's slope
-                outcomes += pool.map(one, range(half, runs))
-            stats = registry.stats()
+        outcomes, rss_half, stats = drive_all(store, kinds, concurrency)
         elapsed = time.monotonic() - started
         gc.collect()
         threads_after = settled_thread_count(threads_before)
         rss_after = rss_bytes()
         wrong = [(r, k, s) for r, k, s in outcomes if s != SCENARIOS[k][1]]
-        for run_id, kind, _ in outcomes:
-            expected[run_id] = SCENARIOS[kind][1]
-        checked = Counter()
-        for run_id, status in expected.items():
-            summary = check_run(
-                store, run_id, initial={"kind": run_id.split("-", 2)[2]}, ignore=("resumed",)
-            )
-            assert summary.status == status, (run_id, summary.status, status)
-            checked[summary.status] += 1
+        checked = check_outcomes(store, outcomes)
         report.update(
             seconds=round(elapsed, 2),
             runs_per_second=round(runs / elapsed, 1),
@@ -239,15 +212,67 @@ def run_soak(runs: int, concurrency: int, db: Path, seed: int = 1) -> dict[str, 
             wrong=wrong[:5],
             threads_before=threads_before,
             threads_after=threads_after,
-            rss_before_mb=round(rss_before / 2**20, 1),
-            rss_after_mb=round(rss_after / 2**20, 1),
-            rss_growth_mb=round((rss_after - rss_before) / 2**20, 1),
-            rss_second_half_growth_mb=round((rss_after - rss_half) / 2**20, 1),
+            rss_before_mb=megabytes(rss_before),
+            rss_after_mb=megabytes(rss_after),
+            rss_growth_mb=megabytes(rss_after - rss_before),
+            rss_second_half_growth_mb=megabytes(rss_after - rss_half),
             registry=stats,
         )
         return report
     finally:
         store.close()
+
+
+def draw_kinds(runs: int, seed: int) -> list[str]:
+    """The scenario of each run, drawn by weight from a generator seeded with `seed`."""
+    rng = random.Random(seed)
+    names = list(SCENARIOS)
+    weights = [SCENARIOS[n][0] for n in names]
+    return rng.choices(names, weights, k=runs)
+
+
+Outcome = tuple[str, str, str]  # run id, scenario, final status
+
+
+def drive_all(
+    store: Any, kinds: list[str], concurrency: int
+) -> tuple[list[Outcome], int, dict[str, Any]]:
+    """Drive every scenario through one Registry, `concurrency` at a time: the outcomes,
+    the RSS half way (the second half's growth shows a leak's slope), the registry's stats."""
+    soak = Soak()
+    policy = RetryPolicy(max_restarts=2, backoff=0.001, retry_on=(Transient,))
+    with Registry(supervision=policy, default_pause_timeout=3600.0) as registry:
+        factory = make_factory(soak, store, registry)
+
+        def one(i: int) -> Outcome:
+            kind = kinds[i]
+            return f"soak-{i:06d}-{kind}", kind, drive(soak, factory, registry, kind, i)
+
+        half = len(kinds) // 2
+        with concurrent.futures.ThreadPoolExecutor(concurrency, "soak-driver") as pool:
+            outcomes = list(pool.map(one, range(half)))
+            gc.collect()
+            rss_half = rss_bytes()
+            outcomes += pool.map(one, range(half, len(kinds)))
+        return outcomes, rss_half, registry.stats()
+
+
+def check_outcomes(store: Any, outcomes: list[Outcome]) -> Counter[str]:
+    """Every run's journal checked against its state, and its status against its
+    scenario's; how many runs ended in each status."""
+    expected = {run_id: SCENARIOS[kind][1] for run_id, kind, _ in outcomes}
+    checked: Counter[str] = Counter()
+    for run_id, status in expected.items():
+        summary = check_run(
+            store, run_id, initial={"kind": run_id.split("-", 2)[2]}, ignore=("resumed",)
+        )
+        assert summary.status == status, (run_id, summary.status, status)
+        checked[summary.status] += 1
+    return checked
+
+
+def megabytes(size: float) -> float:
+    return round(size / 2**20, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from stageline.actors.context import RunContext
     from stageline.actors.factory import PipelineFactory
     from stageline.actors.registry import Registry
-    from stageline.core.checkpoint import (
-        Checkpoint,
-        clear_checkpoint,
-        read_checkpoint,
-        write_checkpoint,
-    )
+    from stageline.core.checkpoint import Checkpoint
     from stageline.core.clock import ManualClock, SystemClock
     from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Stage, Step
     from stageline.core.errors import (
@@ -54,6 +49,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from stageline.core.results import ChildResult, RunResult
     from stageline.core.store import RunInfo, Store
     from stageline.core.supervision import RetryPolicy
+    from stageline.stores.checkpoints import clear_checkpoint, read_checkpoint, write_checkpoint
 
 # Each public name is imported from its module on first use (PEP 562), so `import
 # stageline` (and `stageline --help`) does not pay for pykka, cbor2 and the actors until a
@@ -63,9 +59,9 @@ _EXPORTS: dict[str, str] = {
     "PipelineFactory": "stageline.actors.factory",
     "Registry": "stageline.actors.registry",
     "Checkpoint": "stageline.core.checkpoint",
-    "clear_checkpoint": "stageline.core.checkpoint",
-    "read_checkpoint": "stageline.core.checkpoint",
-    "write_checkpoint": "stageline.core.checkpoint",
+    "clear_checkpoint": "stageline.stores.checkpoints",
+    "read_checkpoint": "stageline.stores.checkpoints",
+    "write_checkpoint": "stageline.stores.checkpoints",
     "ManualClock": "stageline.core.clock",
     "SystemClock": "stageline.core.clock",
     "DELETE": "stageline.core.definition",

@@ -22,6 +22,12 @@ registry (`factory.bound_to`): the daemon serves exactly the store given by --st
 registry keeps paused runs live and supervises failed ones, whatever the factories were
 built with. Pipelines are keyed by id; two with one id is an error.
 
+Time: the daemon reads it from the clock of the registry it runs (`registry.clock`), the
+one clock of the daemon and of the runs it serves, rather than from an option of its own:
+the recovery and idle-claim cadences (its `monotonic()`), the pruning cutoff and a
+request's latency (its `wall()`). A `Registry(clock=ManualClock())` drives both in tests.
+Only the waits that block on an event (a stop, a NOTIFY) use that event's real timeout.
+
 Logging is configured by the `stageline serve` command (stageline/cli.py), never here:
 embedding the daemon leaves the application's logging alone.
 """
@@ -32,7 +38,6 @@ import importlib
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +47,7 @@ from stageline.actors.factory import PipelineFactory
 from stageline.actors.logs import library_logger
 from stageline.actors.registry import Registry
 from stageline.core import mailbox
+from stageline.core.clock import Clock
 from stageline.core.definition import Pipeline
 from stageline.core.errors import RunStateError, StagelineError
 from stageline.core.mailbox import Request
@@ -131,7 +137,8 @@ class Daemon:
     """Acts on a store's mailbox with one registry. `serve` blocks; `poll_once` is one pass.
 
     `on_start(context)` is called with every RunContext the daemon starts, resumes or
-    retries (for an application embedding the daemon: metrics, tests).
+    retries (for an application embedding the daemon: metrics, tests). `clock` is the
+    registry's (see the module's docstring).
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class Daemon:
         self.on_start = on_start
         self.store = store
         self.registry = registry
+        self.clock: Clock = registry.clock
         self.options = options or DaemonOptions()
         self.name = str(registry.owner)  # claims requests under the registry's lease owner id
         self.log = library_logger(None, daemon=self.name)  # stdlib "stageline" unless configured
@@ -177,7 +185,7 @@ class Daemon:
         if keep is None:
             return
         try:
-            pruned = self.store.prune_requests(time.time() - keep)
+            pruned = self.store.prune_requests(self.clock.wall() - keep)
         except StagelineError as exc:
             self.log.error("daemon:prune_failed", error=str(exc))
             return
@@ -190,12 +198,11 @@ class Daemon:
         waits = "notify" if wait is not None else f"poll every {self.options.poll_interval}s"
         self.log.info("daemon:ready", pipelines=sorted(self.factories), waits=waits)
         seen: int | None = None
-        last_claim = last_recover = time.monotonic()
+        last_claim = last_recover = self.clock.monotonic()
         while not stop.is_set():
             try:
-                every = self.options.recover_every
-                if every is not None and time.monotonic() - last_recover >= every:
-                    last_recover = time.monotonic()
+                if self._recovery_due(last_recover):
+                    last_recover = self.clock.monotonic()
                     self.recover(quiet=True)
                     self.prune()
                 if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
@@ -203,8 +210,8 @@ class Daemon:
                 else:
                     version = self.store.mailbox_version()
                     news, seen = version != seen, version
-                if news or time.monotonic() - last_claim >= self.options.idle_claim:
-                    last_claim = time.monotonic()
+                if news or self.clock.monotonic() - last_claim >= self.options.idle_claim:
+                    last_claim = self.clock.monotonic()
                     while self.poll_once() and not stop.is_set():
                         pass
                 if wait is None:
@@ -213,9 +220,13 @@ class Daemon:
                 self.log.error("daemon:store_error", error=str(exc))
                 stop.wait(self.options.poll_interval)
 
+    def _recovery_due(self, last_recover: float) -> bool:
+        every = self.options.recover_every
+        return every is not None and self.clock.monotonic() - last_recover >= every
+
     def _wait_time(self, last_claim: float, last_recover: float) -> float:
         """How long to block for requests: until a stop check, idle claim or recovery is due."""
-        now = time.monotonic()
+        now: float = self.clock.monotonic()
         due = [self.options.wait_slice, last_claim + self.options.idle_claim - now]
         if self.options.recover_every is not None:
             due.append(last_recover + self.options.recover_every - now)
@@ -239,7 +250,7 @@ class Daemon:
         except Exception as exc:  # a bug (ours or the app's): answer it, keep serving
             log.exception("request:crashed")
             error = f"the daemon failed on this request: {type(exc).__name__}: {exc}"
-        latency = time.time() - request.posted_at
+        latency = self.clock.wall() - request.posted_at
         if error is None:
             log.info("request:done", latency=round(latency, 4))
         else:
@@ -335,8 +346,12 @@ def run_daemon(
 
     options = options or DaemonOptions()
     factories = load_app(app)
-    store = open_store(store_url)
     registry = Registry(**(registry_options or {}))
+    try:  # one clock for the registry and its store
+        store = open_store(store_url, clock=registry.clock)
+    except BaseException:
+        registry.stop()
+        raise
     stop = threading.Event()
     try:
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)

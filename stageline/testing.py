@@ -35,7 +35,7 @@ def advance(clock: ManualClock, seconds: float, *registries: Any) -> None:
     what its timers told it (pause expiry, export, TTL, retries).
     """
     clock.advance(seconds)
-    services = [runtime_for(clock).timers, *(r._timers for r in registries)]
+    services = [runtime_for(clock).timers, *(r.supervisor.timers for r in registries)]
     for timers in services:
         if not timers.wait_idle():
             raise AssertionError("timers did not settle within 10s")
@@ -116,15 +116,13 @@ def wait_for_stats(registry: Any, timeout: float = 10.0, **expected: int) -> dic
     `advance` to know that a failed run's restart timer is armed.
     """
     deadline = time.monotonic() + timeout
+    supervisor = registry.supervisor
     while True:
-        with registry._changed:
-            generation = registry._generation
+        generation = supervisor.generation
         stats: dict[str, int] = registry.stats()
         if all(stats.get(name) == value for name, value in expected.items()):
             return stats
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AssertionError(f"registry stats {stats} never matched {expected} in {timeout}s")
-        with registry._changed:
-            seen = generation + 1  # the stats() ask itself was one message
-            registry._changed.wait_for(lambda seen=seen: registry._generation > seen, remaining)
+        supervisor.wait_changed(generation + 1, remaining)  # the stats() ask was one message

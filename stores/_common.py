@@ -13,7 +13,7 @@ from stageline.core.errors import (
     StateTooLarge,
     StoreError,
 )
-from stageline.core.lifecycle import PENDING, RUNNING
+from stageline.core.lifecycle import ACTIVE
 from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
 
@@ -59,7 +59,7 @@ def request_not_found(request_id: str) -> StoreError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status not in (RUNNING, PENDING):
+    if record.status not in ACTIVE:
         return False
     if record.owner is None or record.owner == owner:
         return True

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from stageline.core import lifecycle
+from stageline.core.clock import Clock, SystemClock
 from stageline.core.events import Event, is_journaled
 from stageline.core.mailbox import ANSWERED, PENDING, Request
 from stageline.core.patch import copy_state
@@ -23,9 +24,13 @@ from ._common import (
 
 
 class MemoryStore:
-    """A thread-safe in-memory Store. Committed states are never mutated, only replaced."""
+    """A thread-safe in-memory Store. Committed states are never mutated, only replaced.
 
-    def __init__(self) -> None:
+    `clock` (default: the system clock) dates the answers to mailbox requests.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = SystemClock() if clock is None else clock
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._journal: dict[str, list[Event]] = {}
@@ -74,7 +79,7 @@ class MemoryStore:
             current = self._runs.get(run_id)
             if current is None:
                 raise run_not_found(run_id)
-            if only_if_paused and current.status != "paused":
+            if only_if_paused and current.status != lifecycle.PAUSED:
                 return False
             if expected_version is not None and current.version != expected_version:
                 return False
@@ -145,7 +150,7 @@ class MemoryStore:
             request = self._requests.get(request_id)
             if request is None:
                 raise request_not_found(request_id)
-            self._requests[request_id] = request.answered_with(error, time.time())
+            self._requests[request_id] = request.answered_with(error, self.clock.wall())
             self._mailbox_version += 1
 
     def get_request(self, request_id: str) -> Request:

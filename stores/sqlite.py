@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from stageline.core import lifecycle
+from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
@@ -110,9 +111,13 @@ _UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
 _UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
 _UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
 _PRUNE = PRUNE_SQL.format(table="requests", mark="?")
+_SET_CHECKPOINT = (
+    "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
+    f"AND (? = 0 OR status = '{lifecycle.PAUSED}') AND (? IS NULL OR version = ?)"
+)
 _CLAIM = (
     "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
-    "AND status IN ('running', 'pending') "
+    f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} "
     "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
 )
 
@@ -128,6 +133,7 @@ class SqliteStore:
     for another process holding the file before failing with StoreError.
     `max_state_bytes` bounds a run's encoded state and each journal record: a commit over
     it is refused with StateTooLarge (nothing written), since reading it back would be.
+    `clock` (default: the system clock) dates the answers to mailbox requests.
     """
 
     def __init__(
@@ -137,11 +143,13 @@ class SqliteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         max_state_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Clock | None = None,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
         self.path = os.fspath(path)
         self.max_state_bytes = max_state_bytes
+        self.clock: Clock = SystemClock() if clock is None else clock
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -244,27 +252,7 @@ class SqliteStore:
             if is_journaled(e.name)
         ]
         with self._transaction(f"committing run {commit.run_id!r}") as db:
-            # `status` is indexed: a commit that keeps the status leaves it out of the SET,
-            # so a plain stage commit rewrites one row and no index page.
-            values = (
-                commit.stage,
-                state,
-                commit.checkpoint,
-                maybe_encode(commit.error),
-                commit.last_seq,
-                commit.stage_runs,
-                commit.updated_at,
-                commit.run_id,
-                commit.expected_version,
-            )
-            if commit.owner is not None:  # a claim: it also takes the lease
-                lease = (commit.status, commit.owner, commit.lease_until)
-                cursor = db.execute(_UPDATE_WITH_LEASE, (*lease, *values))
-            else:
-                cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
-                if cursor.rowcount == 0:
-                    cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
-            if cursor.rowcount != 1:
+            if _update_run(db, commit, state) != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
                 raise conflict(commit.run_id, commit.expected_version, found and found[0])
@@ -282,8 +270,7 @@ class SqliteStore:
     ) -> bool:
         with self._transaction(f"writing the checkpoint of run {run_id!r}") as db:
             cursor = db.execute(
-                "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
-                "AND (? = 0 OR status = 'paused') AND (? IS NULL OR version = ?)",
+                _SET_CHECKPOINT,
                 (checkpoint, run_id, int(only_if_paused), expected_version, expected_version),
             )
             if cursor.rowcount == 1:
@@ -378,7 +365,7 @@ class SqliteStore:
         with self._transaction(f"answering request {request_id!r}") as db:
             cursor = db.execute(
                 "UPDATE requests SET status = ?, answer = ?, answered_at = ? WHERE request_id = ?",
-                (FAILED if error else DONE, error, time.time(), request_id),
+                (FAILED if error else DONE, error, self.clock.wall(), request_id),
             )
             if cursor.rowcount != 1:
                 raise request_not_found(request_id)
@@ -410,6 +397,32 @@ class SqliteStore:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
+    """Write the commit to its run's row (compare-and-set on version); rows changed.
+
+    `status` is indexed: a commit that keeps the status leaves it out of the SET, so a
+    plain stage commit rewrites one row and no index page.
+    """
+    values = (
+        commit.stage,
+        state,
+        commit.checkpoint,
+        maybe_encode(commit.error),
+        commit.last_seq,
+        commit.stage_runs,
+        commit.updated_at,
+        commit.run_id,
+        commit.expected_version,
+    )
+    if commit.owner is not None:  # a claim: it also takes the lease
+        lease = (commit.status, commit.owner, commit.lease_until)
+        return int(db.execute(_UPDATE_WITH_LEASE, (*lease, *values)).rowcount)
+    cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+    if cursor.rowcount == 0:
+        cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
+    return int(cursor.rowcount)
 
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:

@@ -4,10 +4,12 @@
 absolute /var/lib/runs.db (as SQLAlchemy reads them); a bare path ending in .db or
 .sqlite is read as SQLite too. `memory://` is a fresh MemoryStore (useful only inside one
 process). `postgresql://` and `postgres://` need PostgresStore, imported only then.
+A `clock` given to `open_store` is passed on to the store (its `clock` argument).
 """
 
 from __future__ import annotations
 
+from stageline.core.clock import Clock
 from stageline.core.errors import StoreError
 from stageline.core.store import Store
 
@@ -15,20 +17,23 @@ _SQLITE = "sqlite://"
 _POSTGRES = ("postgresql://", "postgres://")
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names; StoreError (one clear line) if it cannot be opened."""
+def open_store(url: str, *, clock: Clock | None = None) -> Store:
+    """The store a URL names; StoreError (one clear line) if it cannot be opened.
+
+    `clock` (default: the system clock) is the store's clock.
+    """
     if not url:
         raise StoreError("no store given: pass --store URL or set STAGELINE_STORE")
     if url.startswith(_SQLITE):
-        return _sqlite(_sqlite_path(url))
+        return _sqlite(_sqlite_path(url), clock)
     if url.endswith((".db", ".sqlite", ".sqlite3")) and "://" not in url:
-        return _sqlite(url)
+        return _sqlite(url, clock)
     if url == "memory://":
         from .memory import MemoryStore
 
-        return MemoryStore()
+        return MemoryStore(clock=clock)
     if url.startswith(_POSTGRES):
-        return _postgres(url)
+        return _postgres(url, clock)
     raise StoreError(
         f"cannot read store URL {url!r}: use sqlite:///path.db, postgresql://... or memory://"
     )
@@ -41,13 +46,13 @@ def _sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-def _sqlite(path: str) -> Store:
+def _sqlite(path: str, clock: Clock | None) -> Store:
     from .sqlite import SqliteStore
 
-    return SqliteStore(path)
+    return SqliteStore(path, clock=clock)
 
 
-def _postgres(url: str) -> Store:
+def _postgres(url: str, clock: Clock | None) -> Store:
     from .postgres import PostgresStore  # StoreError naming the extra if psycopg is absent
 
-    return PostgresStore(url)
+    return PostgresStore(url, clock=clock)

@@ -24,6 +24,7 @@ from stageline import (
 )
 from stageline.actors.child import ChildRunActor
 from stageline.actors.messages import Drain
+from stageline.actors.stage_runner import StageRunner
 from stageline.testing import EventRecorder, ManualClock, advance
 
 pytestmark = pytest.mark.timeout(30)
@@ -519,10 +520,14 @@ def test_parent_stage_timeout_stops_its_children(store: Any) -> None:
 def test_a_runtime_bug_in_a_child_fails_the_parent_stage(
     store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: ChildRunActor, run: Any, slot: Any) -> str:
-        raise RuntimeError("bug in the runtime")
+    result_key = StageRunner.result_key
 
-    monkeypatch.setattr(ChildRunActor, "_result_key", broken)
+    def broken(self: StageRunner, run: Any, slot: Any) -> str:
+        if not self.place.is_root:  # a bug in the child's runner only
+            raise RuntimeError("bug in the runtime")
+        return result_key(self, run, slot)
+
+    monkeypatch.setattr(StageRunner, "result_key", broken)
     parent = Pipeline("order", [Stage("fanout", 1, pipelines=[one_step("c", lambda s, c: None)])])
     result = PipelineFactory(parent, store=store).prepare().run(timeout=20)
     assert result.status == "failed"
@@ -588,15 +593,15 @@ def test_a_stale_grandchild_cannot_commit_after_its_parent_stage_stopped(
     def pre(state: dict[str, Any], ctx: Any) -> None:
         iteration["n"] += 1
 
-    on_step_done = ChildRunActor._on_step_done
+    on_step_done = StageRunner._on_step_done
 
-    def held(self: ChildRunActor, done: Any) -> None:
-        if self.key.endswith("/G") and not g_busy.is_set():
+    def held(self: StageRunner, done: Any) -> None:
+        if self.place.key.endswith("/G") and not g_busy.is_set():
             g_busy.set()  # G holds its step's completion until S has timed out
             assert g_finish.wait(10)
         on_step_done(self, done)
 
-    monkeypatch.setattr(ChildRunActor, "_on_step_done", held)
+    monkeypatch.setattr(StageRunner, "_on_step_done", held)
     grandchild = Pipeline(
         "G",
         [

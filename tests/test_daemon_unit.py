@@ -119,7 +119,7 @@ def test_abort_a_live_paused_run_and_one_only_the_store_holds(served, store):
     act(served, "start", "a1", pipeline_id="approval")
     act(served, "start", "a2", pipeline_id="approval")
     assert wait(served, "a1").status == wait(served, "a2").status == "paused"
-    served.registry._forget(served.registry._lookup("a2"))  # as if its live window had ended
+    served.registry.supervisor.forget(served.registry.supervisor.lookup("a2"))  # as if its live window had ended
     served.registry.stats()  # (an ask: the forget has been handled)
     for run_id in ("a1", "a2"):
         assert act(served, "abort", run_id, args={"reason": "no"}).status == DONE

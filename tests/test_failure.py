@@ -227,7 +227,7 @@ def test_abort_before_start(store):
     run = factory.prepare()
     run.abort()
     assert store.get_run(run.run_id).status == "aborted" or run.status in ("pending", "aborted")
-    assert run._future.result(10).status == "aborted"
+    assert run._run.future.result(10).status == "aborted"
     assert store.get_run(run.run_id).status == "aborted"
 
 

@@ -98,3 +98,39 @@ def test_public_api_is_exported():
         "StagelineError",
     ):
         assert name in stageline.__all__
+
+
+def _check_layout_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_layout", ROOT / "scripts/check_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_layout_check_finds_a_cycle_through_a_local_import(tmp_path, monkeypatch):
+    """The checker counts imports inside functions, so a cycle hidden there is found."""
+    check = _check_layout_module()
+    for folder in ("core", "actors", "stores", "stageline"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "actors" / "run.py").write_text("from .child import Child\n")
+    (tmp_path / "actors" / "child.py").write_text("def f():\n    from .run import Run\n")
+    (tmp_path / "actors" / "leaf.py").write_text("from . import child\n")
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    assert check.import_cycles() == [["stageline.actors.child", "stageline.actors.run"]]
+    (tmp_path / "actors" / "child.py").write_text("def f():\n    return 1\n")
+    assert check.import_cycles() == []
+
+
+def test_the_layout_check_measures_sizes(tmp_path, monkeypatch):
+    check = _check_layout_module()
+    for folder in ("core", "actors", "stores", "stageline", "scripts"):
+        (tmp_path / folder).mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(45))
+    (tmp_path / "core" / "big.py").write_text(f"def long():\n{body}\n\ndef short():\n    pass\n")
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    problems = check.size_problems()
+    assert any("function long has 46 lines" in p for p in problems)
+    assert any("median function" in p for p in problems)

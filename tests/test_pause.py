@@ -174,18 +174,18 @@ def test_a_stale_forget_does_not_untrack_a_run_resumed_on_the_fast_path(store):
     """Was: a `_Forget` the registry handled after a fast-path resume dropped the running
     run from the registry (no lease renewal, no drain at stop); the resume no longer sends
     a message that would have tracked it again."""
-    from stageline.actors.registry import _Counted
+    from stageline.actors.registry_messages import Counted
 
     pipeline, entered, release = _gate_then_slow()
     with Registry() as registry:
         factory = PipelineFactory(pipeline, store=store, registry=registry)
         paused = factory.prepare().run(timeout=10)
-        live = registry._lookup(paused.run_id)
-        with registry._changed:  # the registry's thread stops after its next message
-            registry._actor.tell(_Counted("paused", 0))
-            registry._forget(live)  # found stale by some resume: handled only later
+        live = registry.supervisor.lookup(paused.run_id)
+        with registry.supervisor.changed:  # the registry's thread stops after its next message
+            registry._actor.tell(Counted("paused", 0))
+            registry.supervisor.forget(live)  # found stale by some resume: handled only later
             resumed = factory.resume(paused.run_id)
-            assert resumed is live
+            assert resumed is live.context
             future = resumed.start()
         assert entered.wait(10)
         assert registry.live_runs() == [resumed]  # handled the _Forget: still tracked
@@ -197,7 +197,7 @@ def test_a_stale_forget_does_not_untrack_a_run_resumed_on_the_fast_path(store):
 def test_a_window_that_fired_just_before_a_fast_resume_does_not_export_the_next_pause(store):
     """The old window's timer fires, then a fast-path resume cancels it too late, then the
     run pauses again, all before the registry handles the expiry: that expiry is stale."""
-    from stageline.actors.registry import _Counted
+    from stageline.actors.registry_messages import Counted
 
     clock = ManualClock()
     pipeline = Pipeline(
@@ -211,10 +211,10 @@ def test_a_window_that_fired_just_before_a_fast_resume_does_not_export_the_next_
     with Registry(clock=clock, default_pause_timeout=60.0) as registry:
         factory = PipelineFactory(pipeline, store=store, registry=registry)
         paused = factory.prepare().run(timeout=10)
-        with registry._changed:  # the registry's thread stops after its next message
-            registry._actor.tell(_Counted("paused", 0))
+        with registry.supervisor.changed:  # the registry's thread stops after its next message
+            registry._actor.tell(Counted("paused", 0))
             clock.advance(60.0)
-            assert registry._timers.wait_idle()  # the expiry is in the registry's mailbox
+            assert registry.supervisor.timers.wait_idle()  # the expiry is in the registry's mailbox
             resumed = factory.resume(paused.run_id)
             paused_again = threading.Event()
             resumed.on("pipeline:paused", lambda event: paused_again.set())
@@ -475,14 +475,14 @@ def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
     future = running.start()
     assert started.wait(10)
     drained = threading.Event()
-    drain = running._drain
+    drain = running._run.drain  # private: the run's handle
 
     def drain_then_signal():  # release the step only once stop() has asked the run to drain
         answer = drain()
         drained.set()
         return answer
 
-    running._drain = drain_then_signal
+    running._run.drain = drain_then_signal
     stopper = threading.Thread(target=registry.stop, kwargs={"timeout": 10})
     stopper.start()
     assert drained.wait(10)

@@ -176,14 +176,14 @@ def test_stop_releases_the_leases_of_runs_it_leaves_running(store):
     future = run.start()
     blocking.wait_blocked()
     drained = threading.Event()
-    drain = run._drain
+    drain = run._run.drain  # private: the run's handle
 
     def drain_then_signal():
         answer = drain()
         drained.set()
         return answer
 
-    run._drain = drain_then_signal
+    run._run.drain = drain_then_signal
     stopper = threading.Thread(target=registry.stop, kwargs={"timeout": 10})
     stopper.start()
     assert drained.wait(10)

@@ -303,7 +303,7 @@ def test_a_store_refusing_a_pause_export_keeps_the_run_live_and_retries(tmp_path
     import sqlite3
 
     from stageline import ManualClock, Pause, Registry
-    from stageline.actors.registry import EXPORT_RETRY
+    from stageline.actors.pause_windows import EXPORT_RETRY
     from stageline.stores import SqliteStore
     from stageline.testing import advance
 

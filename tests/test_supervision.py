@@ -302,7 +302,7 @@ def test_a_runtime_bug_is_recorded_and_the_run_recovered(store, monkeypatch):
     """A RunActor method that raises (not a step): the registry records the failure and
     restarts the run from its last commit. Without recovery run() would raise."""
     flaky = Flaky()
-    original = RunActor._finish_stage
+    original = RunActor.steps_done
     bugs = Counter()
 
     def buggy(self, run):
@@ -311,7 +311,7 @@ def test_a_runtime_bug_is_recorded_and_the_run_recovered(store, monkeypatch):
             raise KeyError("a bug in the runtime")
         return original(self, run)
 
-    monkeypatch.setattr(RunActor, "_finish_stage", buggy)
+    monkeypatch.setattr(RunActor, "steps_done", buggy)
     clock = ManualClock()
     with Registry(clock=clock) as registry:  # no policy: a runtime bug is recovered anyway
         factory = PipelineFactory(three_stages(flaky), store=store, registry=registry)
@@ -340,7 +340,7 @@ def test_a_runtime_bug_that_keeps_happening_stays_failed(store, monkeypatch):
     def always(self, run):
         raise KeyError("a bug in the runtime")
 
-    monkeypatch.setattr(RunActor, "_finish_stage", always)
+    monkeypatch.setattr(RunActor, "steps_done", always)
     clock = ManualClock()
     policy = RetryPolicy(max_restarts=1, backoff=1.0, retry_on=(ValueError,))
     with Registry(clock=clock, supervision=policy) as registry:

@@ -1,0 +1,140 @@
+"""Taking runs up again from the store: retry of a failed run, recovery of an orphan.
+
+Used by the public Registry. Each continues a run from its last committed stage with
+one compare-and-set (core/transitions.retry or .recover) that takes the run's lease for
+this registry, then starts it through its factory: of processes racing for a run,
+exactly one wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stageline.core import lifecycle
+from stageline.core import transitions as tr
+from stageline.core.checkpoint import checkpoint_from_bytes, decode_bundle
+from stageline.core.errors import ConflictError, RunNotFound, StagelineError
+from stageline.core.store import RunRecord, Store
+from stageline.core.supervision import is_orphaned
+
+from .container import Container
+from .registry_messages import Counted
+from .supervisor import Supervisor
+
+_log = logging.getLogger("stageline")
+
+
+def find_run(supervisor: Supervisor, run_id: str, factory: Any) -> tuple[Any, Store, RunRecord]:
+    """The factory, store and record of `run_id` (the given factory, else a known one)."""
+    candidates = [factory] if factory is not None else supervisor.known_factories()
+    for candidate in candidates:
+        store = candidate.store_for(run_id)
+        try:
+            record = store.load_run(run_id)
+        except RunNotFound:
+            continue
+        if record.pipeline_id == candidate.pipeline.id:
+            return candidate, store, record
+        if factory is not None:
+            raise StagelineError(
+                f"run {run_id!r} belongs to pipeline {record.pipeline_id!r}, not "
+                f"{candidate.pipeline.id!r}; retry it with that pipeline's factory"
+            )
+    raise RunNotFound(
+        f"run {run_id!r} is in none of the stores of this registry's factories "
+        f"(pipelines: {', '.join(sorted(f.pipeline.id for f in candidates)) or 'none'}); "
+        "pass factory= to retry it"
+    )
+
+
+def claim(supervisor: Supervisor, factory: Any, store: Store, record: RunRecord, event: str) -> Any:
+    """Continue `record` from its stage (`event`: "retry" or "recover"): one
+    compare-and-set, then a started RunContext. None if another process won the race."""
+    if record.stage is None or not factory.pipeline.has_stage(record.stage):
+        raise StagelineError(
+            f"run {record.run_id!r} is at stage {record.stage!r}, which pipeline "
+            f"{factory.pipeline.id!r} v{factory.pipeline.version} does not have; "
+            "use a factory with the pipeline version it ran"
+        )
+    transition = tr.retry if event == lifecycle.RETRY else tr.recover
+    commit = transition(record, supervisor.config.clock.wall(), supervisor.lease())
+    try:
+        claimed = record.applied(commit, store.commit(commit))
+    except ConflictError:
+        return None
+    container = Container(record.run_id, _artifacts(factory, record))
+    run = factory.live_run(store, claimed, record.stage, container, resumed=True)
+    if event == lifecycle.RETRY:
+        supervisor.actor.tell(Counted("restarts", 1))
+    run.start()
+    return run.context
+
+
+def recover(supervisor: Supervisor, factory: Any) -> list[Any]:
+    """Start the orphaned runs of `factory`'s pipeline this registry wins (see
+    Registry.recover); their RunContexts."""
+    store = factory.store
+    contexts = []
+    found = [
+        *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
+        *store.list_runs(lifecycle.PENDING, factory.pipeline.id),
+    ]
+    for info in found:
+        if info.run_id in supervisor.live:
+            continue
+        context = _recover_one(supervisor, factory, store, info.run_id)
+        if context is not None:
+            contexts.append(context)
+    for context in contexts:
+        _log.info("stageline registry: recovered run %r", context.run_id)
+    supervisor.actor.tell(Counted("recovered", len(contexts)))
+    return contexts
+
+
+def _recover_one(supervisor: Supervisor, factory: Any, store: Store, run_id: str) -> Any:
+    config = supervisor.config
+    now = config.clock.wall()
+    if not is_orphaned(store.load_run(run_id), now):
+        return None
+    if not store.claim_run(run_id, config.owner, now + config.lease_ttl, now=now):
+        return None  # another process was first
+    try:
+        return _take_over(supervisor, factory, store, store.load_run(run_id))
+    except StagelineError:  # this run cannot go on here; the others still can
+        _log.exception("stageline registry: recovering run %r failed", run_id)
+        return None
+
+
+def _take_over(supervisor: Supervisor, factory: Any, store: Store, record: RunRecord) -> Any:
+    """Start a run this registry just claimed: a pending one at its entry, a running one
+    from its last commit."""
+    if record.owner != supervisor.config.owner:
+        return None
+    if record.status == lifecycle.PENDING:  # never started: start it as planned
+        run = factory.live_run(store, record, str(record.stage), Container(record.run_id))
+        run.start()
+        return run.context
+    if record.status == lifecycle.RUNNING:
+        return claim(supervisor, factory, store, record, lifecycle.RECOVER)
+    return None
+
+
+def _artifacts(factory: Any, record: RunRecord) -> dict[str, Any]:
+    """The artifacts a run left in its checkpoint's bundle (a run that paused), else none.
+
+    Artifacts written since live only in the memory of the process that died.
+    """
+    if record.checkpoint is None:
+        return {}
+    try:
+        checkpoint = checkpoint_from_bytes(record.checkpoint, record.run_id)
+        if checkpoint.container_bundle is None:
+            return {}
+        data: dict[str, Any] = decode_bundle(
+            checkpoint.container_bundle, record.run_id, max_bytes=factory.max_bundle_bytes
+        )
+        return data
+    except StagelineError:
+        _log.exception("stageline registry: the artifacts of run %r are unreadable", record.run_id)
+        return {}

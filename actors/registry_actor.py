@@ -1,0 +1,176 @@
+"""RegistryActor: the supervisor actor that holds a process's live runs.
+
+It is the only writer of the Supervisor's `live` and `windows`. Its messages
+(actors/registry_messages.py) come from runs (a segment started or ended), from timers
+(a pause window closed, a restart is due, leases need renewing) and from the public
+Registry (stats, retry, stop). Pause windows and exports are in actors/pause_windows.py,
+restarts in actors/restarts.py; this module dispatches and renews leases.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+
+from stageline.core import lifecycle
+from stageline.core.store import Store
+
+from . import registry_messages as msg
+from .base import StagelineActor
+from .handle import RunHandle
+from .pause_windows import PauseWindows
+from .restarts import Restarts
+from .supervisor import Supervisor
+
+_log = logging.getLogger("stageline")
+
+_COUNTS = ("paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered")
+
+
+class RegistryActor(StagelineActor):
+    """Owns the live runs, their pause windows, restarts and lease renewal."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.live = supervisor.live
+        self.counts = dict.fromkeys(_COUNTS, 0)
+        self.windows = PauseWindows(supervisor, self._tell, self.counts)
+        self.restarts = Restarts(supervisor, self._tell, self.counts, self._drop)
+        self.renewing = False
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        except Exception:  # a registry never stops over one run's problem
+            _log.exception("stageline registry: handling %r failed", type(message).__name__)
+            return None
+        finally:
+            self.supervisor.notify_changed()  # for stageline.testing.wait_for_stats
+
+    def _handle(self, message: Any) -> Any:
+        if isinstance(message, msg.Track):
+            self.windows.cancel(message.run.run_id)
+            self.live[message.run.run_id] = message.run
+            self._arm_renewal()
+        elif isinstance(message, msg.Ended):
+            return self._on_ended(message)
+        elif isinstance(message, msg.Renew):
+            self._renew()
+        elif isinstance(message, msg.Forget):
+            self._forget(message)
+        elif isinstance(message, msg.Counted):
+            self.counts[message.name] += message.n
+        elif isinstance(message, msg.LiveRuns):
+            return list(self.live.values())
+        elif isinstance(message, msg.Stats):
+            return self._stats()
+        else:
+            return self._handle_timed(message)
+        return None
+
+    def _handle_timed(self, message: Any) -> Any:
+        """Messages of pause windows and restarts (timers, retry, stop)."""
+        if isinstance(message, msg.PauseExpired):
+            self.windows.on_expired(message)
+        elif isinstance(message, msg.TtlExpired):
+            self.windows.on_ttl_expired(message)
+        elif isinstance(message, msg.ExportAll):
+            self.windows.export_all()
+        elif isinstance(message, msg.RestartDue):
+            self.restarts.on_due(message)
+        elif isinstance(message, msg.RetryNow):
+            return self.restarts.retry_now(message.run_id)
+        elif isinstance(message, msg.CancelRestart):
+            self.restarts.cancel(message.run_id)
+        elif isinstance(message, msg.GiveUpAll):
+            self.restarts.cancel_all()
+        return None
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def _on_ended(self, message: msg.Ended) -> bool:
+        """Returns True when the registry will restart the run (its future waits)."""
+        run = message.run
+        with run.lock:
+            if message.segment != run.segment:
+                return False  # late news (its ask timed out): the run was resumed since
+        if message.error is not None:
+            return self.restarts.on_crash(run, message.error)
+        if run.status == lifecycle.FAILED:
+            return self.restarts.on_failed(run, None)
+        if run.status != lifecycle.PAUSED:
+            self._drop(run)
+            return False
+        self.windows.open(run, message.pause_timeout)
+        return False
+
+    def _forget(self, message: msg.Forget) -> None:
+        """Let go of a live copy found stale, unless it was resumed since (then it runs).
+
+        Checked under the run's lock, which the fast path's claim holds: either this
+        comes first, and the resumed run is tracked again by `Supervisor.track`, or the
+        claim does, and the copy is not stale any more.
+        """
+        run = message.run
+        with run.lock:
+            if self.live.get(run.run_id) is run and run.segment == message.segment:
+                self.windows.cancel(run.run_id)
+                self.live.pop(run.run_id, None)
+
+    def _drop(self, run: RunHandle) -> None:
+        self.counts["ended"] += 1
+        self.windows.cancel(run.run_id)
+        self.live.pop(run.run_id, None)
+
+    # --- leases -------------------------------------------------------------------------
+
+    def _arm_renewal(self) -> None:
+        if self.renewing or self.supervisor.stopped:
+            return
+        self.renewing = True
+        every = self.supervisor.config.lease_ttl / 3
+        self.supervisor.timers.schedule(every, lambda: self._tell(msg.Renew()))
+
+    def _renew(self) -> None:
+        """Extend the lease of every running run this registry drives, one write per store."""
+        self.renewing = False
+        config = self.supervisor.config
+        until = config.clock.wall() + config.lease_ttl
+        for store, run_ids in running_by_store(self.live.values()):
+            try:
+                store.renew_leases(config.owner, run_ids, until)
+            except Exception:
+                _log.exception("stageline registry: renewing leases failed")
+        if self.live:
+            self._arm_renewal()
+
+    def _stats(self) -> dict[str, int]:
+        statuses = [run.status for run in self.live.values()]
+        windows = self.supervisor.windows.values()
+        return {
+            "live": len(self.live),
+            "running": sum(statuses.count(status) for status in lifecycle.ACTIVE),
+            "paused_live": statuses.count(lifecycle.PAUSED),
+            "pause_windows": sum(1 for _, timer in windows if timer is None or not timer.cancelled),
+            "retrying": len(self.restarts.waiting),
+            **self.counts,
+        }
+
+
+def running_by_store(runs: Any) -> list[tuple[Store, list[str]]]:
+    """The ids of the running runs among `runs`, grouped by their store."""
+    groups: dict[int, tuple[Store, list[str]]] = {}
+    for run in runs:
+        if run.status in lifecycle.ACTIVE:
+            store = run.store
+            groups.setdefault(id(store), (store, []))[1].append(run.run_id)
+    return list(groups.values())

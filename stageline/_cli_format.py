@@ -1,0 +1,162 @@
+"""How the `stageline` commands print runs and events: tables, times, colours and JSON.
+
+Pure text: every function takes a value the store returned and gives back what to print.
+`click.style` colours the status words; click drops the colours when the output is not a
+terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from stageline.core import lifecycle
+
+if TYPE_CHECKING:
+    from stageline.core.checkpoint import Checkpoint
+    from stageline.core.events import Event
+    from stageline.core.store import RunInfo
+
+COLOURS = {
+    lifecycle.SUCCEEDED: "green",
+    lifecycle.FAILED: "red",
+    lifecycle.ABORTED: "red",
+    lifecycle.QUARANTINED: "red",
+    lifecycle.EXPIRED: "yellow",
+    lifecycle.PAUSED: "yellow",
+    lifecycle.SLEEPING: "yellow",
+    lifecycle.RUNNING: "cyan",
+    lifecycle.PENDING: "cyan",
+    lifecycle.QUEUED: "cyan",
+}
+"""The colour of each status word: green ended well, red ended badly, yellow waits."""
+
+RUN_HEADERS = ("RUN", "PIPELINE", "STATUS", "STAGE", "UPDATED")
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, indent=indent, default=str, ensure_ascii=False)
+
+
+def when(info: RunInfo) -> str:
+    return str(info.updated_at.isoformat(timespec="seconds"))
+
+
+def lease(info: RunInfo) -> str | None:
+    until = info.lease_until
+    return None if until is None else str(until.isoformat(timespec="seconds"))
+
+
+def coloured(status: str) -> str:
+    return click.style(status, fg=COLOURS.get(status))
+
+
+# --- tables and fields ----------------------------------------------------------------------
+
+
+def run_row(info: RunInfo) -> tuple[str, str, str, str, str]:
+    """One line of the `runs` table (RUN_HEADERS)."""
+    return (info.run_id, info.pipeline_id, info.status, info.stage or "-", when(info))
+
+
+def table(headers: tuple[str, ...], rows: Sequence[Sequence[str]], status_column: int) -> str:
+    """A plain table; the status column is coloured (click drops colours off a TTY)."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        padding = " " * (widths[status_column] - len(row[status_column]))
+        cells[status_column] = coloured(row[status_column]) + padding
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run_fields(info: RunInfo) -> list[tuple[str, str]]:
+    """The named lines `show` prints above the state."""
+    fields = [
+        ("run", info.run_id),
+        ("pipeline", f"{info.pipeline_id} (version {info.pipeline_version})"),
+        ("status", coloured(info.status)),
+        ("stage", info.stage or "-"),
+        ("updated", when(info)),
+    ]
+    if info.status in lifecycle.ACTIVE and info.owner:
+        fields.append(("owner", f"{info.owner} (lease until {lease(info)})"))
+    checkpoint = info.checkpoint
+    if checkpoint is not None:
+        fields.append(("resume at", f"{checkpoint.resume_at} (paused on {checkpoint.paused_on})"))
+    if info.error:
+        fields.append(("error", str(info.error.get("message", info.error))))
+    return fields
+
+
+# --- JSON -----------------------------------------------------------------------------------
+
+
+def run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
+    """A run as JSON: the `runs` line, or with `full` everything `show` knows."""
+    data: dict[str, Any] = {
+        "run_id": info.run_id,
+        "pipeline_id": info.pipeline_id,
+        "pipeline_version": info.pipeline_version,
+        "status": info.status,
+        "stage": info.stage,
+        "updated_at": info.updated_at.isoformat(),
+    }
+    if full:
+        data["owner"] = info.owner
+        data["lease_until"] = lease(info)
+        data["error"] = info.error
+        data["checkpoint"] = checkpoint_dict(info.checkpoint)
+        data["state"] = info.state
+    return data
+
+
+def checkpoint_dict(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    return {
+        "resume_at": checkpoint.resume_at,
+        "paused_at_stage_id": checkpoint.paused_at_stage_id,
+        "paused_on": checkpoint.paused_on,
+    }
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    from stageline.core.events import event_to_record
+
+    return dict(event_to_record(event))
+
+
+# --- the journal ----------------------------------------------------------------------------
+
+
+def event_line(event: Event) -> str:
+    """One journal event as a line of `logs`: seq, time, name, where, detail."""
+    ts = dt.datetime.fromtimestamp(event.ts, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    return f"{event.seq:>4}  {ts}  {event.name:<17} {where(event):<12} {detail(event)}".rstrip()
+
+
+def where(event: Event) -> str:
+    """The stage; in a child pipeline, "child:stage" (the path below the root)."""
+    if len(event.path) > 1:
+        return "/".join(f"{node.pipeline_id}:{node.stage_id or ''}" for node in event.path[1:])
+    return str(event.stage_id or "-")
+
+
+def detail(event: Event) -> str:
+    if event.error is not None:
+        return " ".join(str(event.error).split())
+    if event.name == "pipeline:start":
+        return f"entry={event.entry}" + (" resumed" if event.resumed else "")
+    if event.routing is not None:
+        return f"-> {event.routing}"
+    if event.resume_at is not None:
+        return f"resume at {event.resume_at}"
+    if event.pause_timeout is not None:
+        return f"pause_timeout={event.pause_timeout}"
+    return ""

@@ -1,0 +1,97 @@
+"""The mailbox of a PostgresStore: its requests table, announced to every process by NOTIFY.
+
+Claims take the oldest pending requests with `FOR UPDATE SKIP LOCKED`; posting and
+answering send a NOTIFY on the schema's channel in the same statement, which the store's
+`Listener` counts and waits on. An answer's NUL characters are written as the two
+characters `\\0`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stageline.core.codec import encode
+from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
+
+from . import _pg_sql as sql
+from ._common import in_batches, request_exists, request_from_row, request_not_found
+from ._pg_listener import Listener
+from ._pg_pool import Connections
+from ._pg_text import check_id, check_text, unstorable
+
+
+class Mailbox:
+    """Requests in one schema: post, claim, answer, read, prune, and wait for news."""
+
+    def __init__(self, db: Connections, listener: Listener, channel: str) -> None:
+        self._db = db
+        self._listener = listener
+        self._channel = channel
+
+    def post(self, request: Request) -> None:
+        for value, what in ((request.request_id, "request id"), (request.run_id, "run id")):
+            check_id(value, what)
+        check_text(request.pipeline_id, "pipeline id", request.run_id)
+        values = (
+            request.request_id,
+            request.kind,
+            request.run_id,
+            request.posted_at,
+            request.pipeline_id,
+            encode(request.args),
+            PENDING,
+            self._channel,
+        )
+        if not self._notifying(f"posting request {request.request_id!r}", sql.POST_REQUEST, values):
+            raise request_exists(request.request_id)
+
+    def claim(self, claimer: str, limit: int) -> list[Request]:
+        check_text(claimer, "claimer name", claimer)
+        rows = self._db.query(
+            "claiming mailbox requests", sql.CLAIM_REQUESTS, (PENDING, limit, CLAIMED, claimer)
+        )
+        return [request_from_row(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
+
+    def answer(self, request_id: str, error: str | None, answered_at: float) -> None:
+        if unstorable(request_id):
+            raise request_not_found(request_id)
+        answer = None if error is None else error.replace("\x00", "\\0")
+        status = FAILED if error else DONE
+        values = (status, answer, answered_at, request_id, self._channel)
+        if not self._notifying(f"answering request {request_id!r}", sql.ANSWER_REQUEST, values):
+            raise request_not_found(request_id)
+
+    def _notifying(self, what: str, statement: str, values: tuple[Any, ...]) -> bool:
+        """Run a statement that NOTIFYs if it wrote; True if it did (and count the write)."""
+        with self._db.connection(what) as conn:
+            row = conn.execute(self._db.sql(statement), values).fetchone()
+        if row is None:
+            return False
+        self._listener.own_write()
+        return True
+
+    def prune(self, answered_before: float) -> int:
+        statement = self._db.sql(sql.PRUNE_REQUESTS)
+
+        def delete_batch(limit: int) -> int:
+            with self._db.connection("pruning answered requests") as conn:
+                params = (DONE, FAILED, answered_before, limit)
+                return int(conn.execute(statement, params).rowcount)
+
+        return in_batches(delete_batch)
+
+    def get(self, request_id: str) -> Request:
+        if unstorable(request_id):
+            raise request_not_found(request_id)
+        rows = self._db.query(f"reading request {request_id!r}", sql.GET_REQUEST, (request_id,))
+        if not rows:
+            raise request_not_found(request_id)
+        return request_from_row(rows[0])
+
+    def version(self) -> int:
+        self._db.fail_if_closed()
+        return self._listener.version(self._db.where)
+
+    def wait(self, timeout: float, *, answers: bool) -> bool:
+        self._db.fail_if_closed()
+        return self._listener.wait(timeout, self._db.where, answers=answers)
