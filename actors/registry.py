@@ -74,19 +74,43 @@ class Registry:
         max_bundle_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         _check(default_pause_timeout, checkpoint_ttl, supervision, lease_ttl)
-        self.default_pause_timeout = default_pause_timeout
-        self.checkpoint_ttl = checkpoint_ttl
-        self.supervision = supervision
-        self.lease_ttl = float(lease_ttl)
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.clock: Clock = clock or SystemClock()
-        self.max_bundle_bytes = max_bundle_bytes
         config = RegistryConfig(
-            default_pause_timeout, checkpoint_ttl, supervision, self.lease_ttl,
-            self.owner, self.clock, max_bundle_bytes,
+            default_pause_timeout, checkpoint_ttl, supervision, float(lease_ttl),
+            owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            clock or SystemClock(), max_bundle_bytes,
         )  # fmt: skip
         self.supervisor = Supervisor(config)
         self.supervisor.actor = RegistryActor.start(self.supervisor)
+
+    # Settings are fixed when the registry is made (its actor reads them from its thread).
+
+    @property
+    def default_pause_timeout(self) -> float:
+        return self.supervisor.config.default_pause_timeout
+
+    @property
+    def checkpoint_ttl(self) -> float | None:
+        return self.supervisor.config.checkpoint_ttl
+
+    @property
+    def supervision(self) -> RetryPolicy | None:
+        return self.supervisor.config.supervision
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.supervisor.config.lease_ttl
+
+    @property
+    def owner(self) -> str:
+        return self.supervisor.config.owner
+
+    @property
+    def clock(self) -> Clock:
+        return self.supervisor.config.clock
+
+    @property
+    def max_bundle_bytes(self) -> int:
+        return self.supervisor.config.max_bundle_bytes
 
     def __enter__(self) -> Registry:
         return self
@@ -222,7 +246,7 @@ class Registry:
         """Let other processes take these runs at once (their lease ends now)."""
         for store, run_ids in running_by_store(runs):
             try:
-                store.renew_leases(self.owner, run_ids, 0.0)
+                store.renew_leases(self.supervisor.config.owner, run_ids, 0.0)
             except Exception:
                 _log.exception("stageline registry: releasing leases failed")
 

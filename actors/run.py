@@ -350,10 +350,10 @@ class RunActor(StagelineActor):
         return tr.Progress(self.seq, self.runner.stage_runs, events)
 
     def _apply(self, commit: Commit) -> None:
+        self.seq = commit.last_seq  # numbers taken stay taken, even if the store refuses
         version = self.deps.store.commit(commit)
         self.record = self.record.applied(commit, version)
         self.status = commit.status
-        self.seq = commit.last_seq
         self.deps.on_commit(self.record)
 
     def _commit_closing(self, commit: Commit) -> bool:

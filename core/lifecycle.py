@@ -107,7 +107,7 @@ class Effects:
 
 
 EFFECTS: Final[dict[str, Effects]] = {
-    START: Effects(checkpoint=KEEP, error=KEEP, lease=KEEP),
+    START: Effects(checkpoint=KEEP, error=CLEAR, lease=KEEP),
     COMMIT: Effects(checkpoint=KEEP, error=CLEAR, lease=KEEP),
     SUCCEED: Effects(checkpoint=CLEAR, error=CLEAR, lease=KEEP),
     FAIL: Effects(checkpoint=CLEAR, error=SET, lease=KEEP),

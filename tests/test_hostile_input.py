@@ -231,3 +231,35 @@ def test_oversized_state_is_refused_naming_the_configured_limit(tmp_path, kind, 
     assert len(store.list_runs()) == 2  # the store reads every run back
     assert PipelineFactory(one_stage(), store=store).prepare().run(timeout=10).ok
     store.close()
+
+
+def test_seqs_of_a_refused_closing_commit_stay_taken(tmp_path):
+    """A closing commit the store refuses (StateTooLarge) took its events' seqs: the
+    stage:failure and pipeline:failure that follow are numbered after them, as they were
+    before transitions moved into core (the journal's numbering never changes with how
+    the runtime is built)."""
+    from stageline.stores import SqliteStore
+
+    store = SqliteStore(tmp_path / "limited.db", max_state_bytes=100_000)
+    big = b"x" * 200_000
+    pipeline = Pipeline(
+        "p",
+        [
+            Stage("s1", 1, steps=[Step("w", lambda s, c: {"small": True})]),
+            Stage("s2", 2, steps=[Step("w", lambda s, c: {"big": big})]),
+        ],
+    )
+    result = PipelineFactory(pipeline, store=store).prepare().run(timeout=10)
+    assert result.status == "failed"
+    journal = [(e.seq, e.name) for e in store.read_events(result.run_id)]
+    # 1 start; 2 s1 start, 3-4 its step events, 5 s1 success; 6 s2 start, 7-8 its step
+    # events, 9 the refused stage:success, 10 the refused pipeline:success
+    assert journal == [
+        (1, "pipeline:start"),
+        (2, "stage:start"),
+        (5, "stage:success"),
+        (6, "stage:start"),
+        (11, "stage:failure"),
+        (12, "pipeline:failure"),
+    ]
+    store.close()

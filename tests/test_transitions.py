@@ -241,7 +241,7 @@ def test_every_event_has_an_effects_row():
 # error is set by what fails or aborts the run and cleared by a commit, pause, success or
 # retry; only resume, retry and recover take a lease.
 EXPECTED_EFFECTS = {
-    START: (KEEP, KEEP, KEEP),
+    START: (KEEP, CLEAR, KEEP),
     COMMIT: (KEEP, CLEAR, KEEP),
     SUCCEED: (CLEAR, CLEAR, KEEP),
     FAIL: (CLEAR, SET, KEEP),
