@@ -22,8 +22,9 @@ from .container import Container
 from .context import RunContext
 from .deps import RunDeps
 from .emitter import Emitter
+from .handle import RunHandle
 from .live_run import LiveRun, NotSettled
-from .logs import EventLogger
+from .logs import EventLogger, adapt_logger
 from .run_seed import InitialState, Migration
 from .runtime import Runtime, runtime_for
 from .supervisor import Supervisor
@@ -67,7 +68,7 @@ class PipelineFactory:
         self.store_factory = store_factory
         self.initial_state = initial_state
         self.registry = registry
-        self.logger = logger
+        self.logger = adapt_logger(logger)
         self.max_bundle_bytes = getattr(registry, "max_bundle_bytes", max_bundle_bytes)
         self._migrations: dict[int, Migration] = {}
         self._supervisor: Supervisor | None = getattr(registry, "supervisor", None)
@@ -132,7 +133,7 @@ class PipelineFactory:
         )
         store = self.store_for(run_id)
         store.create_run(record)
-        return self.live_run(store, record, entry, Container(run_id)).context
+        return self._held(self.live_run(store, record, entry, Container(run_id)))
 
     # --- resuming ---------------------------------------------------------------------
 
@@ -179,7 +180,15 @@ class PipelineFactory:
         container = Container(run_id, seed.bundle_artifacts(checkpoint, self.max_bundle_bytes))
         claimed = self._claim(store, record, patch, migrate)
         live = self.live_run(store, claimed, checkpoint.resume_at, container, resumed=True)
-        return live.context
+        return self._held(live)
+
+    def _held(self, live: LiveRun) -> RunContext:
+        """Its context, once the registry holds the run (and renews its lease) from now
+        on, before `run()`: so it can be aborted by id, and no other process recovers it."""
+        if self._supervisor is not None:
+            self._supervisor.track(live)
+        context: RunContext = live.context
+        return context
 
     def _claim(
         self,
@@ -214,28 +223,41 @@ class PipelineFactory:
 
         A run this factory's registry holds is aborted through its RunContext (promptly,
         as `RunContext.abort`). A paused run only the store holds is aborted there, in one
-        compare-and-set (no actor starts). Otherwise RunNotFound, or RunStateError when
-        the run has ended or another process drives it.
+        compare-and-set (no actor starts). A pending or running run another process
+        drives gets the store's durable abort flag: its owner aborts it at its next lease
+        renewal (a recovery aborts it instead of resuming it), so this returns before the
+        run has ended; watch its status. RunNotFound if absent, RunStateError if it has
+        ended.
         """
-        live = None if self._supervisor is None else self._supervisor.lookup(run_id)
+        store = self.store_for(run_id)
+        record = store.load_run(run_id)
+        live = self._live(run_id, record)
         if live is not None:
             live.context.abort(reason)
             return
-        store = self.store_for(run_id)
-        record = store.load_run(run_id)
         if record.status == lifecycle.PAUSED:
             entry = record.stage or str(self.pipeline.first_stage.id)
             paused = self.live_run(store, record, entry, Container(run_id), resumed=True)
             paused.context.abort(reason)
             return
-        if not lifecycle.can(record.status, lifecycle.ABORT):
+        if record.status not in lifecycle.ACTIVE:
             raise RunStateError(
-                f"run {run_id!r} has already ended (status {record.status}); nothing to abort"
+                f"run {run_id!r} has ended or cannot be aborted (status {record.status}); "
+                "nothing to abort"
             )
-        raise RunStateError(
-            f"run {run_id!r} is {record.status} but not live in this process: abort it where "
-            "it runs (if that process died, recover the run first)"
-        )
+        if not store.request_abort(run_id, reason):  # it moved on meanwhile: look again
+            self.abort(run_id, reason)
+
+    def _live(self, run_id: str, record: RunRecord) -> RunHandle | None:
+        """The run if this factory's registry holds it (or is about to: it has the lease)."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return None
+        live = supervisor.lookup(run_id)
+        if live is None and record.owner == supervisor.config.owner:
+            supervisor.settle()  # a run prepared here a moment ago: its Track is on the way
+            live = supervisor.lookup(run_id)
+        return live
 
     def bound_to(self, store: Store, registry: Any) -> PipelineFactory:
         """This factory (pipeline, initial state, logger, migrations) on `store` and `registry`.

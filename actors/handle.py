@@ -68,6 +68,9 @@ class RunHandle(Protocol):
 
     def set_status(self, status: str) -> None: ...
 
+    def abort_running(self, reason: str | None) -> None:
+        """Abort the run if its actor is running it (never waits on the registry)."""
+
     def drain(self) -> concurrent.futures.Future[RunResult] | None:
         """Ask a running run to stop after its current stage commits."""
         ...

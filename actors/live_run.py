@@ -139,6 +139,15 @@ class LiveRun:
             except Exception:
                 pass  # already ended
 
+    def abort_running(self, reason: str | None) -> None:
+        with self.lock:
+            actor = self.actor if self.status in lifecycle.ACTIVE else None
+        if actor is not None:
+            try:
+                actor.tell(Abort(reason))
+            except Exception:
+                pass  # already ended
+
     def _actor_to_abort(self) -> Any:
         """The running actor; a run never started gets one, to record its abort."""
         if self.future is None:

@@ -132,3 +132,62 @@ def conflict_logger(logger: Any, run_id: str, stage_id: str) -> Any:
             log.debug("patch_conflict", path=path, earlier=earlier, winner=later)
 
     return conflict
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def adapt_logger(logger: Any) -> Any:
+    """A logger given to a PipelineFactory, made complete, or StagelineError at once.
+
+    stageline calls `bind(**context)` and `debug/info/warning/error(event, **fields)`. A
+    logger with only some of those levels (say `info` and `error`) gets the others mapped
+    to the nearest one it has (a missing level goes to the next more severe one, else to
+    the next less severe); one without `bind` keeps the bound context itself and passes it
+    with each call. A logger with none of the four levels is refused.
+    """
+    if logger is None:
+        return None
+    has = [level for level in _LEVELS if callable(getattr(logger, level, None))]
+    if not has:
+        from stageline.core.errors import StagelineError
+
+        raise StagelineError(
+            f"logger {type(logger).__name__} has none of the methods debug, info, warning, "
+            "error; give a structlog logger (structlog.get_logger()) or one with those methods"
+        )
+    if len(has) == len(_LEVELS) and callable(getattr(logger, "bind", None)):
+        return logger
+    return _AdaptedLogger(logger, has, {})
+
+
+class _AdaptedLogger:
+    """A partial logger completed: missing levels mapped, bound context kept here."""
+
+    def __init__(self, logger: Any, has: list[str], context: dict[str, Any]) -> None:
+        self._logger = logger
+        self._has = has
+        self._context = context
+        for level in _LEVELS:
+            setattr(self, level, self._method(_nearest(level, has)))
+
+    def _method(self, level: str) -> Any:
+        method = getattr(self._logger, level)
+
+        def log(event: Any, *args: Any, **fields: Any) -> Any:
+            return method(event, *args, **{**self._context, **fields})
+
+        return log
+
+    def bind(self, **context: Any) -> _AdaptedLogger:
+        bind = getattr(self._logger, "bind", None)
+        if callable(bind):
+            return _AdaptedLogger(bind(**context), self._has, self._context)
+        return _AdaptedLogger(self._logger, self._has, {**self._context, **context})
+
+
+def _nearest(level: str, has: list[str]) -> str:
+    index = _LEVELS.index(level)
+    above = [name for name in _LEVELS[index:] if name in has]
+    below = [name for name in reversed(_LEVELS[:index]) if name in has]
+    return (above or below)[0]

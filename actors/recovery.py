@@ -14,9 +14,9 @@ from typing import Any
 from stageline.core import lifecycle
 from stageline.core import transitions as tr
 from stageline.core.checkpoint import checkpoint_from_bytes, decode_bundle
-from stageline.core.errors import ConflictError, RunNotFound, StagelineError
+from stageline.core.errors import ConflictError, RunAborted, RunNotFound, StagelineError
 from stageline.core.store import RunRecord, Store
-from stageline.core.supervision import is_orphaned
+from stageline.core.supervision import is_orphaned, over_recoveries, recoveries
 
 from .container import Container
 from .registry_messages import Counted
@@ -83,6 +83,8 @@ def recover(supervisor: Supervisor, factory: Any) -> list[Any]:
     for info in found:
         if info.run_id in supervisor.live:
             continue
+        if info.status == lifecycle.CORRUPT:  # logged by the store; the others go on
+            continue
         context = _recover_one(supervisor, factory, store, info.run_id)
         if context is not None:
             contexts.append(context)
@@ -95,13 +97,13 @@ def recover(supervisor: Supervisor, factory: Any) -> list[Any]:
 def _recover_one(supervisor: Supervisor, factory: Any, store: Store, run_id: str) -> Any:
     config = supervisor.config
     now = config.clock.wall()
-    if not is_orphaned(store.load_run(run_id), now):
-        return None
-    if not store.claim_run(run_id, config.owner, now + config.lease_ttl, now=now):
-        return None  # another process was first
     try:
+        if not is_orphaned(store.load_run(run_id), now):
+            return None
+        if not store.claim_run(run_id, config.owner, now + config.lease_ttl, now=now):
+            return None  # another process was first
         return _take_over(supervisor, factory, store, store.load_run(run_id))
-    except StagelineError:  # this run cannot go on here; the others still can
+    except StagelineError:  # this run cannot go on here (damaged?); the others still can
         _log.exception("stageline registry: recovering run %r failed", run_id)
         return None
 
@@ -111,13 +113,51 @@ def _take_over(supervisor: Supervisor, factory: Any, store: Store, record: RunRe
     from its last commit."""
     if record.owner != supervisor.config.owner:
         return None
+    if _abort_requested(supervisor, store, record):
+        return None
     if record.status == lifecycle.PENDING:  # never started: start it as planned
         run = factory.live_run(store, record, str(record.stage), Container(record.run_id))
         run.start()
         return run.context
     if record.status == lifecycle.RUNNING:
+        if over_recoveries(record, supervisor.config.max_recoveries):
+            _quarantine(supervisor, store, record)
+            return None
         return claim(supervisor, factory, store, record, lifecycle.RECOVER)
     return None
+
+
+def _quarantine(supervisor: Supervisor, store: Store, record: RunRecord) -> None:
+    """The run keeps dying without progress: set it aside for a person to look at."""
+    count = recoveries(record.state)
+    error = StagelineError(
+        f"run {record.run_id!r} was recovered {count} times without committing a stage "
+        f"(max_recoveries={supervisor.config.max_recoveries}); it is quarantined: find why "
+        "it crashes (see its journal and the daemon's log), then `stageline retry` it"
+    )
+    try:
+        store.commit(tr.quarantine(record, supervisor.config.clock.wall(), error))
+    except ConflictError:
+        return  # it moved on meanwhile: not ours to quarantine
+    _log.error("stageline registry: run %r quarantined after %d recoveries", record.run_id, count)
+    supervisor.actor.tell(Counted("quarantined", 1))
+
+
+def _abort_requested(supervisor: Supervisor, store: Store, record: RunRecord) -> bool:
+    """Abort instead of recovering a run whose abort flag is set; True if it was."""
+    requests = store.abort_requests([record.run_id])
+    if record.run_id not in requests:
+        return False
+    reason = requests[record.run_id]
+    error = RunAborted(f"run {record.run_id!r} was aborted" + (f": {reason}" if reason else ""))
+    progress = tr.Progress(record.last_seq, record.stage_runs)
+    now = supervisor.config.clock.wall()
+    try:
+        store.commit(tr.abort(record, now, progress, stage=record.stage, error=error))
+    except ConflictError:
+        return True  # it moved on meanwhile
+    _log.info("stageline registry: run %r aborted by request instead of recovered", record.run_id)
+    return True
 
 
 def _artifacts(factory: Any, record: RunRecord) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from .supervisor import RegistryConfig, Supervisor
 
 _log = logging.getLogger("stageline")
 
+_RETRYABLE = frozenset({lifecycle.FAILED, lifecycle.QUARANTINED})
+
 
 class Registry:
     """A supervisor for the runs of one process (one per daemon); a context manager.
@@ -58,6 +60,9 @@ class Registry:
     is gone its runs can be recovered after at most this long. `owner`: this process's
     id in the store's leases (default: host:pid:random). `clock`: time for every timer
     (use a ManualClock in tests). `max_bundle_bytes`: the largest artifact bundle exported.
+    `max_recoveries`: a run recovered after a crash more times than this without
+    committing a stage is set "quarantined" and left alone until retried by hand (None:
+    no limit).
 
     `supervisor` is internal: what this registry's runs and factories talk to.
     """
@@ -72,12 +77,13 @@ class Registry:
         owner: str | None = None,
         clock: Clock | None = None,
         max_bundle_bytes: int = DEFAULT_MAX_BYTES,
+        max_recoveries: int | None = 5,
     ) -> None:
-        _check(default_pause_timeout, checkpoint_ttl, supervision, lease_ttl)
+        _check(default_pause_timeout, checkpoint_ttl, supervision, lease_ttl, max_recoveries)
         config = RegistryConfig(
             default_pause_timeout, checkpoint_ttl, supervision, float(lease_ttl),
             owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-            clock or SystemClock(), max_bundle_bytes,
+            clock or SystemClock(), max_bundle_bytes, max_recoveries,
         )  # fmt: skip
         self.supervisor = Supervisor(config)
         self.supervisor.actor = RegistryActor.start(self.supervisor)
@@ -112,6 +118,10 @@ class Registry:
     def max_bundle_bytes(self) -> int:
         return self.supervisor.config.max_bundle_bytes
 
+    @property
+    def max_recoveries(self) -> int | None:
+        return self.supervisor.config.max_recoveries
+
     def __enter__(self) -> Registry:
         return self
 
@@ -134,7 +144,8 @@ class Registry:
     def stats(self) -> dict[str, int]:
         """Counts: live, running, paused_live, pause_windows, retrying (failed, waiting for
         a restart), paused, exported, expired, ended, failed (stayed failed), restarts,
-        crashed (actors that died of a runtime bug), recovered, resumed_fast."""
+        crashed (actors that died of a runtime bug), recovered, quarantined (recovered too
+        often without progress), resumed_fast."""
         stats: Any = self._actor.ask(msg.Stats())
         return {**stats, "resumed_fast": self.supervisor.fast_resumes}
 
@@ -170,15 +181,15 @@ class Registry:
             if restarted is not None:
                 return restarted
         factory, store, record = recovery.find_run(self.supervisor, run_id, factory)
-        if record.status != lifecycle.FAILED:
+        if record.status not in _RETRYABLE:
             raise RunStateError(
-                f"run {run_id!r} is {record.status!r}, not failed; only a failed run can be "
-                "retried (resume a paused run, recover a running one)"
+                f"run {run_id!r} is {record.status!r}, not failed or quarantined; only those "
+                "can be retried (resume a paused run, recover a running one)"
             )
         context = recovery.claim(self.supervisor, factory, store, record, lifecycle.RETRY)
         if context is None:
             raise RunStateError(
-                f"run {run_id!r} is no longer failed: another retry won the race; "
+                f"run {run_id!r} is no longer {record.status}: another retry won the race; "
                 "it runs elsewhere now"
             )
         return cast("RunContext", context)
@@ -234,6 +245,7 @@ class Registry:
         except pykka.Timeout:
             _log.error("stageline registry: its actor did not stop in time")
         self.supervisor.timers.stop()
+        self.supervisor.runtime.workers.retire_idle()
         shared_carriers().retire_idle(timeout=5.0)
 
     def _ask_at_stop(self, message: Any, timeout: float, what: str) -> None:
@@ -260,7 +272,10 @@ def _check(
     checkpoint_ttl: float | None,
     supervision: RetryPolicy | None,
     lease_ttl: float,
+    max_recoveries: int | None,
 ) -> None:
+    if max_recoveries is not None and (type(max_recoveries) is not int or max_recoveries < 0):
+        raise StagelineError(f"max_recoveries must be None or an int >= 0, got {max_recoveries!r}")
     if default_pause_timeout < 0:
         raise StagelineError(f"default_pause_timeout must be >= 0, got {default_pause_timeout}")
     if checkpoint_ttl is not None and checkpoint_ttl <= 0:

@@ -26,7 +26,10 @@ from .supervisor import Supervisor
 
 _log = logging.getLogger("stageline")
 
-_COUNTS = ("paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered")
+_COUNTS = (
+    "paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered",
+    "quarantined",
+)  # fmt: skip
 
 
 class RegistryActor(StagelineActor):
@@ -59,6 +62,8 @@ class RegistryActor(StagelineActor):
             return self._on_ended(message)
         elif isinstance(message, msg.Renew):
             self._renew()
+        elif isinstance(message, msg.CheckAborts):
+            self._check_aborts()
         elif isinstance(message, msg.Forget):
             self._forget(message)
         elif isinstance(message, msg.Counted):
@@ -150,8 +155,23 @@ class RegistryActor(StagelineActor):
                 store.renew_leases(config.owner, run_ids, until)
             except Exception:
                 _log.exception("stageline registry: renewing leases failed")
+        self._check_aborts()
         if self.live:
             self._arm_renewal()
+
+    def _check_aborts(self) -> None:
+        """Abort the runs whose durable abort flag another process set (SPEC 16)."""
+        for store, run_ids in running_by_store(self.live.values()):
+            try:
+                requested = store.abort_requests(run_ids)
+            except Exception:
+                _log.exception("stageline registry: reading abort requests failed")
+                continue
+            for run_id, reason in requested.items():
+                run = self.live.get(run_id)
+                if run is not None:
+                    _log.info("stageline registry: run %r aborted by request", run_id)
+                    run.abort_running(reason)
 
     def _stats(self) -> dict[str, int]:
         statuses = [run.status for run in self.live.values()]

@@ -87,6 +87,10 @@ class Renew:
     """Renew the leases of the running runs."""
 
 
+class CheckAborts:
+    """Abort the running runs whose abort flag another process set."""
+
+
 class GiveUpAll:
     """registry.stop: runs waiting for a restart stay failed."""
 

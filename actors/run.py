@@ -19,6 +19,7 @@ from stageline.core import lifecycle
 from stageline.core import transitions as tr
 from stageline.core.definition import Stage
 from stageline.core.errors import (
+    CommitRefused,
     InternalError,
     RunAborted,
     StagelineError,
@@ -357,11 +358,12 @@ class RunActor(StagelineActor):
         self.deps.on_commit(self.record)
 
     def _commit_closing(self, commit: Commit) -> bool:
-        """Commit the stage's closing transaction; False if the store refused a state it
-        could not hold (StateTooLarge: nothing written), which fails the stage."""
+        """Commit the stage's closing transaction; False if the store refused it for good
+        (a state it could not hold, a value or constraint it refuses: nothing written),
+        which fails the stage, and so the run, with that StoreError."""
         try:
             self._apply(commit)
-        except StateTooLarge as exc:
+        except (StateTooLarge, CommitRefused) as exc:  # refused for good: retrying won't do
             self.runner.fail(exc)
             return False
         return True

@@ -22,7 +22,7 @@ from stageline.core.supervision import RetryPolicy
 from stageline.core.transitions import Lease
 
 from .handle import RunHandle
-from .registry_messages import CancelRestart, Ended, Forget, Track
+from .registry_messages import CancelRestart, CheckAborts, Ended, Forget, Stats, Track
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
 from .workers import shared_workers
@@ -39,6 +39,7 @@ class RegistryConfig:
     owner: str
     clock: Clock
     max_bundle_bytes: int
+    max_recoveries: int | None = 5
 
 
 class Supervisor:
@@ -79,7 +80,10 @@ class Supervisor:
             if window is not None and window[1] is not None:
                 window[1].cancel()
             return
-        self.actor.tell(Track(run))
+        try:
+            self.actor.tell(Track(run))
+        except pykka.ActorDeadError:
+            pass  # the registry was stopped: the run's start() refuses it
 
     def ended(
         self, run: RunHandle, result: RunResult | None, pause: Any, error: BaseException | None
@@ -95,6 +99,11 @@ class Supervisor:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
         return False
+
+    def check_aborts(self) -> None:
+        """Look for abort flags other processes set on the runs this registry drives
+        (the lease renewal does it too); those runs are aborted."""
+        self.actor.tell(CheckAborts())
 
     def cancel_restart(self, run_id: str) -> None:
         try:
@@ -113,6 +122,13 @@ class Supervisor:
     def forget(self, run: RunHandle) -> None:
         """Drop a live copy found stale (the store moved on without this process)."""
         self.actor.tell(Forget(run, run.segment))
+
+    def settle(self) -> None:
+        """Wait until the registry's actor has handled what was told it before."""
+        try:
+            self.actor.ask(Stats(), timeout=30)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
 
     def resumed_fast(self) -> None:
         self.fast_resumes += 1  # a statistic: a lost increment under a race is harmless

@@ -21,21 +21,36 @@ if TYPE_CHECKING:
 Job = Callable[[], None]
 
 
+class _Retire:
+    """Put in the job queue by `retire_idle`: the thread that takes it ends, unless a job
+    was submitted since (then it is stale and ignored)."""
+
+    __slots__ = ("epoch",)
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 class Workers:
     """A lazily grown thread pool plus one asyncio loop thread, shared by runs."""
 
     def __init__(self, max_threads: int | None = None) -> None:
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) * 4 + 4)
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | _Retire] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
         self._abandoned = 0
+        self._epoch = 0
+        self._retiring = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job: Job) -> None:
         """Run `job()` on a pool thread; it must not raise (wrap it)."""
         with self._lock:
+            if self._retiring:  # retirement tokens still queued are stale from now on
+                self._epoch += 1
+                self._retiring = False
             if self._idle > 0:
                 self._idle -= 1
             elif self._threads < self.max_threads + self._abandoned:
@@ -61,19 +76,47 @@ class Workers:
         return release
 
     def _work(self) -> None:
-        job = self._jobs.get()
-        while job is not None:
-            job()
+        item: Job | _Retire | None = self._jobs.get()
+        idle = False
+        while True:
+            if isinstance(item, _Retire):
+                if self._retired(item, idle):
+                    return
+            elif item is not None:
+                item()
+                idle = False
+            item = None  # an idle thread must not keep its last job (and what it holds)
             with self._lock:
                 try:
-                    job = self._jobs.get_nowait()
+                    item = self._jobs.get_nowait()
                     continue
                 except queue.Empty:
-                    if self._threads > self.max_threads + self._abandoned:
+                    if not idle and self._threads > self.max_threads + self._abandoned:
                         self._threads -= 1  # a thread added for an abandoned step retires
                         return
-                    self._idle += 1
-            job = self._jobs.get()
+                    if not idle:
+                        self._idle += 1
+                        idle = True
+            item = self._jobs.get()
+
+    def _retired(self, token: _Retire, idle: bool) -> bool:
+        with self._lock:
+            if token.epoch != self._epoch:
+                return False  # a job came after the retirement: keep working
+            self._threads -= 1
+            if idle:
+                self._idle = max(0, self._idle - 1)
+            return True
+
+    def retire_idle(self) -> None:
+        """End every pool thread once it has no job (a stopping registry leaves none
+        behind); a busy one ends when its step returns. A job submitted meanwhile cancels
+        the retirement, and threads are made again when steps need them."""
+        with self._lock:
+            self._epoch += 1
+            self._retiring = True
+            for _ in range(self._threads):
+                self._jobs.put(_Retire(self._epoch))
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule a coroutine on the runtime's event loop thread."""

@@ -14,6 +14,8 @@ from typing import Any
 from .errors import DefinitionError
 from .text import is_utf8
 
+_ID_RULE = "a non-empty string of valid UTF-8 without NUL"
+
 
 class _Sentinel:
     __slots__ = ("_name",)
@@ -172,8 +174,9 @@ class Pipeline:
 
 
 def _is_id(value: object) -> bool:
-    """A non-empty string that every store can keep (valid UTF-8: no lone surrogates)."""
-    return isinstance(value, str) and value.strip() != "" and is_utf8(value)
+    """A non-empty string that every store can keep: valid UTF-8 (no lone surrogates) and
+    no NUL character (PostgreSQL text cannot hold one)."""
+    return isinstance(value, str) and value.strip() != "" and "\x00" not in value and is_utf8(value)
 
 
 def _is_non_negative(value: object, allow_none: bool) -> bool:
@@ -189,9 +192,7 @@ def _pipeline_problems(
 ) -> list[str]:
     problems: list[str] = []
     if not _is_id(pipeline_id):
-        problems.append(
-            f"pipeline id must be a non-empty string of valid UTF-8, got {pipeline_id!r}"
-        )
+        problems.append(f"pipeline id must be {_ID_RULE}, got {pipeline_id!r}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         problems.append(f"version must be an integer >= 1, got {version!r}")
     if not isinstance(max_stage_runs, int) or max_stage_runs < 1:
@@ -216,7 +217,7 @@ def _stage_problems(
     problems: list[str] = []
     where = f"stage {stage.id!r}" if _is_id(stage.id) else f"stages[{index}]"
     if not _is_id(stage.id):
-        problems.append(f"{where}: id must be a non-empty string of valid UTF-8, got {stage.id!r}")
+        problems.append(f"{where}: id must be {_ID_RULE}, got {stage.id!r}")
     elif stage.id in seen_ids:
         problems.append(f"{where}: duplicate stage id")
     else:
@@ -251,7 +252,7 @@ def _steps_problems(where: str, steps: tuple[Step, ...]) -> list[str]:
             continue
         at = f"{where} step {step.id!r}" if _is_id(step.id) else f"{where} steps[{index}]"
         if not _is_id(step.id):
-            problems.append(f"{at}: id must be a non-empty string of valid UTF-8, got {step.id!r}")
+            problems.append(f"{at}: id must be {_ID_RULE}, got {step.id!r}")
         elif step.id in seen:
             problems.append(f"{at}: duplicate step id")
         else:

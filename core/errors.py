@@ -170,6 +170,14 @@ class StateTooLarge(StoreError):
     kind = "state_too_large"
 
 
+class CommitRefused(StoreError):
+    """The store refused a commit for a reason that will not change (a value it cannot
+    hold, a constraint it enforces): retrying would be refused again, so the run fails
+    with this error instead of being recovered forever."""
+
+    kind = "commit_refused"
+
+
 class ConflictError(StoreError):
     """A compare-and-set commit met a newer version: another writer owns the run."""
 
@@ -189,6 +197,7 @@ _BY_KIND: dict[str, type[StagelineError]] = {
         StepError,
         RunAborted,
         StoreError,
+        CommitRefused,
         ConflictError,
         InternalError,
         RunStateError,

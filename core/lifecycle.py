@@ -13,6 +13,8 @@ the actors only carry it out. A pair missing from `TRANSITIONS` is illegal and r
     failed  -> running (retry: a restart by the registry's policy, or by hand)
     running -> running (recover: another process takes over a run whose owner is gone)
     running -> failed (crash: the run's actor died of a runtime bug)
+    running -> quarantined (recovered more than max_recoveries times without progress)
+    quarantined -> running (retry by hand releases it)
 
 A new lifecycle event (sleep and wake, expiry routes, quarantine, queue and admit) is a
 row in each table and one function in `transitions`.
@@ -42,6 +44,10 @@ STATUSES: Final = (
 )  # fmt: skip
 """Every status word, in lifecycle order (SPEC section 19)."""
 
+CORRUPT: Final = "corrupt"
+"""Not a status a run is ever given: how `list_runs` (and `stageline runs`) show a stored
+run whose row cannot be decoded (SPEC section 16)."""
+
 TERMINAL: Final = frozenset({SUCCEEDED, ABORTED, EXPIRED})
 """Statuses a run never leaves (failed can still be retried)."""
 
@@ -51,7 +57,7 @@ FINISHED: Final = frozenset({SUCCEEDED, FAILED, ABORTED, EXPIRED})
 ACTIVE: Final = frozenset({PENDING, RUNNING})
 """Statuses of runs a process drives and holds a lease on."""
 
-STOPPED: Final = frozenset({*FINISHED, PAUSED})
+STOPPED: Final = frozenset({*FINISHED, PAUSED, QUARANTINED})
 """Statuses where a run waits for nobody's process (a follower of its log may stop)."""
 
 # --- lifecycle events -------------------------------------------------------------------
@@ -68,6 +74,7 @@ RESUME: Final = "resume"
 EXPIRE: Final = "expire"
 RETRY: Final = "retry"
 RECOVER: Final = "recover"
+QUARANTINE: Final = "quarantine"
 
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (PENDING, START): RUNNING,
@@ -83,6 +90,8 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (PAUSED, ABORT_PAUSED): ABORTED,
     (FAILED, RETRY): RUNNING,
     (RUNNING, RECOVER): RUNNING,
+    (RUNNING, QUARANTINE): QUARANTINED,
+    (QUARANTINED, RETRY): RUNNING,
 }
 
 EVENTS: Final = frozenset(event for _, event in TRANSITIONS)
@@ -119,6 +128,7 @@ EFFECTS: Final[dict[str, Effects]] = {
     EXPIRE: Effects(checkpoint=CLEAR, error=KEEP, lease=KEEP),
     RETRY: Effects(checkpoint=KEEP, error=CLEAR, lease=SET),
     RECOVER: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
+    QUARANTINE: Effects(checkpoint=KEEP, error=SET, lease=KEEP),
 }
 """The checkpoint stays while a run is paused or running again after a resume, and is
 cleared in the transaction that ends the run (SPEC section 7)."""

@@ -30,7 +30,10 @@ ANSWERED: Final = frozenset({DONE, FAILED})
 
 _NEEDS: Final = {
     RESUME: (frozenset({lifecycle.PAUSED}), lifecycle.PAUSED),
-    RETRY: (frozenset({lifecycle.FAILED}), lifecycle.FAILED),
+    RETRY: (
+        frozenset({lifecycle.FAILED, lifecycle.QUARANTINED}),
+        f"{lifecycle.FAILED} or {lifecycle.QUARANTINED}",
+    ),
     ABORT: (
         frozenset({lifecycle.PENDING, lifecycle.RUNNING, lifecycle.PAUSED}),
         f"{lifecycle.PENDING}, {lifecycle.RUNNING} or {lifecycle.PAUSED}",

@@ -16,7 +16,7 @@ Lease writes never change a run's `version`: they do not conflict with stage com
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -174,7 +174,11 @@ class Store(Protocol):
         ...
 
     def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
-        """Runs filtered by status and/or pipeline, oldest first."""
+        """Runs filtered by status and/or pipeline, oldest first.
+
+        Decoded run by run: a row that cannot be decoded is listed with status
+        `lifecycle.CORRUPT` (its error says what is damaged), never raised for the batch.
+        """
         ...
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
@@ -233,6 +237,35 @@ class Store(Protocol):
         is left out). A `lease_until` in the past releases the runs: anyone may claim them.
         """
         ...
+
+    def request_abort(self, run_id: str, reason: str | None) -> bool:
+        """Set the durable abort flag of a pending or running run, whoever owns it.
+
+        The owner sees it at its next lease renewal (PostgreSQL also NOTIFYs the mailbox
+        channel) and aborts the run; a recovery of the run aborts it instead of resuming
+        it. The flag is cleared by the commit that ends the run. False (nothing written)
+        when the run is not pending or running. RunNotFound if absent.
+        """
+        ...
+
+    def abort_requests(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """Of `run_ids`, those whose abort flag is set: run_id -> the reason given."""
+        ...
+
+    def delete_finished(
+        self, updated_before: float, statuses: Collection[str], limit: int = 1000
+    ) -> int:
+        """Delete at most `limit` runs whose status is in `statuses` (finished statuses
+        only: succeeded, failed, aborted, expired) and last updated before
+        `updated_before` (wall-clock seconds), with their journals, in one transaction;
+        return how many. Paused, sleeping, running, pending, queued and quarantined runs
+        are never deleted. ValueError if `statuses` names any other status.
+        """
+        ...
+
+    def reclaim_space(self) -> None:
+        """Give the space of deleted rows back (SQLite: incremental vacuum; PostgreSQL:
+        nothing to do, autovacuum reuses it)."""
 
     def close(self) -> None:
         """Release connections and files; the store cannot be used afterwards."""

@@ -26,6 +26,7 @@ from .patch import PIPELINE_DATA_KEY
 from .store import RunRecord
 
 FAILURES = "failures"
+RECOVERIES = "recoveries"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,31 @@ def attempt_errors(error: Mapping[str, Any] | None, last: Any) -> tuple[Any, ...
     """Every failed attempt's error, oldest first, ending with `last` (the live error)."""
     earlier = list((error or {}).get("attempts") or ())[:-1]
     return (*(error_from_record(e) for e in earlier), last)
+
+
+def recoveries(state: Mapping[str, Any]) -> int:
+    """How many times the run was recovered since it last committed a stage."""
+    data = state.get(PIPELINE_DATA_KEY)
+    count = data.get(RECOVERIES, 0) if isinstance(data, dict) else 0
+    return count if type(count) is int else 0
+
+
+def with_recoveries(state: dict[str, Any], count: int) -> dict[str, Any]:
+    """`state` with its recovery count set to `count` (0 removes it); a new dict."""
+    data = state.get(PIPELINE_DATA_KEY)
+    if count == 0 and not (isinstance(data, dict) and RECOVERIES in data):
+        return state
+    data = {k: v for k, v in data.items() if k != RECOVERIES} if isinstance(data, dict) else {}
+    if count:
+        data[RECOVERIES] = count
+    if data:
+        return {**state, PIPELINE_DATA_KEY: data}
+    return {k: v for k, v in state.items() if k != PIPELINE_DATA_KEY}
+
+
+def over_recoveries(record: RunRecord, max_recoveries: int | None) -> bool:
+    """Would one more recovery take the run over `max_recoveries` without progress?"""
+    return max_recoveries is not None and recoveries(record.state) >= max_recoveries
 
 
 def is_orphaned(record: RunRecord, now: float) -> bool:

@@ -28,7 +28,7 @@ from .errors import error_to_record
 from .events import Event
 from .patch import copy_state, merge, public_state
 from .store import Commit, RunRecord
-from .supervision import with_attempts, with_failure
+from .supervision import recoveries, with_attempts, with_failure, with_recoveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +81,31 @@ def resume(
 
 
 def retry(record: RunRecord, now: float, lease: Lease | None = None) -> Commit:
-    """failed -> running from the failed stage; the failed attempt is kept in the state."""
+    """failed (or quarantined) -> running from the failed stage; the failed attempt is
+    kept in the state, and the recovery count starts again."""
     opening = _opening(record, record.stage, now, resumed=True)
-    state = with_failure(record.state, record.error)
+    state = with_recoveries(with_failure(record.state, record.error), 0)
     return _commit(record, lifecycle.RETRY, now, lease, events=(opening,), state=state)
 
 
 def recover(record: RunRecord, now: float, lease: Lease | None = None) -> Commit:
-    """running -> running under a new owner, from the last committed stage."""
+    """running -> running under a new owner, from the last committed stage.
+
+    Counts the recovery in the run's state; the next stage commit clears the count
+    (see `quarantine`).
+    """
     opening = _opening(record, record.stage, now, resumed=True)
-    return _commit(record, lifecycle.RECOVER, now, lease, events=(opening,))
+    state = with_recoveries(record.state, recoveries(record.state) + 1)
+    return _commit(record, lifecycle.RECOVER, now, lease, events=(opening,), state=state)
+
+
+def quarantine(record: RunRecord, now: float, error: BaseException) -> Commit:
+    """running -> quarantined: recovered too often without committing a stage.
+
+    Recovery and supervision leave it alone; a retry by hand releases it.
+    """
+    failure = with_attempts(error_to_record(error), record.state)
+    return _commit(record, lifecycle.QUARANTINE, now, error=failure)
 
 
 def claimed_opening(record: RunRecord, entry: str) -> Event:
@@ -267,6 +282,9 @@ def _ended_by(
     return _progressed(record, event, now, progress, (end,), stage, state, None, error=failure)
 
 
+_PROGRESS = frozenset({lifecycle.COMMIT, lifecycle.SUCCEED, lifecycle.PAUSE})
+
+
 def _progressed(
     record: RunRecord,
     event: str,
@@ -278,7 +296,12 @@ def _progressed(
     patch: dict[str, Any] | None,
     **written: Any,
 ) -> Commit:
-    """A commit of a live segment: the stage's events, then `closing` (if any)."""
+    """A commit of a live segment: the stage's events, then `closing` (if any).
+
+    A committed stage is progress: the run's recovery count starts again.
+    """
+    if event in _PROGRESS:
+        state = with_recoveries(state, 0)
     events = (*progress.events, *closing)
     last_seq = closing[-1].seq if closing else progress.seq
     return _commit(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ COLOURS = {
     lifecycle.RUNNING: "cyan",
     lifecycle.PENDING: "cyan",
     lifecycle.QUEUED: "cyan",
+    lifecycle.CORRUPT: "magenta",
 }
 """The colour of each status word: green ended well, red ended badly, yellow waits."""
 
@@ -39,11 +41,28 @@ RUN_HEADERS = ("RUN", "PIPELINE", "STATUS", "STAGE", "UPDATED")
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, indent=indent, default=str, ensure_ascii=False)
+    """Strict JSON: a float that is NaN or infinite (a step may store one) is written as
+    the string "NaN", "Infinity" or "-Infinity", never as a bare NaN no parser accepts."""
+    try:
+        return json.dumps(value, indent=indent, default=str, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a non-finite float somewhere
+        return json.dumps(finite(value), indent=indent, default=str, ensure_ascii=False)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by its name, as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def when(info: RunInfo) -> str:
-    return str(info.updated_at.isoformat(timespec="seconds"))
+    updated = info.updated_at  # a corrupt row may have no readable time
+    return "-" if updated is None else str(updated.isoformat(timespec="seconds"))
 
 
 def lease(info: RunInfo) -> str | None:
@@ -60,7 +79,7 @@ def coloured(status: str) -> str:
 
 def run_row(info: RunInfo) -> tuple[str, str, str, str, str]:
     """One line of the `runs` table (RUN_HEADERS)."""
-    return (info.run_id, info.pipeline_id, info.status, info.stage or "-", when(info))
+    return (info.run_id, info.pipeline_id or "-", info.status, info.stage or "-", when(info))
 
 
 def table(headers: tuple[str, ...], rows: Sequence[Sequence[str]], status_column: int) -> str:
@@ -105,8 +124,10 @@ def run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
         "pipeline_version": info.pipeline_version,
         "status": info.status,
         "stage": info.stage,
-        "updated_at": info.updated_at.isoformat(),
+        "updated_at": None if info.updated_at is None else info.updated_at.isoformat(),
     }
+    if info.status == lifecycle.CORRUPT:  # what is damaged
+        data["error"] = info.error
     if full:
         data["owner"] = info.owner
         data["lease_until"] = lease(info)

@@ -3,14 +3,18 @@
 Every command reads and writes the store named by `--store` (or `STAGELINE_STORE`), so it
 works with or without a daemon running: `runs`, `show` and `logs` read the store directly;
 `start`, `resume`, `retry` and `abort` post a request into the store's mailbox and (unless
-`--no-wait`) wait for the daemon's answer. User errors print one line to stderr and exit 1;
-no daemon answering in time exits 3 (the request stays in the mailbox).
+`--no-wait`) wait for the daemon's answer (`abort`: for the run to stop); `gc` deletes old
+finished runs. Only `serve` and `start` create a store; the others need it to exist. User
+errors print one line to stderr and exit 1; no daemon answering in time exits 3 (the
+request stays in the mailbox).
 
 This module is the click group and its commands; the work is in private modules, one job
 each: `_cli_errors` (one-line user errors), `_cli_options` (shared options), `_cli_mailbox`
-(requests to the daemon), `_cli_format` (what is printed), `_cli_logging` (`serve`'s JSON
-lines). Heavy imports (pykka, structlog, cbor2, the stores) happen inside the commands, so
-that `stageline --help` starts fast.
+(requests to the daemon), `_cli_abort` (waiting for an abort), `_cli_gc` (retention, on
+`_retention` and `_duration`), `_cli_format` (what is printed), `_cli_logging` (`serve`'s
+JSON lines), `_app_path` (where `serve` imports APP from). Heavy imports (pykka,
+structlog, cbor2, the stores) happen inside the commands, so that `stageline --help`
+starts fast.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import click
 from stageline import __version__
 from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
+from stageline._app_path import importable_here
 from stageline._cli_errors import UserError, user_errors
 from stageline._cli_options import (
+    duration,
     json_object,
     json_option,
     open_store,
     store_option,
     store_url_given,
     wait_options,
+    waits,
 )
 from stageline.core import lifecycle, mailbox
 
@@ -89,6 +96,21 @@ def main() -> None:
     metavar="SECONDS",
     help="How long answered mailbox requests are kept for their senders, then deleted.",
 )
+@click.option(
+    "--retain",
+    metavar="DURATION",
+    callback=duration,
+    help="Delete finished runs last updated longer ago than this (30s, 15m, 12h, 7d), "
+    "with each --lease-ttl pass. Default: keep them.",
+)
+@click.option(
+    "--max-recoveries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    metavar="N",
+    help="Quarantine a run recovered more than N times without committing a stage.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)  # fmt: skip
 @user_errors
@@ -102,6 +124,8 @@ def serve(
     restart_backoff: float,
     lease_ttl: float,
     keep_answered: float,
+    retain: float | None,
+    max_recoveries: int,
     log_level: str,
 ) -> None:
     """Run the daemon: APP's pipelines, acting on the store's mailbox.
@@ -111,18 +135,21 @@ def serve(
 
     Logs JSON lines to stdout; stops gracefully on SIGTERM or SIGINT (exit 0).
     """
+    importable_here()  # before the imports below: nothing in the current folder shadows them
     from stageline._cli_logging import configure_logging
     from stageline.core.supervision import RetryPolicy
     from stageline.daemon import DaemonOptions, run_daemon
 
     store_url = store_url_given(store_url)
     options = DaemonOptions(poll_interval=poll_interval, stop_timeout=stop_timeout,
-                            recover_every=lease_ttl, keep_answered=keep_answered)  # fmt: skip
+                            recover_every=lease_ttl, keep_answered=keep_answered,
+                            retain=retain)  # fmt: skip
     policy = RetryPolicy(max_restarts=max_restarts, backoff=restart_backoff)
     registry_options = {
         "default_pause_timeout": pause_timeout,
         "lease_ttl": lease_ttl,
         "supervision": policy if max_restarts > 0 else None,
+        "max_recoveries": max_recoveries,
     }
     configure_logging(log_level)
     run_daemon(app, store_url, options=options, registry_options=registry_options)
@@ -152,7 +179,7 @@ def start(
 ) -> None:
     """Start a run of PIPELINE (through the daemon serving the store)."""
     state = json_object(state_json, "--state")
-    store = open_store(store_url)
+    store = open_store(store_url, create=True)  # a request may wait for the first daemon
     if run_id is None:
         run_id = post.new_id()
     elif post.exists(store, run_id):
@@ -192,7 +219,7 @@ def resume(
 @json_option
 @user_errors
 def retry(run_id: str, store_url: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Retry a failed RUN from its failed stage.
+    """Retry a failed RUN from its failed stage, or release a quarantined RUN.
 
     Committed stages are not run again.
     """
@@ -205,7 +232,7 @@ def retry(run_id: str, store_url: str | None, wait: bool, timeout: float, as_jso
 @click.argument("run_id", metavar="RUN")
 @click.option("--reason", help="Recorded in the run's error.")
 @store_option
-@wait_options
+@waits(60.0, "the run to stop")
 @json_option
 @user_errors
 def abort(
@@ -216,11 +243,15 @@ def abort(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Abort a pending, running or paused RUN."""
+    """Abort a pending, running or paused RUN, and wait until it has stopped.
+
+    A run another daemon drives stops when that daemon next renews its lease.
+    """
+    from stageline._cli_abort import abort as abort_run
+
     store = open_store(store_url)
     post.check_run(store, mailbox.ABORT, run_id)
-    request = post.make_request(mailbox.ABORT, run_id, {"reason": reason})
-    post.send(store, request, wait, timeout, as_json)
+    abort_run(store, run_id, reason, wait, timeout, as_json)
 
 
 # --- reading the store ---------------------------------------------------------------------
@@ -285,3 +316,27 @@ def logs(
         if not follow or status in lifecycle.STOPPED:
             return
         time.sleep(poll_interval)
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--older-than", required=True, metavar="DURATION", callback=duration,
+              help="Delete runs last updated longer ago than this: 30s, 15m, 12h, 7d.")  # fmt: skip
+@click.option("--status", "statuses", metavar="S,...",
+              help="Only these finished statuses (default: all four).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@store_option
+@json_option
+@user_errors
+def gc(
+    older_than: float, statuses: str | None, dry_run: bool, store_url: str | None, as_json: bool
+) -> None:
+    """Delete finished runs, with their journals, last updated before now - DURATION.
+
+    Paused, sleeping, running, pending, queued and quarantined runs are never deleted.
+    """
+    from stageline._cli_gc import collect
+
+    collect(store_url, older_than, statuses, dry_run, as_json)

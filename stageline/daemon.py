@@ -3,7 +3,8 @@
 `stageline serve APP --store URL` builds a `Daemon` and calls `serve` until SIGTERM/SIGINT.
 At start it recovers orphaned runs of every pipeline (`registry.recover(factory)`); then it
 waits for requests and, when there may be some (and once a second anyway), claims pending
-requests and acts on each. A store with `wait_for_requests(timeout)` (PostgresStore:
+requests one at a time (a daemon killed while acting strands only that one) and acts on
+each. A store with `wait_for_requests(timeout)` (PostgresStore:
 LISTEN/NOTIFY) is blocked on, so a request wakes the daemon at once and an idle daemon
 sends no queries; on the others (SQLite, memory) the daemon polls the cheap
 `mailbox_version()` every `poll_interval` seconds. Then:
@@ -11,7 +12,8 @@ sends no queries; on the others (SQLite, memory) the daemon polls the cheap
     start  -> factory.prepare(entry, run_id, state=...).start()
     resume -> factory.resume(run_id, patch).start()
     retry  -> registry.retry(run_id)
-    abort  -> factory.abort(run_id, reason)   (the live run, or a paused run in the store)
+    abort  -> factory.abort(run_id, reason)   (the live run, a paused run in the store, or
+              the durable abort flag of a run another daemon drives)
 
 and answers it: "done", or "failed" with the error's one-line message. The answer comes
 when the action has been taken (the run started, the resume claimed), not when the run ends.
@@ -34,22 +36,21 @@ embedding the daemon leaves the application's logging alone.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stageline import _retention as retention
+from stageline._daemon_app import _factories as _factories  # re-exported
+from stageline._daemon_app import bind_factories, load_app
 from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
 from stageline.actors.logs import library_logger
 from stageline.actors.registry import Registry
 from stageline.core import mailbox
-from stageline.core.clock import Clock
-from stageline.core.definition import Pipeline
-from stageline.core.errors import RunStateError, StagelineError
+from stageline.core.clock import Clock, iso_utc
+from stageline.core.errors import RunStateError, StagelineError, StoreError
 from stageline.core.mailbox import Request
 from stageline.core.store import Store
 
@@ -65,69 +66,34 @@ class DaemonOptions:
     on (`wait_for_requests`), the longest single wait, so a stop is noticed that soon.
     `keep_answered`: how long an answered mailbox request stays in the store, for its
     sender to read the answer; older ones are deleted at start and with each recovery
-    pass. None keeps them all.
+    pass. None keeps them all. `retain`: likewise, how long a finished run (succeeded,
+    failed, aborted, expired) stays after its last update; None keeps them all.
+    `claim_limit`: requests claimed at a time; each is acted on before the next claim, so
+    a daemon killed while acting leaves only that one claimed. `error_backoff`: after a
+    store error the loop waits this long, doubling with each error in a row up to
+    `max_error_backoff`, and starts again from the beginning after a pass that worked.
     """
 
     poll_interval: float = 0.01
     wait_slice: float = 0.2
     idle_claim: float = 1.0
-    claim_limit: int = 16
+    claim_limit: int = 1
     stop_timeout: float = 10.0
     recover_every: float | None = 30.0
     keep_answered: float | None = 86_400.0
+    retain: float | None = None
+    error_backoff: float = 0.1
+    max_error_backoff: float = 5.0
 
 
-# --- loading the application ------------------------------------------------------------
+@dataclass(slots=True)
+class _Loop:
+    """What the serving loop remembers from one pass to the next."""
 
-
-def load_app(spec: str) -> list[PipelineFactory]:
-    """The factories named by "module:attribute" (the module is imported from sys.path)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise StagelineError(f"APP must be 'module:attribute', got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder is importable
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise StagelineError(f"cannot import {module_name!r} for APP {spec!r}: {exc}") from exc
-    try:
-        target = getattr(module, attribute)
-    except AttributeError:
-        raise StagelineError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    return _factories(target, spec)
-
-
-def _factories(target: Any, spec: str) -> list[PipelineFactory]:
-    if isinstance(target, PipelineFactory | Pipeline):
-        target = [target]
-    elif isinstance(target, Mapping):
-        target = list(target.values())
-    elif callable(target):
-        return _factories(target(), spec)
-    if not isinstance(target, Iterable) or isinstance(target, str | bytes):
-        raise StagelineError(
-            f"APP {spec!r} is a {type(target).__name__}; it must be a PipelineFactory, a "
-            "Pipeline, a list of them, or a callable returning one of those"
-        )
-    found = [PipelineFactory(t) if isinstance(t, Pipeline) else t for t in target]
-    bad = [type(f).__name__ for f in found if not isinstance(f, PipelineFactory)]
-    if bad or not found:
-        raise StagelineError(f"APP {spec!r} must give PipelineFactory or Pipeline objects: {bad}")
-    return found
-
-
-def bind_factories(
-    factories: Iterable[PipelineFactory], store: Store, registry: Registry
-) -> dict[str, PipelineFactory]:
-    """The factories on the daemon's store and registry, keyed by pipeline id."""
-    bound: dict[str, PipelineFactory] = {}
-    for factory in factories:
-        pipeline_id = factory.pipeline.id
-        if pipeline_id in bound:
-            raise StagelineError(f"two factories serve pipeline {pipeline_id!r}; keep one")
-        bound[pipeline_id] = factory.bound_to(store, registry)
-    return bound
+    last_claim: float
+    last_recover: float
+    seen: int | None = None
+    errors: int = 0
 
 
 # --- the daemon ----------------------------------------------------------------------------
@@ -192,33 +158,81 @@ class Daemon:
         if pruned:
             self.log.info("daemon:pruned", requests=pruned)
 
+    def retain(self) -> None:
+        """Delete the finished runs last updated more than `retain` seconds ago."""
+        keep = self.options.retain
+        if keep is None:
+            return
+        before = self.clock.wall() - keep
+        try:
+            deleted = retention.delete_finished(self.store, before, retention.DELETABLE)
+        except StagelineError as exc:
+            self.log.error("daemon:retain_failed", error=_one_line(str(exc)))
+            return
+        if deleted:
+            self.log.info("daemon:deleted_runs", runs=deleted, updated_before=iso_utc(before))
+
+    def check_writable(self) -> None:
+        """StoreError unless the store takes a write: `serve` fails at start on a store it
+        cannot write (a read-only file, a role without privileges), not request by
+        request. The write is harmless: pruning requests answered before 1970."""
+        try:
+            self.store.prune_requests(0.0)
+        except StagelineError as exc:
+            raise StoreError(
+                f"the daemon cannot write to its store ({_one_line(str(exc))}); serve needs a "
+                "store it can write: check the file's permissions or the role's privileges"
+            ) from None
+
     def serve(self, stop: threading.Event) -> None:
-        """Serve the mailbox until `stop` is set; a store error is logged, never fatal."""
+        """Serve the mailbox until `stop` is set. A store error is logged, never fatal;
+        errors in a row back off (`error_backoff`, doubling, up to `max_error_backoff`)."""
         wait = _waiter(self.store)
         waits = "notify" if wait is not None else f"poll every {self.options.poll_interval}s"
         self.log.info("daemon:ready", pipelines=sorted(self.factories), waits=waits)
-        seen: int | None = None
-        last_claim = last_recover = self.clock.monotonic()
+        loop = _Loop(last_claim=self.clock.monotonic(), last_recover=self.clock.monotonic())
         while not stop.is_set():
             try:
-                if self._recovery_due(last_recover):
-                    last_recover = self.clock.monotonic()
-                    self.recover(quiet=True)
-                    self.prune()
-                if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
-                    news = wait(self._wait_time(last_claim, last_recover))
-                else:
-                    version = self.store.mailbox_version()
-                    news, seen = version != seen, version
-                if news or self.clock.monotonic() - last_claim >= self.options.idle_claim:
-                    last_claim = self.clock.monotonic()
-                    while self.poll_once() and not stop.is_set():
-                        pass
-                if wait is None:
-                    stop.wait(self.options.poll_interval)
+                self._serve_pass(stop, wait, loop)
             except StagelineError as exc:
-                self.log.error("daemon:store_error", error=str(exc))
-                stop.wait(self.options.poll_interval)
+                loop.errors += 1
+                delay = self.backoff(loop.errors)
+                self.log.error("daemon:store_error", error=_one_line(str(exc)), retry_in=delay)
+                self._rest(stop, delay)
+            else:
+                loop.errors = 0
+
+    def backoff(self, errors: int) -> float:
+        """How long to wait after the `errors`-th store error in a row."""
+        first, most = self.options.error_backoff, self.options.max_error_backoff
+        return float(min(most, first * 2 ** min(errors - 1, 64)))
+
+    def _rest(self, stop: threading.Event, seconds: float) -> None:
+        """Wait `seconds`, or until `stop` is set."""
+        stop.wait(seconds)
+
+    def _serve_pass(
+        self, stop: threading.Event, wait: Callable[[float], bool] | None, loop: _Loop
+    ) -> None:
+        """One turn of `serve`: a recovery pass if due, then the mailbox if there is news."""
+        if self._recovery_due(loop.last_recover):
+            loop.last_recover = self.clock.monotonic()
+            self.recover(quiet=True)
+            self.prune()
+            self.retain()
+        if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
+            news = wait(self._wait_time(loop.last_claim, loop.last_recover))
+        else:
+            version = self.store.mailbox_version()
+            news, loop.seen = version != loop.seen, version
+        if news:  # maybe an abort flag another daemon set on a run of ours (SPEC 16)
+            self.registry.supervisor.check_aborts()
+        if news or self.clock.monotonic() - loop.last_claim >= self.options.idle_claim:
+            loop.last_claim = self.clock.monotonic()
+            while self.poll_once() and not stop.is_set():
+                pass
+        if wait is None:
+            self._rest(stop, self.options.poll_interval)
 
     def _recovery_due(self, last_recover: float) -> bool:
         every = self.options.recover_every
@@ -233,11 +247,33 @@ class Daemon:
         return max(0.0, min(due))
 
     def poll_once(self) -> int:
-        """Claim pending requests and act on each; how many there were."""
+        """Claim pending requests (`claim_limit` at most) and act on each; how many.
+
+        Every claimed request is answered whatever happens: if acting on one or answering
+        it fails (the store), the rest of its batch is answered failed, never left claimed.
+        """
         requests = self.store.claim_requests(self.name, self.options.claim_limit)
-        for request in requests:
-            self.handle(request)
+        acted = 0
+        try:
+            for request in requests:
+                acted += 1
+                self.handle(request)
+        finally:
+            self._not_acted_on(requests[acted:])
         return len(requests)
+
+    def _not_acted_on(self, requests: Iterable[Request]) -> None:
+        """Answer claimed requests this daemon will not act on (failed, to be re-sent)."""
+        for request in requests:
+            error = (
+                f"the daemon {self.name} claimed this request but met a store error before "
+                f"acting on it; nothing was done to run {request.run_id!r}: send it again"
+            )
+            try:
+                self.store.answer_request(request.request_id, error)
+            except StagelineError as exc:  # the store is failing: it stays claimed
+                self.log.error("request:unanswered", request_id=request.request_id,
+                               error=_one_line(str(exc)))  # fmt: skip
 
     def handle(self, request: Request) -> None:
         """Act on one claimed request and answer it; never raises for the request's sake."""
@@ -357,8 +393,10 @@ def run_daemon(
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, frame: _set_later(stop))
+        daemon.check_writable()
         daemon.recover()
         daemon.prune()
+        daemon.retain()
         daemon.serve(stop)
         daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
     finally:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode
+from stageline.core import lifecycle
+from stageline.core.codec import encode
 from stageline.core.errors import (
+    CommitRefused,
     ConflictError,
     RunExistsError,
     RunNotFound,
     StateTooLarge,
     StoreError,
 )
-from stageline.core.lifecycle import ACTIVE
 from stageline.core.mailbox import Request
 from stageline.core.store import RunRecord
 
@@ -59,7 +60,7 @@ def request_not_found(request_id: str) -> StoreError:
 
 def claimable(record: RunRecord, owner: str, now: float) -> bool:
     """May `owner` take this run's lease at `now` (the `claim_run` condition)?"""
-    if record.status not in ACTIVE:
+    if record.status not in lifecycle.ACTIVE:
         return False
     if record.owner is None or record.owner == owner:
         return True
@@ -76,53 +77,43 @@ def maybe_encode(value: Any) -> bytes | None:
     return None if value is None else encode(value)
 
 
-def maybe_decode(data: bytes | None, what: str) -> Any:
-    return None if data is None else decode(data, what=what)
+def finished_statuses(statuses: Collection[str], limit: int) -> tuple[str, ...]:
+    """The statuses `delete_finished` may delete, checked: ValueError for any other
+    status (retention never deletes a run that may go on) or a limit below 1."""
+    others = sorted(set(statuses) - lifecycle.FINISHED)
+    if others:
+        raise ValueError(
+            "delete_finished deletes only finished runs "
+            f"({', '.join(sorted(lifecycle.FINISHED))}), not {', '.join(others)}"
+        )
+    if limit < 1:
+        raise ValueError(f"delete_finished needs a limit of at least 1, got {limit}")
+    return tuple(sorted(set(statuses)))
 
 
-def record_from_row(row: tuple[Any, ...], max_bytes: int = DEFAULT_MAX_BYTES) -> RunRecord:
-    """A RunRecord from a row of the SQL stores' `runs` columns (RUN_COLUMNS), in order.
+def args_fitting(request: Request, data: bytes, max_bytes: int) -> bytes:
+    """A request's encoded arguments if the store can read them back, else StoreError
+    (nothing is posted): the mailbox never holds a request no daemon could read."""
+    if len(data) > max_bytes:
+        raise StoreError(
+            f"the arguments of mailbox request {request.request_id!r} are {len(data)} bytes "
+            f"encoded, over this store's limit of {max_bytes} bytes (max_state_bytes); nothing "
+            "was posted. Send less (keep large data out of the state)"
+        )
+    return data
 
-    `max_bytes` bounds the state's decoding (a store that writes bigger states reads them).
-    """
-    return RunRecord(
-        run_id=row[0],
-        pipeline_id=row[1],
-        pipeline_version=row[2],
-        status=row[3],
-        stage=row[4],
-        state=decode(row[5], max_bytes=max_bytes, what=f"state of run {row[0]!r}"),
-        checkpoint=row[6],
-        error=maybe_decode(row[7], f"error of run {row[0]!r}"),
-        version=row[8],
-        last_seq=row[9],
-        stage_runs=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        owner=row[13],
-        lease_until=row[14],
+
+def no_store(where: str, check: str = "the path") -> StoreError:
+    """The error of opening, without creating, a store that is not there."""
+    return StoreError(
+        f"no stageline store at {where}; start `stageline serve` on it first or check {check}"
     )
 
 
-REQUEST_COLUMNS = (
-    "request_id, kind, run_id, posted_at, pipeline_id, args, status, claimed_by, "
-    "answered_at, answer"
-)
-
-
-def request_from_row(row: tuple[Any, ...]) -> Request:
-    """A mailbox Request from a row of the SQL stores' REQUEST_COLUMNS, in their order."""
-    return Request(
-        request_id=row[0],
-        kind=row[1],
-        run_id=row[2],
-        posted_at=row[3],
-        pipeline_id=row[4],
-        args=decode(row[5], what=f"arguments of request {row[0]!r}"),
-        status=row[6],
-        claimed_by=row[7],
-        answered_at=row[8],
-        answer=row[9],
+def commit_refused(what: str, where: str, reason: str) -> CommitRefused:
+    return CommitRefused(
+        f"{what} was refused by {where}: {reason}. The store will refuse it again (a value "
+        "it cannot hold or a constraint it enforces); nothing was written"
     )
 
 

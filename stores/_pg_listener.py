@@ -20,7 +20,7 @@ from typing import Any, Final
 from stageline.core.errors import StoreError
 
 from ._pg_driver import reason
-from ._pg_sql import POSTED
+from ._pg_sql import ABORT, POSTED
 
 
 class Listener:
@@ -58,7 +58,8 @@ class Listener:
             self._lock.release()
 
     def wait(self, timeout: float, where: str, *, answers: bool = True) -> bool:
-        """Block until a notification (with `answers=False`: a posted request) or timeout."""
+        """Block until a notification (with `answers=False`: a posted request or an abort
+        flag set on a run) or timeout."""
         deadline = time.monotonic() + max(timeout, 0.0)
         if not self._lock.acquire(timeout=max(timeout, 0.0)):
             return False
@@ -75,7 +76,7 @@ class Listener:
 
     def _receive(self, timeout: float, where: str, answers: bool = True) -> bool:
         """Wait up to `timeout` for notifications (lock held); True if anything moved (with
-        `answers=False`: if a request was posted)."""
+        `answers=False`: if a request was posted or a run's abort flag set)."""
         if self._conn is None:
             return self._reconnect(timeout, where)
         try:
@@ -85,7 +86,7 @@ class Listener:
             self._count(1)
             return True
         self._count(len(received))
-        return bool(received) if answers else POSTED in received
+        return bool(received) if answers else (POSTED in received or ABORT in received)
 
     def _reconnect(self, timeout: float, where: str) -> bool:
         """Open the connection and LISTEN (True: something may have been missed), unless

@@ -3,7 +3,9 @@
 Claims take the oldest pending requests with `FOR UPDATE SKIP LOCKED`; posting and
 answering send a NOTIFY on the schema's channel in the same statement, which the store's
 `Listener` counts and waits on. An answer's NUL characters are written as the two
-characters `\\0`.
+characters `\\0`. A claimed request that cannot be read is answered "failed" in the
+claim's transaction and left out; a request whose arguments are over the store's
+`max_state_bytes` (which it could not read back) is refused when posted.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ from stageline.core.codec import encode
 from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
 
 from . import _pg_sql as sql
-from ._common import in_batches, request_exists, request_from_row, request_not_found
+from ._common import args_fitting, in_batches, request_exists, request_not_found
 from ._pg_listener import Listener
 from ._pg_pool import Connections
 from ._pg_text import check_id, check_text, unstorable
+from ._rows import claimed_requests, request_from_row
 
 
 class Mailbox:
     """Requests in one schema: post, claim, answer, read, prune, and wait for news."""
 
-    def __init__(self, db: Connections, listener: Listener, channel: str) -> None:
+    def __init__(self, db: Connections, listener: Listener, channel: str, max_bytes: int) -> None:
         self._db = db
         self._listener = listener
         self._channel = channel
+        self._max_bytes = max_bytes
 
     def post(self, request: Request) -> None:
         for value, what in ((request.request_id, "request id"), (request.run_id, "run id")):
@@ -38,19 +42,27 @@ class Mailbox:
             request.run_id,
             request.posted_at,
             request.pipeline_id,
-            encode(request.args),
+            args_fitting(request, encode(request.args), self._max_bytes),
             PENDING,
             self._channel,
         )
         if not self._notifying(f"posting request {request.request_id!r}", sql.POST_REQUEST, values):
             raise request_exists(request.request_id)
 
-    def claim(self, claimer: str, limit: int) -> list[Request]:
+    def claim(self, claimer: str, limit: int, now: float) -> list[Request]:
+        """Claim up to `limit` requests; one that cannot be read is answered "failed" at
+        `now` in the same transaction, and left out."""
         check_text(claimer, "claimer name", claimer)
-        rows = self._db.query(
-            "claiming mailbox requests", sql.CLAIM_REQUESTS, (PENDING, limit, CLAIMED, claimer)
-        )
-        return [request_from_row(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
+        params = (PENDING, limit, CLAIMED, claimer)
+        with self._db.connection("claiming mailbox requests") as conn, conn.transaction():
+            rows = conn.execute(self._db.sql(sql.CLAIM_REQUESTS), params).fetchall()
+            claimed, unreadable = claimed_requests(rows, self._max_bytes)
+            for seq, answer in unreadable:
+                values = (FAILED, answer.replace("\x00", "\\0"), now, seq, self._channel)
+                conn.execute(self._db.sql(sql.ANSWER_UNREADABLE), values)
+        for _ in unreadable:
+            self._listener.own_write()
+        return claimed
 
     def answer(self, request_id: str, error: str | None, answered_at: float) -> None:
         if unstorable(request_id):
@@ -86,7 +98,7 @@ class Mailbox:
         rows = self._db.query(f"reading request {request_id!r}", sql.GET_REQUEST, (request_id,))
         if not rows:
             raise request_not_found(request_id)
-        return request_from_row(rows[0])
+        return request_from_row(rows[0], self._max_bytes)
 
     def version(self) -> int:
         self._db.fail_if_closed()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from stageline.core.errors import StoreError
 
+from ._common import commit_refused
 from ._pg_driver import connect_kwargs, describe, import_driver, reason, schema_from_url
 
 if TYPE_CHECKING:
@@ -110,8 +111,13 @@ class Connections:
         return max(self._limits.connect_timeout, 1.0)
 
     @contextmanager
-    def connection(self, what: str) -> Iterator[Connection]:
-        """A pooled connection; driver errors become StoreError naming `what`."""
+    def connection(self, what: str, refusing: bool = False) -> Iterator[Connection]:
+        """A pooled connection; driver errors become StoreError naming `what`.
+
+        `refusing` (commits and new runs): an error the server will give again for the
+        same values (SQLSTATE class 22, data exception, e.g. a NUL or a number out of
+        range; class 23, a constraint) is CommitRefused.
+        """
         self.fail_if_closed()
         try:
             with self._pool.connection() as conn:
@@ -120,7 +126,14 @@ class Connections:
                 finally:
                     self._last_used[conn] = time.monotonic()  # housekeeping: see __init__
         except self.driver.Error as exc:
+            if refusing and isinstance(exc, self._permanent):
+                where = f"the PostgreSQL store {self.where}"
+                raise commit_refused(what, where, reason(exc)) from exc
             raise self._failure(what, exc) from exc
+
+    @property
+    def _permanent(self) -> tuple[type[BaseException], ...]:
+        return (self.driver.DataError, self.driver.IntegrityError)
 
     def query(self, what: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """The rows of one statement (`{s}` is the schema)."""

@@ -13,10 +13,13 @@ from typing import Any, Final
 from stageline.core import mailbox
 from stageline.core.errors import StoreError
 
-SCHEMA_VERSION: Final = 3
+from ._common import no_store
+
+SCHEMA_VERSION: Final = 4
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
-# steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox.
+# steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
+# 4 the abort flag (`abort_requested`, `abort_reason`).
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -61,6 +64,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )""",
         f"CREATE INDEX requests_pending ON {{s}}.requests (seq) WHERE status = '{mailbox.PENDING}'",
     ),
+    4: ("ALTER TABLE {s}.runs ADD COLUMN abort_requested boolean, ADD COLUMN abort_reason text",),
 }
 
 _META: Final = (
@@ -73,15 +77,22 @@ _WRITE_VERSION: Final = (
 )
 
 
-def migrate(conn: Any, sql: Callable[[str], str], schema: str, where: str) -> None:
+def migrate(
+    conn: Any, sql: Callable[[str], str], schema: str, where: str, create: bool = True
+) -> None:
     """Create or upgrade the tables, one process at a time (advisory lock).
 
     `sql` puts the quoted schema into a statement's `{s}`. A schema already at this
     version is only read: no DDL, no lock, and no CREATE privilege needed, so a DBA may
-    create the schema and run the first migration.
+    create the schema and run the first migration. `create=False`: a schema without
+    stageline's tables is StoreError naming it, and nothing is created (an older
+    version's tables are still upgraded).
     """
-    if schema_version(conn, sql, where) == SCHEMA_VERSION:
+    found = schema_version(conn, sql, where)
+    if found == SCHEMA_VERSION:
         return
+    if found == 0 and not create:
+        raise no_store(where, "the schema name (the URL's ?schema=)")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"stageline:{schema}",))
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))

@@ -10,12 +10,15 @@ from typing import Final
 
 from stageline.core import lifecycle
 
-from ._common import PRUNE_SQL, REQUEST_COLUMNS, RUN_COLUMNS
+from ._common import PRUNE_SQL, RUN_COLUMNS
+from ._rows import REQUEST_COLUMNS
 
 POSTED: Final = "posted"
 """The NOTIFY payload of a posted request."""
 ANSWERED: Final = "answered"
 """The NOTIFY payload of an answered request."""
+ABORT: Final = "abort"
+"""The NOTIFY payload of an abort flag set on a run (a daemon waiting for posts wakes)."""
 
 # ------------------------------------------------------------------------------- runs
 
@@ -45,12 +48,16 @@ RENEW_LEASES: Final = (
     "UPDATE {s}.runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s) RETURNING run_id"
 )
 
-# A commit with an owner also takes the run's lease; without one the lease is kept.
+# A commit with an owner also takes the run's lease; without one the lease is kept. The
+# abort flag is kept while the run stays pending or running (the first boolean), cleared
+# by the commit that ends or pauses it.
 _UPDATE: Final = (
     "UPDATE {s}.runs SET status = %s, stage = %s, state = %s, checkpoint = %s, error = %s, "
     "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s, "
     "owner = COALESCE(%s, owner), "
-    "lease_until = CASE WHEN %s::text IS NULL THEN lease_until ELSE %s::float8 END "
+    "lease_until = CASE WHEN %s::text IS NULL THEN lease_until ELSE %s::float8 END, "
+    "abort_requested = CASE WHEN %s::boolean THEN abort_requested END, "
+    "abort_reason = CASE WHEN %s::boolean THEN abort_reason END "
     "WHERE run_id = %s AND version = %s"
 )
 COMMIT: Final = _UPDATE + " RETURNING version"
@@ -70,6 +77,25 @@ CLAIM_RUN: Final = (
     f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} "
     "AND (owner IS NULL OR owner = %s OR lease_until IS NULL OR lease_until <= %s) "
     "FOR UPDATE SKIP LOCKED)"
+)
+
+REQUEST_ABORT: Final = (
+    "WITH flagged AS (UPDATE {s}.runs SET abort_requested = true, abort_reason = %s "
+    f"WHERE run_id = %s AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} RETURNING 1) "
+    f"SELECT pg_notify(%s, '{ABORT}') FROM flagged"
+)
+ABORT_REQUESTS: Final = (
+    "SELECT run_id, abort_reason FROM {s}.runs WHERE run_id = ANY(%s) AND abort_requested"
+)
+# Retention: the rows are locked (a run being retried at this moment is skipped, and one
+# changed since the snapshot is checked again), then the journal and the runs go in the
+# same statement, so in one transaction.
+DELETE_FINISHED: Final = (
+    "WITH doomed AS MATERIALIZED (SELECT run_id FROM {s}.runs "
+    "WHERE status = ANY(%s) AND updated_at < %s LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "journal AS (DELETE FROM {s}.events e USING doomed WHERE e.run_id = doomed.run_id), "
+    "gone AS (DELETE FROM {s}.runs r USING doomed WHERE r.run_id = doomed.run_id "
+    "RETURNING 1) SELECT count(*) FROM gone"
 )
 
 # ---------------------------------------------------------------------------- mailbox
@@ -98,6 +124,11 @@ ANSWER_REQUEST: Final = (
     "WITH answered AS (UPDATE {s}.requests "
     "SET status = %s, answer = %s, answered_at = %s "
     "WHERE request_id = %s RETURNING 1) "
+    f"SELECT pg_notify(%s, '{ANSWERED}') FROM answered"
+)
+ANSWER_UNREADABLE: Final = (
+    "WITH answered AS (UPDATE {s}.requests SET status = %s, answer = %s, answered_at = %s "
+    "WHERE seq = %s RETURNING 1) "
     f"SELECT pg_notify(%s, '{ANSWERED}') FROM answered"
 )
 GET_REQUEST: Final = f"SELECT {REQUEST_COLUMNS} FROM {{s}}.requests WHERE request_id = %s"

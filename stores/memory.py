@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from stageline.core import lifecycle
@@ -16,6 +16,7 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 from ._common import (
     claimable,
     conflict,
+    finished_statuses,
     request_exists,
     request_not_found,
     run_exists,
@@ -35,6 +36,7 @@ class MemoryStore:
         self._runs: dict[str, RunRecord] = {}
         self._journal: dict[str, list[Event]] = {}
         self._requests: dict[str, Request] = {}  # insertion order is posting order
+        self._aborts: dict[str, str | None] = {}  # run_id -> reason: the abort flags set
         self._mailbox_version = 0
 
     def create_run(self, record: RunRecord) -> None:
@@ -59,6 +61,8 @@ class MemoryStore:
                 raise conflict(commit.run_id, commit.expected_version, found)
             version = commit.expected_version + 1
             self._runs[commit.run_id] = current.applied(commit, version)
+            if commit.status not in lifecycle.ACTIVE:
+                self._aborts.pop(commit.run_id, None)  # the run ended: its flag with it
             journal = self._journal[commit.run_id]
             for event in commit.events:
                 if is_journaled(event.name):  # a copy, as a durable store keeps
@@ -105,6 +109,40 @@ class MemoryStore:
                     self._runs[run_id] = replace(current, lease_until=lease_until)
                     renewed.append(run_id)
         return renewed
+
+    def request_abort(self, run_id: str, reason: str | None) -> bool:
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is None:
+                raise run_not_found(run_id)
+            if current.status not in lifecycle.ACTIVE:
+                return False
+            self._aborts[run_id] = reason
+            return True
+
+    def abort_requests(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        with self._lock:
+            return {run_id: self._aborts[run_id] for run_id in run_ids if run_id in self._aborts}
+
+    def delete_finished(
+        self, updated_before: float, statuses: Collection[str], limit: int = 1000
+    ) -> int:
+        """Delete at most `limit` finished runs (of `statuses`) updated before
+        `updated_before`, with their journals; see `Store.delete_finished`."""
+        wanted = finished_statuses(statuses, limit)
+        with self._lock:
+            doomed = [
+                run_id
+                for run_id, r in self._runs.items()
+                if r.status in wanted and r.updated_at < updated_before
+            ][:limit]
+            for run_id in doomed:
+                del self._runs[run_id], self._journal[run_id]
+                self._aborts.pop(run_id, None)
+            return len(doomed)
+
+    def reclaim_space(self) -> None:
+        """Nothing to do: deleted runs are gone from memory at once."""
 
     def get_run(self, run_id: str) -> RunInfo:
         return _detached(self.load_run(run_id))

@@ -19,8 +19,11 @@ reading the dsn), `_pg_pool` (connections), `_pg_schema` (tables and migrations)
 Decisions where the spec is silent:
 
 - PostgreSQL `text` cannot hold NUL characters: a run id (or pipeline id, stage id) with
-  one is refused with StoreError on write; a lookup by such an id finds nothing
-  (RunNotFound), as no such run can exist.
+  one is refused with StoreError on write (CommitRefused for a commit or a new run: it
+  would be refused again); a lookup by such an id finds nothing (RunNotFound), as no such
+  run can exist. A commit or new run the server refuses for good (SQLSTATE class 22, a
+  data exception; class 23, a constraint) is CommitRefused too; a lost connection or a
+  timeout stays a plain StoreError.
 - Run and pipeline ids are index keys, which PostgreSQL limits in size: ids over
   `MAX_ID_BYTES` (UTF-8) are refused with StoreError on write.
 - A connection lost before or while a commit runs raises StoreError; the broken
@@ -45,14 +48,19 @@ Decisions where the spec is silent:
   answer's NUL characters are written as the two characters `\\0`.
 - Time: an answered request's time is the store's `clock.wall()` (`clock=`, default the
   system clock); the pool's and the listener's timers use the process's monotonic time.
+- Abort flags: `request_abort` sets the flag and NOTIFYs the mailbox channel in one
+  statement, so a daemon in `wait_for_requests` wakes (even with `answers=False`).
+- Retention: `delete_finished` is one statement (runs locked `FOR UPDATE SKIP LOCKED`,
+  journal and runs deleted together); `reclaim_space` runs a plain VACUUM (see there).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from stageline.core import lifecycle
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
@@ -62,9 +70,9 @@ from stageline.core.store import Commit, RunInfo, RunRecord
 from . import _pg_sql as sql
 from ._common import (
     conflict,
+    finished_statuses,
     fitting,
     maybe_encode,
-    record_from_row,
     run_exists,
     run_not_found,
 )
@@ -74,6 +82,7 @@ from ._pg_mailbox import Mailbox
 from ._pg_pool import Connections, PoolLimits
 from ._pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from ._pg_text import MAX_ID_BYTES, check_id, check_text, unstorable
+from ._rows import info_from_row, listed_info, record_from_row
 
 if TYPE_CHECKING:
     from ._pg_pool import Connection
@@ -95,6 +104,8 @@ class PostgresStore:
     `check_after`: a connection idle longer than this many seconds is tested before use
     (0: always; None: never, and a connection the server dropped fails one call).
     `clock` (default: the system clock) dates the answers to mailbox requests.
+    `create=False` opens only an existing store: a schema without stageline's tables is
+    StoreError naming it, and nothing is created.
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class PostgresStore:
         check_after: float | None = 2.0,
         max_state_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
+        create: bool = True,
     ) -> None:
         self.max_state_bytes = max_state_bytes
         self.clock: Clock = SystemClock() if clock is None else clock
@@ -117,17 +129,17 @@ class PostgresStore:
         self.schema = self._db.schema
         self.channel = "stageline_mailbox_" + hashlib.sha1(self.schema.encode()).hexdigest()[:16]
         self._where = self._db.where
-        self._db.open(lambda conn: migrate(conn, self._db.sql, self.schema, self._where))
+        self._db.open(lambda conn: migrate(conn, self._db.sql, self.schema, self._where, create))
         self._listener = Listener(self._db.driver, self._db.connect, self.channel)
-        self._mailbox = Mailbox(self._db, self._listener, self.channel)
+        self._mailbox = Mailbox(self._db, self._listener, self.channel, max_state_bytes)
 
     # ----------------------------------------------------------------- writes
 
     def create_run(self, record: RunRecord) -> None:
-        check_id(record.run_id, "run id")
-        check_id(record.pipeline_id, "pipeline id")
-        check_text(record.stage, "stage id", record.run_id)
-        check_text(record.status, "status", record.run_id)
+        check_id(record.run_id, "run id", refusing=True)
+        check_id(record.pipeline_id, "pipeline id", refusing=True)
+        check_text(record.stage, "stage id", record.run_id, refusing=True)
+        check_text(record.status, "status", record.run_id, refusing=True)
         values = (
             record.run_id,
             record.pipeline_id,
@@ -145,19 +157,19 @@ class PostgresStore:
             record.owner,
             record.lease_until,
         )
-        with self._db.connection(f"creating run {record.run_id!r}") as conn:
+        with self._db.connection(f"creating run {record.run_id!r}", refusing=True) as conn:
             cursor = conn.execute(self._db.sql(sql.INSERT_RUN), values)
             if cursor.rowcount != 1:
                 raise run_exists(record.run_id)
 
     def commit(self, commit: Commit) -> int:
-        check_text(commit.stage, "stage id", commit.run_id)
-        check_text(commit.status, "status", commit.run_id)
-        check_text(commit.owner, "owner", commit.run_id)
+        for value, what in ((commit.stage, "stage id"), (commit.status, "status")):
+            check_text(value, what, commit.run_id, refusing=True)
+        check_text(commit.owner, "owner", commit.run_id, refusing=True)
         statement, values = self._commit_statement(commit)
         if unstorable(commit.run_id):
             raise conflict(commit.run_id, commit.expected_version, None)
-        with self._db.connection(f"committing run {commit.run_id!r}") as conn:
+        with self._db.connection(f"committing run {commit.run_id!r}", refusing=True) as conn:
             row = conn.execute(self._db.sql(statement), values).fetchone()
             if row is None:
                 found = _version_of(conn, self._db.sql(sql.VERSION_OF), commit.run_id)
@@ -178,6 +190,8 @@ class PostgresStore:
             commit.owner,
             commit.owner,
             commit.lease_until,
+            commit.status in lifecycle.ACTIVE,  # keep the abort flag
+            commit.status in lifecycle.ACTIVE,
             commit.run_id,
             commit.expected_version,
         )
@@ -240,25 +254,77 @@ class PostgresStore:
         renewed = {row[0] for row in rows}
         return [run_id for run_id in wanted if run_id in renewed]
 
+    # ----------------------------------------------------------------- abort flags
+
+    def request_abort(self, run_id: str, reason: str | None) -> bool:
+        """Set the run's abort flag if it is pending or running, and NOTIFY the mailbox
+        channel in the same statement; see `Store.request_abort`. A reason's NUL
+        characters are written as the two characters `\\0`."""
+        text = None if reason is None else reason.replace("\x00", "\\0")
+        check_text(text, "abort reason", run_id)
+        params = (text, run_id, self.channel)
+        if self._update_run(
+            f"requesting the abort of run {run_id!r}", run_id, sql.REQUEST_ABORT, params
+        ):
+            self._listener.own_write()
+            return True
+        return False
+
+    def abort_requests(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        wanted = [run_id for run_id in run_ids if not unstorable(run_id)]
+        if not wanted:
+            return {}
+        rows = self._db.query("reading abort flags", sql.ABORT_REQUESTS, (wanted,))
+        return {run_id: reason for run_id, reason in rows}
+
+    # ----------------------------------------------------------------- retention
+
+    def delete_finished(
+        self, updated_before: float, statuses: Collection[str], limit: int = 1000
+    ) -> int:
+        """Delete at most `limit` finished runs (of `statuses`) updated before
+        `updated_before`, with their journals, in one statement; see
+        `Store.delete_finished`. A run whose row another transaction holds at that
+        moment (a retry committing) is skipped, not waited for."""
+        wanted = list(finished_statuses(statuses, limit))
+        if not wanted:
+            return 0
+        params = (wanted, updated_before, limit)
+        rows = self._db.query("deleting finished runs", sql.DELETE_FINISHED, params)
+        return int(rows[0][0])
+
+    def reclaim_space(self) -> None:
+        """Make the space of deleted rows reusable now: a plain `VACUUM` of the runs,
+        journal and mailbox tables (never VACUUM FULL: it takes no lock that stops reads
+        or writes). The files do not shrink; new rows reuse the space, so the tables stop
+        growing. Autovacuum does the same on its own schedule, so skipping this loses
+        nothing. A role that does not own the tables only gets a server warning."""
+        with self._db.connection("vacuuming the tables") as conn:
+            for table in ("runs", "events", "requests"):
+                conn.execute(self._db.sql(f"VACUUM {{s}}.{table}"))
+
     # ----------------------------------------------------------------- reads
 
     def load_run(self, run_id: str) -> RunRecord:
+        return record_from_row(self._run_row(run_id), self.max_state_bytes)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return info_from_row(self._run_row(run_id), self.max_state_bytes)
+
+    def _run_row(self, run_id: str) -> tuple[Any, ...]:
         if unstorable(run_id):
             raise run_not_found(run_id)
         rows = self._db.query(f"reading run {run_id!r}", sql.LOAD_RUN, (run_id,))
         if not rows:
             raise run_not_found(run_id)
-        return record_from_row(rows[0], self.max_state_bytes)
-
-    def get_run(self, run_id: str) -> RunInfo:
-        return self.load_run(run_id).info()
+        return rows[0]
 
     def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
         if unstorable(status) or unstorable(pipeline_id):
             return []
         params = (status, status, pipeline_id, pipeline_id)
         rows = self._db.query("listing runs", sql.LIST_RUNS, params)
-        return [record_from_row(row, self.max_state_bytes).info() for row in rows]
+        return [listed_info(row, self.max_state_bytes) for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         if unstorable(run_id):
@@ -285,7 +351,7 @@ class PostgresStore:
         self._mailbox.post(request)
 
     def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
-        return self._mailbox.claim(claimer, limit)
+        return self._mailbox.claim(claimer, limit, self.clock.wall())
 
     def answer_request(self, request_id: str, error: str | None = None) -> None:
         self._mailbox.answer(request_id, error, self.clock.wall())

@@ -10,123 +10,69 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
-from stageline.core import lifecycle
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
-from stageline.core.mailbox import CLAIMED, DONE, FAILED, PENDING, Request
+from stageline.core.mailbox import DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord
 from stageline.core.text import unencodable_part
 
+from . import _sqlite_ops as ops
 from ._common import (
-    PRUNE_SQL,
-    REQUEST_COLUMNS,
     RUN_COLUMNS,
+    args_fitting,
+    commit_refused,
     conflict,
+    finished_statuses,
     fitting,
     in_batches,
     maybe_encode,
-    record_from_row,
     request_exists,
-    request_from_row,
     request_not_found,
     run_exists,
     run_not_found,
 )
-
-SCHEMA_VERSION = 3
-
-WAL_AUTOCHECKPOINT_PAGES = 256
-"""Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
-checkpoint the next commits overwrite the WAL from its start instead of growing it, and
-an fsync that must also record a larger file costs about a third more: with 256 pages a
-new file reaches that cheaper regime after about a hundred stage commits, not four hundred,
-for a few more (small) checkpoints."""
-
-_META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-
-# MIGRATIONS[v] takes a file from schema version v - 1 to v (0: a new file). Each is
-# applied once, in one transaction, so files written by an older stageline keep working.
-# 1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery).
-# 3: the mailbox (`requests`).
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE IF NOT EXISTS runs (
-            run_id TEXT PRIMARY KEY,
-            pipeline_id TEXT NOT NULL,
-            pipeline_version INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            stage TEXT,
-            state BLOB NOT NULL,
-            checkpoint BLOB,
-            error BLOB,
-            version INTEGER NOT NULL,
-            last_seq INTEGER NOT NULL,
-            stage_runs INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS runs_status ON runs (status, pipeline_id)",
-        """CREATE TABLE IF NOT EXISTS events (
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            name TEXT NOT NULL,
-            data BLOB NOT NULL,
-            PRIMARY KEY (run_id, seq)
-        ) WITHOUT ROWID""",
-    ),
-    2: (
-        "ALTER TABLE runs ADD COLUMN owner TEXT",
-        "ALTER TABLE runs ADD COLUMN lease_until REAL",
-    ),
-    3: (
-        """CREATE TABLE IF NOT EXISTS requests (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            request_id TEXT NOT NULL UNIQUE,
-            kind TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            pipeline_id TEXT,
-            args BLOB NOT NULL,
-            status TEXT NOT NULL,
-            posted_at REAL NOT NULL,
-            claimed_by TEXT,
-            answered_at REAL,
-            answer TEXT
-        )""",
-        "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq)",
-    ),
-}
-
-
-_SET = (
-    "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
-    "stage_runs = ?, updated_at = ? WHERE run_id = ? AND version = ?"
+from ._rows import (
+    REQUEST_COLUMNS,
+    info_from_row,
+    listed_info,
+    record_from_row,
+    request_from_row,
 )
-_UPDATE_SAME_STATUS = f"UPDATE runs SET {_SET} AND status = ?"
-_UPDATE_NEW_STATUS = f"UPDATE runs SET status = ?, {_SET}"
-_UPDATE_WITH_LEASE = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
-_PRUNE = PRUNE_SQL.format(table="requests", mark="?")
-_SET_CHECKPOINT = (
-    "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
-    f"AND (? = 0 OR status = '{lifecycle.PAUSED}') AND (? IS NULL OR version = ?)"
+from ._sqlite_ops import VACUUM_PAGES
+from ._sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    WAL_AUTOCHECKPOINT_PAGES,
+    configure,
+    connect,
+    migrate,
 )
-_CLAIM = (
-    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
-    f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} "
-    "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
-)
+
+T = TypeVar("T")
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "VACUUM_PAGES",
+    "WAL_AUTOCHECKPOINT_PAGES",
+    "SqliteStore",
+]
 
 
 class SqliteStore:
     """A Store in one SQLite file.
 
-    A new file is created readable and writable by its owner only (mode 0600): it holds
-    every run's state. SQLite gives its -wal and -shm files the same mode.
+    `path` is a file path, never a SQLite URI (`file:x.db` is a file of that name). A new
+    file is created readable and writable by its owner only (mode 0600): it holds every
+    run's state. SQLite gives its -wal and -shm files the same mode. `create=False` opens
+    only an existing store: a missing file (or one without stageline's tables) is
+    StoreError naming its absolute path, and nothing is created.
 
     `synchronous` is "FULL" (default: a stage commit survives power loss) or "NORMAL"
     (survives a process crash, not power loss). `busy_timeout` is how long a write waits
@@ -144,6 +90,7 @@ class SqliteStore:
         busy_timeout: float = 30.0,
         max_state_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise StoreError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
@@ -153,22 +100,22 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            _create_private(self.path)
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            self._db.execute(_META)
+            self._db = connect(self.path, create=create, timeout=busy_timeout)
+            configure(self._db, synchronous.upper())
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._mailbox_writes = 0  # data_version does not move for this connection's writes
         with self._transaction(f"migrating the schema of {self.path!r}") as db:
-            _migrate(db, self.path)
+            migrate(db, self.path)
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, what: str, refusing: bool = False) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE ... COMMIT` under the store's lock; rolled back on any error.
+
+        `refusing` (commits and new runs): what SQLite refuses for good (a constraint, a
+        value it cannot hold) is CommitRefused; anything else (locked, full, read-only)
+        is a plain StoreError, which may pass.
+        """
         with self._lock:
             if self._closed:
                 raise StoreError(f"SQLite store {self.path!r} is closed")
@@ -181,11 +128,22 @@ class SqliteStore:
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
-                if isinstance(exc, UnicodeEncodeError):
-                    raise _not_text(what, exc) from exc
-                raise
+                failure = self._failure(what, exc, refusing)
+                if failure is None:
+                    raise
+                raise failure from exc
+
+    def _failure(self, what: str, exc: BaseException, refusing: bool) -> StoreError | None:
+        """The StoreError a failed transaction raises (None: raise `exc` as it is)."""
+        permanent = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
+        if refusing and isinstance(exc, permanent):
+            return commit_refused(what, repr(self.path), str(exc))
+        if isinstance(exc, sqlite3.Error):
+            return StoreError(f"{what} failed in {self.path!r}: {exc}")
+        if isinstance(exc, UnicodeEncodeError):
+            error = _not_text(what, exc)
+            return commit_refused(what, repr(self.path), str(error)) if refusing else error
+        return None
 
     def _rollback(self) -> None:
         with suppress(sqlite3.Error):
@@ -207,7 +165,7 @@ class SqliteStore:
 
     def create_run(self, record: RunRecord) -> None:
         state = self._fits(record.run_id, "state", encode(record.state))
-        with self._transaction(f"creating run {record.run_id!r}") as db:
+        with self._transaction(f"creating run {record.run_id!r}", refusing=True) as db:
             exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,))
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
@@ -233,10 +191,7 @@ class SqliteStore:
             )
 
     def load_run(self, run_id: str) -> RunRecord:
-        rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
-        if not rows:
-            raise run_not_found(run_id)
-        return record_from_row(rows[0], self.max_state_bytes)
+        return record_from_row(self._run_row(run_id), self.max_state_bytes)
 
     def commit(self, commit: Commit) -> int:
         fits = self._fits
@@ -251,8 +206,8 @@ class SqliteStore:
             for e in commit.events
             if is_journaled(e.name)
         ]
-        with self._transaction(f"committing run {commit.run_id!r}") as db:
-            if _update_run(db, commit, state) != 1:
+        with self._transaction(f"committing run {commit.run_id!r}", refusing=True) as db:
+            if ops.update_run(db, commit, state) != 1:
                 row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
                 found = row.fetchone()
                 raise conflict(commit.run_id, commit.expected_version, found and found[0])
@@ -270,7 +225,7 @@ class SqliteStore:
     ) -> bool:
         with self._transaction(f"writing the checkpoint of run {run_id!r}") as db:
             cursor = db.execute(
-                _SET_CHECKPOINT,
+                ops.SET_CHECKPOINT,
                 (checkpoint, run_id, int(only_if_paused), expected_version, expected_version),
             )
             if cursor.rowcount == 1:
@@ -281,7 +236,7 @@ class SqliteStore:
 
     def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
         with self._transaction(f"claiming run {run_id!r}") as db:
-            cursor = db.execute(_CLAIM, (owner, lease_until, run_id, now))
+            cursor = db.execute(ops.CLAIM_RUN, (owner, lease_until, run_id, now))
             if cursor.rowcount == 1:
                 return True
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
@@ -300,8 +255,65 @@ class SqliteStore:
                     renewed.append(run_id)
         return renewed
 
+    def request_abort(self, run_id: str, reason: str | None) -> bool:
+        with self._transaction(f"requesting the abort of run {run_id!r}") as db:
+            flagged = ops.request_abort(db, run_id, reason)
+        if flagged is None:
+            raise run_not_found(run_id)
+        return flagged
+
+    def abort_requests(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        return self._outside_transaction(
+            "reading abort flags", lambda db: ops.abort_requests(db, run_ids)
+        )
+
+    def delete_finished(
+        self, updated_before: float, statuses: Collection[str], limit: int = 1000
+    ) -> int:
+        """Delete at most `limit` finished runs (of `statuses`) updated before
+        `updated_before`, with their journals, in one transaction; see
+        `Store.delete_finished`. The file keeps the space until `reclaim_space`."""
+        wanted = finished_statuses(statuses, limit)
+        with self._transaction("deleting finished runs") as db:
+            return ops.delete_finished(db, updated_before, wanted, limit)
+
+    def reclaim_space(self) -> None:
+        """Give the pages of deleted rows back to the file system: the file shrinks.
+
+        A file made by this stageline has `auto_vacuum=INCREMENTAL`: this runs `PRAGMA
+        incremental_vacuum`, VACUUM_PAGES pages per transaction (writers wait for one
+        chunk at a time, never for the whole), then checkpoints the WAL (TRUNCATE) so the
+        file and the WAL shrink on disk. A file made before (auto_vacuum NONE) is switched
+        by one full `VACUUM` the first time: it rewrites the whole file, holding the write
+        lock meanwhile (seconds for hundreds of MB; other writers wait up to
+        `busy_timeout`) and needing free disk for a copy of it; later calls are
+        incremental.
+        """
+        if self._outside_transaction("reading the auto_vacuum mode", ops.auto_vacuum) == 0:
+            self._outside_transaction("switching the file to incremental vacuum", ops.vacuum)
+        freeing = True
+        while freeing:
+            freeing = self._outside_transaction("giving free pages back", ops.vacuum_some)
+        self._outside_transaction("checkpointing the WAL", ops.checkpoint)
+
+    def _outside_transaction(self, what: str, step: Callable[[sqlite3.Connection], T]) -> T:
+        """`step(connection)` under the store's lock, in SQLite's own autocommit."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"SQLite store {self.path!r} is closed")
+            try:
+                return step(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what} failed in {self.path!r}: {exc}") from exc
+
     def get_run(self, run_id: str) -> RunInfo:
-        return self.load_run(run_id).info()
+        return info_from_row(self._run_row(run_id), self.max_state_bytes)
+
+    def _run_row(self, run_id: str) -> tuple[Any, ...]:
+        rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise run_not_found(run_id)
+        return rows[0]
 
     def list_runs(self, status: str | None = None, pipeline_id: str | None = None) -> list[RunInfo]:
         rows = self._query(
@@ -309,7 +321,7 @@ class SqliteStore:
             "AND (?2 IS NULL OR pipeline_id = ?2) ORDER BY created_at, run_id",
             (status, pipeline_id),
         )
-        return [record_from_row(row, self.max_state_bytes).info() for row in rows]
+        return [listed_info(row, self.max_state_bytes) for row in rows]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))
@@ -330,6 +342,7 @@ class SqliteStore:
         ]
 
     def post_request(self, request: Request) -> None:
+        args = args_fitting(request, encode(request.args), self.max_state_bytes)
         with self._transaction(f"posting request {request.request_id!r}") as db:
             try:
                 db.execute(
@@ -340,7 +353,7 @@ class SqliteStore:
                         request.run_id,
                         request.posted_at,
                         request.pipeline_id,
-                        encode(request.args),
+                        args,
                         PENDING,
                         None,
                         None,
@@ -352,14 +365,13 @@ class SqliteStore:
             self._mailbox_writes += 1
 
     def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
+        """Claim up to `limit` pending requests, oldest first. A request that cannot be
+        read is answered "failed" (saying so) in the same transaction, and left out."""
+        now = self.clock.wall()
         with self._transaction("claiming mailbox requests") as db:
-            rows = db.execute(
-                f"UPDATE requests SET status = ?, claimed_by = ? WHERE seq IN "
-                f"(SELECT seq FROM requests WHERE status = ? ORDER BY seq LIMIT ?) "
-                f"AND status = ? RETURNING seq, {REQUEST_COLUMNS}",
-                (CLAIMED, claimer, PENDING, limit, PENDING),
-            ).fetchall()
-        return [request_from_row(row[1:]) for row in sorted(rows)]
+            claimed, answered = ops.claim_requests(db, claimer, limit, self.max_state_bytes, now)
+            self._mailbox_writes += answered
+        return claimed
 
     def answer_request(self, request_id: str, error: str | None = None) -> None:
         with self._transaction(f"answering request {request_id!r}") as db:
@@ -377,13 +389,13 @@ class SqliteStore:
         )
         if not rows:
             raise request_not_found(request_id)
-        return request_from_row(rows[0])
+        return request_from_row(rows[0], self.max_state_bytes)
 
     def prune_requests(self, answered_before: float) -> int:
         def delete_batch(limit: int) -> int:
             with self._transaction("pruning answered requests") as db:
                 params = (DONE, FAILED, answered_before, limit)
-                return int(db.execute(_PRUNE, params).rowcount)
+                return int(db.execute(ops.PRUNE, params).rowcount)
 
         return in_batches(delete_batch)
 
@@ -397,64 +409,6 @@ class SqliteStore:
             if not self._closed:
                 self._closed = True
                 self._db.close()
-
-
-def _update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
-    """Write the commit to its run's row (compare-and-set on version); rows changed.
-
-    `status` is indexed: a commit that keeps the status leaves it out of the SET, so a
-    plain stage commit rewrites one row and no index page.
-    """
-    values = (
-        commit.stage,
-        state,
-        commit.checkpoint,
-        maybe_encode(commit.error),
-        commit.last_seq,
-        commit.stage_runs,
-        commit.updated_at,
-        commit.run_id,
-        commit.expected_version,
-    )
-    if commit.owner is not None:  # a claim: it also takes the lease
-        lease = (commit.status, commit.owner, commit.lease_until)
-        return int(db.execute(_UPDATE_WITH_LEASE, (*lease, *values)).rowcount)
-    cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
-    if cursor.rowcount == 0:
-        cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
-    return int(cursor.rowcount)
-
-
-def _migrate(db: sqlite3.Connection, path: str) -> None:
-    """Bring the file up to SCHEMA_VERSION, one migration at a time (inside a transaction)."""
-    row = db.execute("SELECT value FROM stageline_meta WHERE key = 'schema_version'").fetchone()
-    found = 0 if row is None else int(row[0])
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path!r} has schema version {found}, newer than this stageline "
-            f"understands ({SCHEMA_VERSION}); upgrade stageline"
-        )
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS[version]:
-            db.execute(statement)
-    if found != SCHEMA_VERSION:
-        db.execute(
-            "INSERT OR REPLACE INTO stageline_meta VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-
-
-def _create_private(path: str) -> None:
-    """Create the database file with mode 0600 unless it exists (or is not a file path)."""
-    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return  # another process created it first
-    except OSError as exc:
-        raise sqlite3.OperationalError(f"cannot create the file: {exc}") from exc
-    os.close(fd)
 
 
 def _not_text(what: str, exc: UnicodeEncodeError) -> StoreError:

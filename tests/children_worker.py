@@ -1,8 +1,10 @@
 """Subprocess for tests/test_children_processes.py: child pipelines across processes.
 
-    python tests/children_worker.py crash  DB RUN_ID             # run "crashfan" to its end
-    python tests/children_worker.py pause  DB RUN_ID             # run "pausefan" to its pause
-    python tests/children_worker.py resume DB RUN_ID PATCH_JSON  # slow-path resume "pausefan"
+    python tests/children_worker.py crash  STORE RUN_ID             # run "crashfan" to its end
+    python tests/children_worker.py pause  STORE RUN_ID             # run "pausefan" to its pause
+    python tests/children_worker.py resume STORE RUN_ID PATCH_JSON  # slow-path resume "pausefan"
+
+STORE is a SQLite file's path or a store URL (postgresql://...?schema=..., stores/url.py).
 
 "crashfan": stage "fan" runs CHILDREN child pipelines ("c1".."c3"), each with STAGES
 stages of STEPS concurrent steps; step j of stage k of child c returns
@@ -28,6 +30,7 @@ from typing import Any
 
 from stageline import Pause, Pipeline, PipelineFactory, Stage, Step
 from stageline.stores import SqliteStore
+from stageline.stores.url import open_store
 from stageline.testing import EventRecorder
 
 CHILDREN = ("c1", "c2", "c3")
@@ -51,7 +54,9 @@ def crash_pipeline() -> Pipeline:
         Pipeline(
             child,
             [
-                Stage(f"s{k}", k, steps=[Step(f"j{j}", busy_step(child, k, j)) for j in range(STEPS)])
+                Stage(
+                    f"s{k}", k, steps=[Step(f"j{j}", busy_step(child, k, j)) for j in range(STEPS)]
+                )
                 for k in range(1, STAGES + 1)
             ],
         )
@@ -107,7 +112,7 @@ def main(argv: list[str]) -> int:
     if mode == "crash":
         print("ready", flush=True)
     pipeline = crash_pipeline() if mode == "crash" else pause_pipeline()
-    store = SqliteStore(db)
+    store = open_store(db) if "://" in db else SqliteStore(db)
     try:
         factory = PipelineFactory(pipeline, store=store)
         if mode == "resume":

@@ -162,3 +162,128 @@ def expect_each(
     if len(found) < len(wanted):
         daemons[0].fail(f"every daemon ended before {names} for {sorted(wanted - found.keys())}")
     return found
+
+
+def raw_execute(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one SQL statement on a store's tables behind its back (to damage a row, or read
+    what the store would not); the rows it returned.
+
+    `{s}.` before a table name is the PostgreSQL schema (dropped on SQLite); parameters
+    are written `%s` (`?` on SQLite).
+    """
+    if store_url.startswith("sqlite:///"):
+        import sqlite3
+
+        db = sqlite3.connect(store_url[len("sqlite:///") :])
+        try:
+            with db:
+                cursor = db.execute(statement.replace("{s}.", "").replace("%s", "?"), params)
+                return cursor.fetchall()
+        finally:
+            db.close()
+    from urllib.parse import parse_qs, urlencode
+
+    import psycopg
+    from psycopg import sql
+
+    base, _, query = store_url.partition("?")
+    options = parse_qs(query)
+    schema = options.pop("schema")[0]
+    dsn = f"{base}?{urlencode(options, doseq=True)}" if options else base
+    quoted = sql.Identifier(schema).as_string(None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cursor = conn.execute(statement.replace("{s}", quoted).encode(), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def store_url_of(store: Any) -> str:
+    """The URL of a SqliteStore or PostgresStore made by conftest's `store` fixture."""
+    if hasattr(store, "path"):
+        return f"sqlite:///{Path(store.path).resolve()}"
+    from conftest import PG_DSN
+
+    return f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={store.schema}"
+
+
+FLEET_APP = """
+import json
+import threading
+from pathlib import Path
+
+from stageline import Pause, Pipeline, PipelineFactory, Stage, Step
+
+HERE = Path(__file__).parent
+
+
+def slow(state, ctx):
+    ctx.aborted.wait(60)
+    return {"late": True}
+
+
+def block_once(state, ctx):
+    marker = HERE / "block-once"
+    if marker.exists():
+        marker.unlink()
+        ctx.log.info("blocking")
+        ctx.aborted.wait(60)
+    return {"finished": True}
+
+
+def fail(state, ctx):
+    raise RuntimeError("always")
+
+
+def held_start():
+    marker = HERE / "hold-start"  # the daemon blocks while acting on a start request
+    if marker.exists():
+        marker.unlink()
+        print(json.dumps({"event": "acting"}), flush=True)
+        threading.Event().wait()  # until the test kills the daemon
+    return {}
+
+
+def odd(state, ctx):
+    return {"nan": float("nan"), "inf": float("inf"), "ninf": float("-inf")}
+
+
+def one(name):
+    return [Stage(name, order=1, steps=[Step(name, lambda s, c: {name: True})])]
+
+
+slow_pipeline = Pipeline("slow", [Stage("wait", order=1, steps=[Step("slow", slow)])])
+crashy = Pipeline("crashy", [Stage("block", order=1, steps=[Step("block", block_once)])])
+failing = Pipeline("failing", [Stage("fail", order=1, steps=[Step("fail", fail)])])
+odd_pipeline = Pipeline("odd", [Stage("odd", order=1, steps=[Step("odd", odd)])])
+waits = Pipeline("waits", [
+    Stage("ask", order=1, steps=[Step("ask", lambda s, c: {"asked": True})],
+          router=lambda s, r: Pause("done")),
+    Stage("done", order=2, steps=[Step("done", lambda s, c: {"done": True})]),
+])
+
+
+def app():
+    return [
+        slow_pipeline, crashy, failing, odd_pipeline, waits, Pipeline("quick", one("quick")),
+        PipelineFactory(Pipeline("held", one("held")), initial_state=held_start),
+    ]
+"""
+"""The application of the fleet tests (tests/test_cli_fleet*.py), written as shop.py."""
+
+
+def lines_json(text: str) -> list[dict[str, Any]]:
+    """JSON lines, parsed strictly: NaN or Infinity (not JSON) fails the test."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} printed in JSON output: {text[:300]}")
+
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines() if line]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The one-line error of a command that failed (exit 1): no traceback, every needle."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith("stageline: error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+    return result.stderr

@@ -1,8 +1,10 @@
 """Subprocess for tests/test_crash_faults.py: pause exports, resumes and retries to kill -9.
 
-    python tests/fault_worker.py pause  DB RUN_ID...   # run each to its pause; exported at once
-    python tests/fault_worker.py resume DB RUN_ID...   # slow-path resume each paused run
-    python tests/fault_worker.py retry  DB RUN_ID...   # registry.retry each failed run
+    python tests/fault_worker.py pause  STORE RUN_ID...  # run each to its pause; exported at once
+    python tests/fault_worker.py resume STORE RUN_ID...  # slow-path resume each paused run
+    python tests/fault_worker.py retry  STORE RUN_ID...  # registry.retry each failed run
+
+STORE is a SQLite file's path or a store URL (postgresql://...?schema=..., stores/url.py).
 
 It prints "ready" once the store is open, "at pause" / "at resume" / "at retry" just
 before the moment of interest of each run (its pause commit and export, its resume claim,
@@ -23,6 +25,7 @@ from typing import Any
 
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.stores import SqliteStore
+from stageline.stores.url import open_store
 
 FAIL = False
 WORKER = False  # True in the worker process: it announces the moments to kill at
@@ -65,7 +68,7 @@ def main(argv: list[str]) -> int:
     WORKER = True
     mode, db, run_ids = argv[1], argv[2], argv[3:]
     pipeline = build_pipeline()
-    store = SqliteStore(db)
+    store = open_store(db) if "://" in db else SqliteStore(db)
     registry = Registry(default_pause_timeout=0)
     print("ready", flush=True)
     try:

@@ -1,10 +1,12 @@
 """Subprocess for tests/test_resume_processes.py: pause runs in one process, resume in others.
 
-    python tests/resume_worker.py pause  DB RUN_ID...          # prepare and run each to its pause
-    python tests/resume_worker.py resume DB RUN_ID PATCH_JSON  # slow-path resume one run
-    python tests/resume_worker.py race   NAME DB RUN_ID...     # slow-path resume each, racing
-    python tests/resume_worker.py live   NAME DB RUN_ID...     # pause each live in a Registry,
-                                                               # then fast-path resume each
+    python tests/resume_worker.py pause  STORE RUN_ID...          # prepare and run each to its pause
+    python tests/resume_worker.py resume STORE RUN_ID PATCH_JSON  # slow-path resume one run
+    python tests/resume_worker.py race   NAME STORE RUN_ID...     # slow-path resume each, racing
+    python tests/resume_worker.py live   NAME STORE RUN_ID...     # pause each live in a Registry,
+                                                                  # then fast-path resume each
+
+STORE is a SQLite file's path or a store URL (postgresql://...?schema=..., stores/url.py).
 
 The pipeline ("handoff"): stage s1 puts artifacts and pauses with
 `Pause("s3", persist=True)` (so the bundle is in the checkpoint from the pause commit on);
@@ -33,7 +35,9 @@ from decimal import Decimal
 from typing import Any
 
 from stageline import Pause, Pipeline, PipelineFactory, Registry, RunNotPaused, Stage, Step
+from stageline.core.store import Store
 from stageline.stores import SqliteStore
+from stageline.stores.url import open_store
 from stageline.testing import EventRecorder
 
 PIPELINE_ID = "handoff"
@@ -82,6 +86,11 @@ def build_pipeline() -> Pipeline:
     )
 
 
+def open_location(db: str) -> Store:
+    """The store at `db`: a SQLite file's path, or a store URL (postgresql://...)."""
+    return open_store(db) if "://" in db else SqliteStore(db)
+
+
 def _steps(recorder: EventRecorder) -> list[list[str | None]]:
     return [[e.stage_id, e.step_id] for e in recorder.of("step:start")]
 
@@ -91,7 +100,7 @@ def _emit(record: dict[str, Any]) -> None:
 
 
 def pause(db: str, run_ids: list[str]) -> int:
-    store = SqliteStore(db)
+    store = open_location(db)
     try:
         factory = PipelineFactory(build_pipeline(), store=store)
         for run_id in run_ids:
@@ -106,7 +115,7 @@ def pause(db: str, run_ids: list[str]) -> int:
 
 
 def resume(db: str, run_id: str, patch: dict[str, Any]) -> int:
-    store = SqliteStore(db)
+    store = open_location(db)
     try:
         factory = PipelineFactory(build_pipeline(), store=store)
         context = factory.resume(run_id, patch=patch)
@@ -129,7 +138,7 @@ def resume(db: str, run_id: str, patch: dict[str, Any]) -> int:
 
 
 def race(name: str, db: str, run_ids: list[str], *, live: bool) -> int:
-    store = SqliteStore(db)
+    store = open_location(db)
     registry = Registry(default_pause_timeout=3600.0) if live else None
     try:
         factory = PipelineFactory(build_pipeline(), store=store, registry=registry)

@@ -1,7 +1,9 @@
 """Child pipelines across processes: a child's pause resumed by another process, and
 SIGKILL at random moments while children run, leaving only whole child stages behind.
 
-The workers are tests/children_worker.py subprocesses sharing one SQLite file.
+The workers are tests/children_worker.py subprocesses sharing one store: a SQLite file,
+or a PostgreSQL schema of this test (a store URL `postgresql://...?schema=...`; skipped like
+every PostgreSQL test when no server answers, unless STAGELINE_REQUIRE_PG=1).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import pytest
 from children_worker import CHILDREN, STAGES, STEPS, crash_pipeline  # tests/ is on sys.path
 from test_crash import worker_env
+from test_crash_faults import STORE_KINDS, open_location, settle
 
-from stageline import PIPELINE_DATA_KEY, PipelineFactory, Registry
-from stageline.stores import SqliteStore
+from stageline import PIPELINE_DATA_KEY, PipelineFactory, Registry, Store
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -30,6 +32,15 @@ WORKER = Path(__file__).with_name("children_worker.py")
 SEED = 20261124
 MAX_ITERATIONS = 30
 MID_RUN_KILLS = 6  # stop once this many kills landed while the children ran
+
+
+@pytest.fixture(params=STORE_KINDS)
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the workers keep their runs: a SQLite file's path, or a store URL on a
+    PostgreSQL schema of this test (conftest.pg_url: dropped after the test)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
@@ -50,12 +61,11 @@ def run_worker(*args: str) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def test_child_pause_resumes_in_another_process(tmp_path: Path) -> None:
-    db = str(tmp_path / "runs.db")
-    paused = run_worker("pause", db, "r1")
+def test_child_pause_resumes_in_another_process(location: str) -> None:
+    paused = run_worker("pause", location, "r1")
     assert paused["status"] == "paused"
     assert sorted(paused["steps"]) == [["billing", "charge"], ["shipping", "pack"]]
-    resumed = run_worker("resume", db, "r1", json.dumps({"approval": "yes"}))
+    resumed = run_worker("resume", location, "r1", json.dumps({"approval": "yes"}))
     assert resumed["status"] == "succeeded"
     assert resumed["steps"] == [["billing", "confirm"], ["pausefan", "done"]]  # nothing again
     assert resumed["state"]["confirmed"] == "yes"
@@ -73,7 +83,7 @@ def whole_stages(state: dict[str, Any], child: str, where: str) -> int:
     return m
 
 
-def check_run(store: SqliteStore, run_id: str, where: str) -> tuple[str, dict[str, int]]:
+def check_run(store: Store, run_id: str, where: str) -> tuple[str, dict[str, int]]:
     """State, child positions, journal and status agree on whole committed child stages."""
     record = store.load_run(run_id)
     state = record.state
@@ -99,12 +109,11 @@ def check_run(store: SqliteStore, run_id: str, where: str) -> tuple[str, dict[st
     return record.status, done
 
 
-def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) -> None:
+def test_sigkill_while_children_run_leaves_whole_child_stages(location: str) -> None:
     rng = random.Random(SEED)
-    db = tmp_path / "crash.db"
     durations = []
     for name in ("baseline-0", "baseline-1"):  # the faster of two: load varies
-        baseline = spawn("crash", str(db), name)
+        baseline = spawn("crash", location, name)
         wait_ready(baseline)
         t0 = time.monotonic()
         baseline.communicate(timeout=60)
@@ -119,12 +128,13 @@ def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) ->
         run_id = f"run-{i:02d}"
         delay = rng.uniform(0.0, duration)
         where = f"seed={SEED} iteration={i} delay={delay:.3f}s of {duration:.3f}s"
-        proc = spawn("crash", str(db), run_id)
+        proc = spawn("crash", location, run_id)
         wait_ready(proc)
         time.sleep(delay)  # the deliberate random kill moment
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
-        store = SqliteStore(db)
+        settle(location)  # PostgreSQL: the killed worker's transaction is over
+        store = open_location(location)
         try:
             if run_id in {info.run_id for info in store.list_runs()}:
                 status, done = check_run(store, run_id, where)
@@ -136,12 +146,12 @@ def test_sigkill_while_children_run_leaves_whole_child_stages(tmp_path: Path) ->
     print(f"seed={SEED} run={duration:.3f}s child stages committed when killed: {mid_run}")
     assert len(mid_run) >= MID_RUN_KILLS, f"too few kills landed while children ran: {mid_run}"
     assert any(0 < m < STAGES for done in mid_run for m in done.values()), mid_run
-    recover_all(db, len(mid_run))
+    recover_all(location, len(mid_run))
 
 
-def recover_all(db: Path, expected: int) -> None:
+def recover_all(location: str, expected: int) -> None:
     """Recovery continues every killed run; no committed child stage runs again."""
-    store = SqliteStore(db)
+    store = open_location(location)
     try:
         with Registry() as registry:
             contexts = registry.recover(PipelineFactory(crash_pipeline(), store=store))

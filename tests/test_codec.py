@@ -395,9 +395,30 @@ def test_datetime_with_odd_offset_round_trips_or_is_refused(offset):
     refused_or_round_trips({"t": dt.datetime(2024, 1, 1, tzinfo=dt.timezone(offset))})
 
 
-def test_datetime_with_offset_seconds_round_trips():
-    for offset in (dt.timedelta(minutes=19, seconds=32), dt.timedelta(seconds=-30)):
-        refused_or_round_trips({"t": dt.datetime(1900, 1, 1, tzinfo=dt.timezone(offset))})
+@pytest.mark.parametrize(
+    "offset",
+    [dt.timedelta(minutes=19, seconds=32), dt.timedelta(seconds=-30)],
+    ids=["+00:19:32", "-00:00:30"],
+)
+def test_datetime_with_offset_seconds_is_refused_with_a_clear_error(offset):
+    """docs/concepts.md: datetimes in state have a whole-minute UTC offset. One with
+    seconds in its offset (Amsterdam's 1900 LMT, +00:19:32) is refused by encode, and by
+    decode when another writer stored it, each naming where it is and what to do."""
+    value = {"t": dt.datetime(1900, 1, 1, tzinfo=dt.timezone(offset))}
+    with pytest.raises(BundleError) as refused:
+        encode(value)
+    message = str(refused.value)
+    assert "'t'" in message and "UTC offset is not whole minutes" in message, message
+    assert "convert it to UTC" in message and "\n" not in message, message
+
+    data = cbor2.dumps(value)  # what a writer without stageline's check makes of it
+    with pytest.raises(BundleError, match=r"at 't'.*UTC offset is not whole minutes"):
+        decode(data)
+
+    # the same instant in UTC, and a whole-minute offset, round-trip (same() checks offsets)
+    for tz in (UTC, dt.timezone(dt.timedelta(minutes=19))):
+        ok = {"t": value["t"].astimezone(tz)}
+        assert same(decode(encode(ok)), ok), ok
 
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])

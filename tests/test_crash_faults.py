@@ -1,4 +1,4 @@
-"""kill -9 during pause export, resume and retry (issue 9), on SQLite.
+"""kill -9 during pause export, resume and retry (issue 9), on SQLite and on PostgreSQL.
 
 tests/test_crash.py kills stage commits of plain runs, tests/test_children_processes.py
 runs with children. Here a tests/fault_worker.py subprocess pauses runs (exporting each
@@ -7,6 +7,10 @@ killed after a random number of them plus a random delay. Then, reading the stor
 (tests/invariants.py): no torn stage, no lost run, journal consistent with state, each
 run where a crash may leave it; and after every run is finished from where the crash
 left it (resume, retry, recover), no committed stage ran twice (each stage's counter is 1).
+
+Each round uses a fresh store: a SQLite file, or a PostgreSQL schema of this test (a store
+URL `postgresql://...?schema=...`, dropped after the test; skipped like every PostgreSQL
+test when no server answers, unless STAGELINE_REQUIRE_PG=1).
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fault_worker
 import pytest
+from conftest import drop_schema
 from invariants import check_store
 
 import stageline
-from stageline import ManualClock, PipelineFactory, Registry
+from stageline import ManualClock, PipelineFactory, Registry, Store
 from stageline.stores import SqliteStore
+from stageline.stores.url import open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -44,17 +53,77 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join((root, path))}
 
 
+STORE_KINDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def new_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Make a fresh, empty store location per call, as the workers take it: a SQLite file's
+    path, or a store URL on a new PostgreSQL schema (every schema dropped after the test)."""
+    schemas: list[str] = []
+    if request.param == "sqlite":
+        yield lambda name: str(tmp_path / f"{name}.db")
+        return
+    dsn: str = request.getfixturevalue("pg_dsn")
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        pytest.skip(f"the workers take a store URL, STAGELINE_TEST_PG_DSN is {dsn!r}")
+
+    def new(name: str) -> str:
+        schemas.append(f"stageline_t_{uuid.uuid4().hex[:12]}")
+        return f"{dsn}{'&' if '?' in dsn else '?'}schema={schemas[-1]}"
+
+    try:
+        yield new
+    finally:
+        for schema in schemas:
+            drop_schema(dsn, schema)
+
+
+def open_location(location: str) -> Store:
+    """The store at a location `new_location` made (a SQLite path or a store URL)."""
+    return open_store(location) if "://" in location else SqliteStore(location)
+
+
+def settle(location: str, timeout: float = 30.0) -> None:
+    """Return once no transaction of a killed worker holds a lock in the store.
+
+    SQLite releases a dead process's locks with its file descriptors. A PostgreSQL server
+    ends a dead client's transaction only when it notices the closed connection, which
+    may be a moment after the kill; until then the run rows it locked are skipped by
+    claims (`FOR UPDATE SKIP LOCKED`), so a recovery right away could pass a run over.
+    Taking (and at once releasing) every table of the schema in ACCESS EXCLUSIVE mode
+    waits for every other transaction on them to end.
+    """
+    if "://" not in location:
+        return
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(location)
+    query = parse_qsl(parts.query)
+    schema = dict(query)["schema"]
+    dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
+    with psycopg.connect(dsn) as conn:  # one transaction, committed on leaving the block
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(timeout * 1000)}",))
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,),
+        ).fetchall()
+        names = sql.SQL(", ").join(sql.Identifier(schema, name) for (name,) in tables)
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(names))
+
+
 def readline(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bytes:
     assert proc.stdout is not None
     readable, _, _ = select.select([proc.stdout], [], [], timeout)
     return proc.stdout.readline() if readable else b""
 
 
-def kill_after(mode: str, db: Path, run_ids: list[str], rng: random.Random) -> list[str]:
+def kill_after(mode: str, location: str, run_ids: list[str], rng: random.Random) -> list[str]:
     """Run the worker and kill it after a random number of runs and a random delay;
     return the runs it reported done."""
     proc = subprocess.Popen(
-        [sys.executable, str(WORKER), mode, str(db), *run_ids],
+        [sys.executable, str(WORKER), mode, location, *run_ids],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=worker_env(),
@@ -77,6 +146,7 @@ def kill_after(mode: str, db: Path, run_ids: list[str], rng: random.Random) -> l
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode in (-signal.SIGKILL, 0), err.decode(errors="replace")
+        settle(location)
         return done
     finally:
         if proc.poll() is None:
@@ -84,7 +154,7 @@ def kill_after(mode: str, db: Path, run_ids: list[str], rng: random.Random) -> l
             proc.communicate(timeout=30)
 
 
-def finish_all(store: SqliteStore, run_ids: list[str]) -> dict[str, str]:
+def finish_all(store: Store, run_ids: list[str]) -> dict[str, str]:
     """Carry every run on from where the crash left it; return how each was continued."""
     how: dict[str, str] = {}
     # a clock an hour ahead: the dead worker's leases have run out
@@ -124,7 +194,7 @@ def finish_all(store: SqliteStore, run_ids: list[str]) -> dict[str, str]:
     return how
 
 
-def check_after_crash(store: SqliteStore, run_ids: list[str], allowed: dict[str, set[str]]) -> None:
+def check_after_crash(store: Store, run_ids: list[str], allowed: dict[str, set[str]]) -> None:
     summaries = check_store(store, initial={"mode": None}, ignore=("mode", "resumed"))
     present = set(summaries)
     for run_id in run_ids:
@@ -135,7 +205,7 @@ def check_after_crash(store: SqliteStore, run_ids: list[str], allowed: dict[str,
         assert status in allowed, f"{run_id} is {status} after the kill"
 
 
-def check_finished(store: SqliteStore, run_ids: list[str]) -> None:
+def check_finished(store: Store, run_ids: list[str]) -> None:
     """Every run succeeded, each stage committed once; the store's invariants hold."""
     for run_id in run_ids:
         info = store.get_run(run_id)
@@ -145,7 +215,7 @@ def check_finished(store: SqliteStore, run_ids: list[str]) -> None:
     check_store(store, initial={"mode": None}, ignore=("mode", "resumed"))
 
 
-def make_runs(store: SqliteStore, mode: str, run_ids: list[str]) -> None:
+def make_runs(store: Store, mode: str, run_ids: list[str]) -> None:
     """Paused runs ("resume") or runs failed at s2 ("retry"), made in this process."""
     factory = PipelineFactory(
         fault_worker.build_pipeline(), store=store, initial_state={"mode": mode}
@@ -168,7 +238,7 @@ ALLOWED = {
 
 
 @pytest.mark.parametrize("mode", ["pause", "resume", "retry"])
-def test_kill_during(mode: str, tmp_path: Path) -> None:
+def test_kill_during(mode: str, new_location: Callable[[str], str]) -> None:
     rng = random.Random(f"{SEED}-{mode}")
     outcomes: dict[str, int] = {}
     caught = 0
@@ -177,13 +247,13 @@ def test_kill_during(mode: str, tmp_path: Path) -> None:
     # resume or retry takes after its announcement varies with the machine's load
     while iteration + 1 < ITERATIONS or (not caught and iteration + 1 < MAX_ITERATIONS):
         iteration += 1
-        db = tmp_path / f"{mode}-{iteration}.db"
+        location = new_location(f"{mode}-{iteration}")
         run_ids = [f"{mode}-{iteration}-{i}" for i in range(RUNS)]
-        store = SqliteStore(db)
+        store = open_location(location)
         try:
             if mode != "pause":
                 make_runs(store, mode, run_ids)
-            done = kill_after(mode, db, run_ids, rng)
+            done = kill_after(mode, location, run_ids, rng)
             check_after_crash(store, run_ids, ALLOWED[mode])
             caught += sum(1 for r in run_ids if _caught(store, r, mode))
             for run_id in done:  # what the worker reported done is durable
@@ -208,7 +278,7 @@ def test_kill_during(mode: str, tmp_path: Path) -> None:
     assert caught, f"no kill landed mid-way through a {mode}: {outcomes}"
 
 
-def _caught(store: SqliteStore, run_id: str, mode: str) -> bool:
+def _caught(store: Store, run_id: str, mode: str) -> bool:
     """Did the kill land mid-way through this run's pause (before its export finished),
     resume or retry (claimed, not finished)?"""
     if not _exists(store, run_id):
@@ -219,5 +289,5 @@ def _caught(store: SqliteStore, run_id: str, mode: str) -> bool:
     return info.status == "running"
 
 
-def _exists(store: SqliteStore, run_id: str) -> bool:
+def _exists(store: Store, run_id: str) -> bool:
     return any(info.run_id == run_id for info in store.list_runs())

@@ -243,6 +243,9 @@ def test_the_daemon_answers_what_it_cannot_do(daemon, env, tmp_path):
 
 def test_user_errors_are_one_line_without_a_traceback(tmp_path, env):
     no_store = cli_env(None, tmp_path)
+    missing = cli("show", "ghost", env=env, cwd=tmp_path)  # read-only: never creates it
+    assert missing.returncode == 1 and "no stageline store" in missing.stderr, missing.stderr
+    cli_ok("start", "checkout", "--run-id", "seed", "--no-wait", env=env, cwd=tmp_path)
     cases = [
         (("show", "ghost"), env, "run 'ghost' is not in this store"),
         (("resume", "ghost"), env, "run 'ghost' is not in this store"),

@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from stageline import ManualClock, Pipeline, PipelineFactory, Registry, Stage, Step
+from stageline import ManualClock, Pause, Pipeline, PipelineFactory, Registry, Stage, Step
+from stageline.core.clock import iso_utc
 from stageline.core.errors import StagelineError
 from stageline.core.mailbox import DONE, FAILED, PENDING, Request
 from stageline.daemon import Daemon, DaemonOptions, bind_factories
@@ -204,3 +205,54 @@ def test_a_store_error_while_pruning_is_logged_not_raised(daemon, clock, caplog)
     with caplog.at_level("ERROR", logger="stageline"):
         daemon.prune()
     assert any("prune_failed" in r.getMessage() for r in caplog.records)
+
+
+paused_pipeline = Pipeline(
+    "waits",
+    [
+        Stage("ask", order=1, steps=[Step("ask", lambda s, c: {"asked": True})],
+              router=lambda s, r: Pause("done", timeout=3600)),
+        Stage("done", order=2, steps=[Step("done", lambda s, c: {"done": True})]),
+    ],
+)  # fmt: skip
+
+
+def test_retention_deletes_finished_runs_older_than_retain_by_the_clock(clock):
+    store = WatchedStore(clock)
+    options = DaemonOptions(recover_every=RECOVER_EVERY, keep_answered=None, retain=100.0)
+    with Registry(clock=clock) as registry:
+        factories = bind_factories(
+            [PipelineFactory(quick), PipelineFactory(paused_pipeline)], store, registry
+        )
+        daemon = Daemon(factories, store, registry, options)
+        daemon.log = RecordingLog()
+        old = factories["quick"].prepare(run_id="old").run(timeout=10)
+        waiting = factories["waits"].prepare(run_id="waiting").run(timeout=10)
+        assert (old.status, waiting.status) == ("succeeded", "paused")
+        clock.advance(60.0)
+        young = factories["quick"].prepare(run_id="young").run(timeout=10)
+        assert young.status == "succeeded"
+
+        clock.advance(40.0)  # "old" is exactly 100 s old: kept
+        daemon.retain()
+        assert {r.run_id for r in store.list_runs()} == {"old", "waiting", "young"}
+        clock.advance(0.5)
+        daemon.retain()
+        assert {r.run_id for r in store.list_runs()} == {"waiting", "young"}
+        assert ("daemon:deleted_runs", {"runs": 1, "updated_before": iso_utc(clock.wall() - 100.0)}) in daemon.log.lines
+        clock.advance(1000.0)  # a paused run is never deleted, however old
+        daemon.retain()
+        assert {r.run_id for r in store.list_runs()} == {"waiting"}
+        daemon.options = DaemonOptions(retain=None)
+        assert daemon.retain() is None
+
+
+def test_a_store_error_while_retaining_is_logged_not_raised(daemon):
+    def broken(*args, **kwargs) -> int:
+        raise StagelineError("the store is gone")
+
+    daemon.options = DaemonOptions(retain=60.0)
+    daemon.log = RecordingLog()
+    daemon.store.delete_finished = broken
+    daemon.retain()
+    assert daemon.log.lines == [("daemon:retain_failed", {"error": "the store is gone"})]

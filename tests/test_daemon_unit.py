@@ -13,9 +13,10 @@ import time
 from collections import Counter
 
 import pytest
+from cli_helpers import raw_execute, store_url_of  # tests/ is on sys.path
 
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
-from stageline.core.errors import StagelineError
+from stageline.core.errors import StagelineError, StoreError
 from stageline.core.mailbox import DONE, FAILED, Request
 from stageline.daemon import Daemon, DaemonOptions, _factories, bind_factories
 from stageline.stores import MemoryStore
@@ -94,7 +95,7 @@ def test_errors_name_the_run_and_what_is_wrong(served):
     cases = [
         ("resume", "ghost", {}, "run 'ghost' is not in this store"),
         ("resume", "done", {}, "run 'done' is not paused (status succeeded); cannot resume it"),
-        ("retry", "done", {}, "run 'done' is not failed (status succeeded)"),
+        ("retry", "done", {}, "run 'done' is not failed or quarantined (status succeeded)"),
         ("abort", "done", {}, "run 'done' is not pending, running or paused (status succeeded)"),
         ("start", "done", {"pipeline_id": "quick"}, "run 'done' already exists"),
         ("start", "new", {"pipeline_id": "nope"}, "pipeline 'nope' is not served"),
@@ -292,3 +293,141 @@ def test_the_daemon_prunes_answers_older_than_it_keeps_them(served, store):
     with pytest.raises(StagelineError, match=done.request_id):
         store.get_request(done.request_id)
     assert store.get_request(waiting).status == "pending"
+
+
+# --- claiming: a request is claimed only when it is about to be acted on (SPEC 16) ------
+
+
+def test_requests_are_claimed_one_at_a_time_so_a_kill_strands_at_most_one(served, store):
+    entered, release = threading.Event(), threading.Event()
+    factory = served.factories["quick"]
+    prepare = factory.prepare
+
+    def blocking(*args, **kwargs):
+        entered.set()
+        assert release.wait(10)
+        return prepare(*args, **kwargs)
+
+    factory.prepare = blocking
+    ids = [post(served, "start", f"c{n}", pipeline_id="quick") for n in range(3)]
+    thread = threading.Thread(target=lambda: [served.poll_once() for _ in ids])
+    thread.start()
+    try:
+        assert entered.wait(10)  # acting on the first: were the daemon killed now...
+        statuses = [store.get_request(request_id).status for request_id in ids]
+        assert statuses == ["claimed", "pending", "pending"]  # ...only it would stay claimed
+    finally:
+        release.set()
+        thread.join(10)
+    assert [store.get_request(request_id).status for request_id in ids] == [DONE] * 3
+    assert all(wait(served, f"c{n}").status == "succeeded" for n in range(3))
+
+
+def test_a_store_failure_in_a_batch_leaves_none_of_the_rest_claimed(served, store):
+    served.options = DaemonOptions(claim_limit=3)
+    ids = [post(served, "abort", f"ghost-{n}") for n in range(3)]
+    answer = store.answer_request
+
+    def failing(request_id, error=None):
+        if request_id == ids[0]:
+            raise StoreError("the disk is full")
+        return answer(request_id, error)
+
+    store.answer_request = failing
+    with pytest.raises(StoreError, match="disk is full"):
+        served.poll_once()
+    assert store.get_request(ids[0]).status == "claimed"  # the one it was acting on
+    for request_id in ids[1:]:
+        answered = store.get_request(request_id)
+        assert answered.status == FAILED and "send it again" in answered.answer
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+def test_an_undecodable_request_in_a_batch_spoils_none_of_the_others(served, store):
+    served.options = DaemonOptions(claim_limit=16)
+    ids = [post(served, "start", f"d{n}", pipeline_id="quick") for n in range(3)]
+    raw_execute(
+        store_url_of(store), "UPDATE {s}.requests SET args = %s WHERE request_id = %s",
+        (b"\xff\x00", ids[1]),
+    )  # fmt: skip
+    while served.poll_once():
+        pass
+    (status, answer), *_ = raw_execute(
+        store_url_of(store), "SELECT status, answer FROM {s}.requests WHERE request_id = %s",
+        (ids[1],),
+    )  # fmt: skip
+    assert status == FAILED and answer  # answered with an error (by the store), not claimed
+    assert [store.get_request(i).status for i in (ids[0], ids[2])] == [DONE, DONE]
+    assert wait(served, "d0").status == wait(served, "d2").status == "succeeded"
+
+
+# --- the serving loop: a store it cannot write, errors that repeat ----------------------
+
+
+def test_a_store_that_refuses_writes_is_found_at_start(served, store):
+    served.check_writable()  # the store fixture's stores all take writes
+
+    def refused(answered_before: float) -> int:
+        raise StoreError("attempt to write a readonly database")
+
+    store.prune_requests = refused
+    with pytest.raises(StoreError, match="cannot write to its store") as raised:
+        served.check_writable()
+    assert "readonly" in str(raised.value) and "\n" not in str(raised.value)
+
+
+class FailingStore(MemoryStore):
+    """A MemoryStore whose mailbox fails while `failures` says so (a store that is down)."""
+
+    def __init__(self, failures: list[bool]) -> None:
+        super().__init__()
+        self.failures = failures  # one entry per mailbox poll: True fails it
+
+    def mailbox_version(self) -> int:
+        if self.failures and self.failures.pop(0):
+            raise StoreError("database is locked")
+        return super().mailbox_version()
+
+
+class RestingDaemon(Daemon):
+    """Records each wait of the serving loop instead of waiting; stops after `turns`."""
+
+    def __init__(self, *args, turns: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rests: list[float] = []
+        self.turns = turns
+
+    def _rest(self, stop: threading.Event, seconds: float) -> None:
+        self.rests.append(seconds)
+        if len(self.rests) >= self.turns:
+            stop.set()
+
+
+def test_repeated_store_errors_back_off_and_a_success_resets_the_backoff():
+    failures = [True] * 8 + [False] + [True] * 2
+    store = FailingStore(failures)
+    options = DaemonOptions(poll_interval=0.01, idle_claim=3600.0, recover_every=None)
+    with Registry() as registry:
+        daemon = RestingDaemon({}, store, registry, options, turns=len(failures))
+        daemon.log = RecordingLog()
+        daemon.serve(threading.Event())  # returns after `turns` waits: nothing sleeps
+    assert daemon.rests == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 0.01, 0.1, 0.2]
+    errors = [fields for event, fields in daemon.log.lines if event == "daemon:store_error"]
+    assert len(errors) == 10  # one line per error, however fast the loop would have spun
+    assert [e["retry_in"] for e in errors[:3]] == [0.1, 0.2, 0.4]
+    assert errors[0]["error"] == "database is locked"
+
+
+class RecordingLog:
+    """Stands in for the daemon's structlog logger: keeps (event, fields) of each line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+
+    def bind(self, **fields) -> RecordingLog:
+        return self
+
+    def info(self, event: str, **fields) -> None:
+        self.lines.append((event, fields))
+
+    warning = error = exception = info

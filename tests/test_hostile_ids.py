@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from cli_helpers import cli, cli_env  # tests/ is on sys.path
 
-from stageline import RunNotFound, StagelineError, StoreError
-from stageline.stores import MemoryStore
+from stageline import RunNotFound, StoreError
+from stageline.core.store import RunRecord
+from stageline.stores import MemoryStore, SqliteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,6 +25,7 @@ ODD_IDS = ["x'; DROP TABLE runs; --", 'quote"d', "%s{s}\\", "ü" * 300, "a" * 50
 @pytest.mark.parametrize("command", [["show"], ["logs"], ["resume", "--no-wait"],
                                      ["retry", "--no-wait"], ["abort", "--no-wait"]])  # fmt: skip
 def test_cli_refuses_non_utf8_run_ids_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    SqliteStore(tmp_path / "runs.db").close()  # read-only commands never create a store
     env = cli_env(f"sqlite:///{tmp_path / 'runs.db'}")
     result = subprocess.run(
         [sys.executable, "-m", "stageline", command[0], os.fsencode(NOT_UTF8), *command[1:]],
@@ -50,6 +52,7 @@ def test_cli_start_with_a_non_utf8_run_id_or_pipeline(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("run_id", ODD_IDS, ids=range(len(ODD_IDS)))
 def test_cli_looks_up_odd_run_ids_safely(tmp_path: Path, run_id: str) -> None:
+    SqliteStore(tmp_path / "runs.db").close()  # read-only commands never create a store
     env = cli_env(f"sqlite:///{tmp_path / 'runs.db'}")
     result = cli("show", run_id, env=env, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -58,9 +61,26 @@ def test_cli_looks_up_odd_run_ids_safely(tmp_path: Path, run_id: str) -> None:
 
 
 def test_stores_answer_non_utf8_text_with_a_stageline_error(store: Any) -> None:
+    """Per store: text that is not UTF-8 (lone surrogates, from argv bytes) is never
+    stored. Writing it is refused with a StoreError that says so; looking it up is a
+    clean miss (no run can have such an id), never a driver error."""
     if isinstance(store, MemoryStore):
         pytest.skip("a MemoryStore keeps Python strings as they are")
-    with pytest.raises((RunNotFound, StoreError)):
-        store.get_run(NOT_UTF8)
-    with pytest.raises(StagelineError):
-        store.read_events(NOT_UTF8)
+    for run_id, pipeline_id in ((NOT_UTF8, "p"), ("run-ok", NOT_UTF8)):
+        record = RunRecord(
+            run_id=run_id,
+            pipeline_id=pipeline_id,
+            pipeline_version=1,
+            status="pending",
+            state={},
+            stage=None,
+        )
+        with pytest.raises(StoreError) as refused:
+            store.create_run(record)
+        message = str(refused.value)
+        assert "not valid Unicode" in message and "not UTF-8" in message, message
+        assert "use valid UTF-8 text" in message and "\n" not in message, message
+    assert store.list_runs() == [], "a refused run was stored"
+    for read in (store.get_run, store.load_run, store.read_events):
+        with pytest.raises(RunNotFound, match="is not in this store"):
+            read(NOT_UTF8)

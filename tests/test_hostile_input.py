@@ -82,6 +82,10 @@ def test_run_ids_no_store_can_keep_are_refused_up_front(store, run_id):
 
 @pytest.mark.parametrize("pipeline_id", ODD_TEXT)
 def test_odd_pipeline_ids_round_trip(store, pipeline_id):
+    if "\x00" in pipeline_id:  # no store can hold it everywhere: refused by the definition
+        with pytest.raises(DefinitionError, match="without NUL"):
+            one_stage(pipeline_id)
+        return
     if refused_by(store, pipeline_id):
         with pytest.raises(StoreError, match=r"NUL|use a shorter id"):
             PipelineFactory(one_stage(pipeline_id), store=store).prepare()

@@ -138,7 +138,8 @@ def test_a_request_needs_a_known_kind_and_a_start_a_pipeline():
         ("resume", lifecycle.PAUSED, None),
         ("resume", lifecycle.FAILED, "run 'r' is not paused (status failed); cannot resume it"),
         ("retry", lifecycle.FAILED, None),
-        ("retry", lifecycle.SUCCEEDED, "run 'r' is not failed (status succeeded)"),
+        ("retry", lifecycle.QUARANTINED, None),
+        ("retry", lifecycle.SUCCEEDED, "run 'r' is not failed or quarantined (status succeeded)"),
         ("abort", lifecycle.RUNNING, None),
         ("abort", lifecycle.ABORTED, "is not pending, running or paused (status aborted)"),
         ("start", lifecycle.PENDING, None),
@@ -176,7 +177,7 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path, old_versi
     finally:
         store.close()
     row = sqlite3.connect(path).execute("SELECT value FROM stageline_meta").fetchone()
-    assert int(row[0]) == SCHEMA_VERSION == 3
+    assert int(row[0]) == SCHEMA_VERSION == 4
 
 
 def test_pruning_deletes_only_requests_answered_before_the_time(store):

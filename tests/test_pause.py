@@ -444,7 +444,7 @@ def _join_actor_threads():
 
 def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
     warm = PipelineFactory(checkout(Counter(), Pause("ship", timeout=999)), store=store)
-    warm.prepare().run(timeout=10)  # the shared step pool and event loop exist from here on
+    warm.prepare().run(timeout=10)  # the shared step pool exists from here on
     _join_actor_threads()
     before = threading.active_count()
 
@@ -494,7 +494,7 @@ def test_registry_stop_lets_running_stages_commit_and_leaves_no_thread(store):
     assert info.status == "running" and info.stage == "two" and info.state == {"slow": "done"}
     assert read_checkpoint(store, "checkout", paused.run_id).container_bundle is not None
     _join_actor_threads()
-    assert threading.active_count() == before
+    assert threading.active_count() <= before  # stop() also retires the idle step threads
 
 
 def test_a_stale_live_copy_never_overwrites_a_newer_checkpoint(store):

@@ -2,7 +2,9 @@
 and resumes racing from several processes (slow path against slow path, and the registry's
 fast path in one process against the slow path in another) are won exactly once.
 
-Every process here is a tests/resume_worker.py subprocess sharing one SQLite file. Racing
+Every process here is a tests/resume_worker.py subprocess sharing one store: a SQLite
+file, or a PostgreSQL schema of this test (a store URL `postgresql://...?schema=...`; skipped
+like every PostgreSQL test when no server answers, unless STAGELINE_REQUIRE_PG=1). Racing
 workers print "ready" once set up and wait for a "go" line on stdin, written to all of them
 together, so that their claims overlap.
 """
@@ -19,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from resume_worker import NOTE, PIPELINE_ID, SHARED  # tests/ is on sys.path
+from resume_worker import NOTE, PIPELINE_ID, SHARED, open_location  # tests/ is on sys.path
 
 import stageline
-from stageline import read_checkpoint
+from stageline import Store, read_checkpoint
 from stageline.core.checkpoint import decode_bundle
-from stageline.stores import SqliteStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,6 +44,15 @@ RESUMED_JOURNAL = [
     ("stage:success", "s3"),
     ("pipeline:success", None),
 ]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the workers keep their runs: a SQLite file's path, or a store URL on a
+    PostgreSQL schema of this test (conftest.pg_url: dropped after the test)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 def worker_env() -> dict[str, str]:
@@ -100,11 +110,11 @@ def release(procs: list[subprocess.Popen[str]]) -> None:
         proc.stdin.flush()  # communicate() closes it
 
 
-def journal(store: SqliteStore, run_id: str) -> list[tuple[str, str | None]]:
+def journal(store: Store, run_id: str) -> list[tuple[str, str | None]]:
     return [(e.name, e.stage_id) for e in store.read_events(run_id)]
 
 
-def check_resumed_run(store: SqliteStore, run_id: str, winner: str) -> None:
+def check_resumed_run(store: Store, run_id: str, winner: str) -> None:
     """The run succeeded once, from s3, with the winner's patch and the s1 artifacts."""
     info = store.get_run(run_id)
     assert info.status == "succeeded", f"{run_id}: {info}"
@@ -117,16 +127,15 @@ def check_resumed_run(store: SqliteStore, run_id: str, winner: str) -> None:
     assert journal(store, run_id) == PAUSED_JOURNAL + RESUMED_JOURNAL, run_id
 
 
-def pause_runs(db: Path, run_ids: list[str]) -> None:
-    lines = run_worker("pause", str(db), *run_ids)
+def pause_runs(location: str, run_ids: list[str]) -> None:
+    lines = run_worker("pause", location, *run_ids)
     assert lines == [{"run_id": r, "status": "paused"} for r in run_ids]
 
 
-def test_paused_in_one_process_resumed_in_another(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
-    pause_runs(db, ["r1"])
+def test_paused_in_one_process_resumed_in_another(location: str) -> None:
+    pause_runs(location, ["r1"])
 
-    store = SqliteStore(db)
+    store = open_location(location)
     try:
         info = store.get_run("r1")
         assert info.status == "paused" and info.stage == "s3"
@@ -141,11 +150,11 @@ def test_paused_in_one_process_resumed_in_another(tmp_path: Path) -> None:
     finally:
         store.close()
 
-    [line] = run_worker("resume", str(db), "r1", json.dumps({"approved": True, "winner": "B"}))
+    [line] = run_worker("resume", location, "r1", json.dumps({"approved": True, "winner": "B"}))
     assert line["status"] == "succeeded"
     assert line["steps"] == [["s3", "label"]], "the resuming process ran more than stage s3"
 
-    store = SqliteStore(db)
+    store = open_location(location)
     try:
         check_resumed_run(store, "r1", "B")
         state = store.get_run("r1").state
@@ -155,7 +164,9 @@ def test_paused_in_one_process_resumed_in_another(tmp_path: Path) -> None:
         store.close()
 
 
-def check_race(db: Path, run_ids: list[str], lines: list[dict[str, Any]], workers: int) -> None:
+def check_race(
+    location: str, run_ids: list[str], lines: list[dict[str, Any]], workers: int
+) -> None:
     assert len(lines) == workers * len(run_ids), lines
     errors = [line for line in lines if line["outcome"] not in ("won", "lost")]
     assert not errors, errors
@@ -166,7 +177,7 @@ def check_race(db: Path, run_ids: list[str], lines: list[dict[str, Any]], worker
         if line["outcome"] == "won":
             assert line["status"] == "succeeded", line
             assert line["steps"] == [["s3", "label"]], line
-    store = SqliteStore(db)
+    store = open_location(location)
     try:
         for run_id, [winner] in winners.items():
             check_resumed_run(store, run_id, winner)
@@ -175,33 +186,31 @@ def check_race(db: Path, run_ids: list[str], lines: list[dict[str, Any]], worker
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_slow_path_resumes_race_across_processes(tmp_path: Path, workers: int) -> None:
-    db = tmp_path / "runs.db"
+def test_slow_path_resumes_race_across_processes(location: str, workers: int) -> None:
     run_ids = [f"run-{i:02d}" for i in range(RUNS)]
-    pause_runs(db, run_ids)
+    pause_runs(location, run_ids)
 
-    procs = [spawn("race", f"w{k}", str(db), *run_ids) for k in range(workers)]
+    procs = [spawn("race", f"w{k}", location, *run_ids) for k in range(workers)]
     wait_ready(procs)
     release(procs)
     lines = [line for k, proc in enumerate(procs) for line in finish(proc, f"w{k}")]
-    check_race(db, run_ids, lines, workers)
+    check_race(location, run_ids, lines, workers)
     wins = Counter(line["worker"] for line in lines if line["outcome"] == "won")
     print(f"{workers} workers, wins per worker: {dict(wins)}")
 
 
-def test_fast_path_in_one_process_races_slow_path_in_another(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
+def test_fast_path_in_one_process_races_slow_path_in_another(location: str) -> None:
     run_ids = [f"run-{i:02d}" for i in range(RUNS)]
     # A pauses every run and holds it live in its Registry (window: an hour), then, on
     # "go", resumes each through the fast path; B resumes the same runs from the store,
     # in reverse order, so that each side reaches some runs first.
-    live = spawn("live", "A", str(db), *run_ids)
+    live = spawn("live", "A", location, *run_ids)
     wait_ready([live])
-    slow = spawn("race", "B", str(db), *reversed(run_ids))
+    slow = spawn("race", "B", location, *reversed(run_ids))
     wait_ready([slow])
     release([live, slow])
     lines = finish(live, "A") + finish(slow, "B")
-    check_race(db, run_ids, lines, 2)
+    check_race(location, run_ids, lines, 2)
     for line in lines:
         if line["outcome"] == "won":
             # A's wins came back as the very context it held (no store read, no decode)

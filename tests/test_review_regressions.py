@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pykka
 import pytest
 
 from stageline import (
@@ -18,6 +19,7 @@ from stageline import (
     Stage,
     Step,
 )
+from stageline.actors.container import ContainerActor
 from stageline.testing import EventRecorder, advance
 
 pytestmark = pytest.mark.timeout(30)
@@ -87,6 +89,7 @@ def test_an_abandoned_attempt_cannot_touch_artifacts(store):
     outcome = {}
 
     def slow(state, ctx):
+        ctx.artifacts.put("early", 1)  # while the attempt counts: the run's actor starts
         running.set()
         gate.wait(10)
         try:
@@ -105,17 +108,20 @@ def test_an_abandoned_attempt_cannot_touch_artifacts(store):
     factory = PipelineFactory(pipeline, store=store, clock=clock)
     run = factory.prepare()
     events = EventRecorder(run)
+    before = set(pykka.ActorRegistry.get_by_class(ContainerActor))
     future = run.start()
     events.wait_for("step:start")
     assert running.wait(10)
+    assert set(pykka.ActorRegistry.get_by_class(ContainerActor)) - before, "no actor to stop"
     advance(clock, 1.0)
     assert future.result(10).status == "failed"
     gate.set()
     assert done.wait(10)
     assert "abandoned" in outcome["error"] and "'slow'" in outcome["error"]
-    assert not any(
-        t.name.startswith("ContainerActor") and t.is_alive() for t in threading.enumerate() if False
-    )
+    # the failed run stopped its artifacts' actor, and the late access started none again
+    # (pykka unregisters an actor before `stop(block=True)` returns)
+    left = set(pykka.ActorRegistry.get_by_class(ContainerActor)) - before
+    assert not left, f"the ended run left its ContainerActor running: {left}"
 
 
 def test_persist_with_oversized_artifacts_fails_the_stage_cleanly(store):

@@ -46,6 +46,8 @@ from stageline.core.lifecycle import (
     PAUSE,
     PAUSED,
     PENDING,
+    QUARANTINE,
+    QUARANTINED,
     RECOVER,
     RESUME,
     RETRY,
@@ -59,7 +61,7 @@ from stageline.core.lifecycle import (
 )
 from stageline.core.patch import PIPELINE_DATA_KEY, merge, public_state
 from stageline.core.store import Commit, RunRecord
-from stageline.core.supervision import failures, restarts
+from stageline.core.supervision import failures, recoveries, restarts, with_recoveries
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,6 +92,7 @@ EVENT_OF: dict[str, str] = {
     "resume": RESUME,
     "retry": RETRY,
     "recover": RECOVER,
+    "quarantine": QUARANTINE,
 }
 OPENERS = {START, RESUME, RETRY, RECOVER}
 # The pipeline-level event that closes each kind of commit (None: no closing event).
@@ -106,8 +109,9 @@ CLOSING: dict[str, str | None] = {
     "resume": None,
     "retry": None,
     "recover": None,
+    "quarantine": None,
 }
-ENDED_WITH_ERROR = {FAILED, ABORTED}
+ENDED_WITH_ERROR = {FAILED, ABORTED, QUARANTINED}
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 NO_CHECKPOINT = {SUCCEEDED, FAILED, ABORTED, EXPIRED}
 
@@ -187,6 +191,7 @@ def calls(now: float, lease: tr.Lease | None = None) -> dict[str, Callable[[RunR
         "resume": lambda r: tr.resume(r, now, patch={"n": 2}, lease=lease),
         "retry": lambda r: tr.retry(r, now, lease=lease),
         "recover": lambda r: tr.recover(r, now, lease=lease),
+        "quarantine": lambda r: tr.quarantine(r, now, RuntimeError("crash loop")),
     }
 
 
@@ -253,6 +258,7 @@ EXPECTED_EFFECTS = {
     EXPIRE: (CLEAR, KEEP, KEEP),
     RETRY: (KEEP, CLEAR, SET),
     RECOVER: (KEEP, KEEP, SET),
+    QUARANTINE: (KEEP, SET, KEEP),
 }
 LEASE_TAKERS = {RESUME, RETRY, RECOVER}
 
@@ -438,7 +444,7 @@ class Lifecycle:
 
         def check(old, commit, new):
             assert commit.stage == next_stage
-            assert commit.state == stage_state(old, patch, child)
+            assert commit.state == with_recoveries(stage_state(old, patch, child), 0)
             assert commit.patch == patch
             assert commit.stage_runs == old.stage_runs + (1 if gaps else 0)
 
@@ -455,7 +461,7 @@ class Lifecycle:
 
         def check(old, commit, new):
             assert commit.stage is None
-            assert commit.state == merge(old.state, patch)
+            assert commit.state == with_recoveries(merge(old.state, patch), 0)
             assert commit.events[-1].state == public_state(commit.state)
 
         self.attempt("succeed", call, dt, check=check)
@@ -613,9 +619,20 @@ class Lifecycle:
         lease = draw(leases)
 
         def check(old, commit, new):
-            assert commit.state == old.state
+            assert public_state(commit.state) == public_state(old.state)
+            assert recoveries(commit.state) == recoveries(old.state) + 1
 
         self.attempt("recover", lambda r: tr.recover(r, self.now, lease=lease), dt, lease, check)
+
+    def quarantine(self, draw: Draw) -> None:
+        dt = draw(dts)
+
+        def check(old, commit, new):
+            assert commit.state == old.state
+            assert new.error is not None and new.error["message"] == "crash loop"
+
+        error = RuntimeError("crash loop")
+        self.attempt("quarantine", lambda r: tr.quarantine(r, self.now, error), dt, check=check)
 
     # -- what holds whatever happened
 
@@ -742,7 +759,7 @@ def check_commit(
 # first choices, and a run that ends at once (abort from pending) tests little.
 ALL_CALLS = (
     "start", "stage_committed", "pause", "resume", "retry", "recover", "fail", "crash",
-    "succeed", "expire", "abort", "abort_paused",
+    "succeed", "expire", "abort", "abort_paused", "quarantine",
 )  # fmt: skip
 
 

@@ -1,0 +1,167 @@
+"""The statements of a SqliteStore, and the multi-statement steps it runs in one transaction.
+
+Every function here takes the store's connection inside a transaction the store opened
+(`BEGIN IMMEDIATE`), so what it does lands all together or not at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+from stageline.core import lifecycle
+from stageline.core.mailbox import CLAIMED, FAILED, PENDING, Request
+from stageline.core.store import Commit
+from stageline.core.text import is_utf8
+
+from ._common import PRUNE_SQL, maybe_encode
+from ._rows import REQUEST_COLUMNS, claimed_requests
+
+# A commit keeps the abort flag only while the run stays pending or running: the commit
+# that ends (or pauses) the run clears it in the same statement.
+_SET: Final = (
+    "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
+    "stage_runs = ?, updated_at = ?, abort_requested = CASE WHEN ? THEN abort_requested END, "
+    "abort_reason = CASE WHEN ? THEN abort_reason END WHERE run_id = ? AND version = ?"
+)
+_UPDATE_SAME_STATUS: Final = f"UPDATE runs SET {_SET} AND status = ?"
+_UPDATE_NEW_STATUS: Final = f"UPDATE runs SET status = ?, {_SET}"
+_UPDATE_WITH_LEASE: Final = f"UPDATE runs SET status = ?, owner = ?, lease_until = ?, {_SET}"
+PRUNE: Final = PRUNE_SQL.format(table="requests", mark="?")
+SET_CHECKPOINT: Final = (
+    "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
+    f"AND (? = 0 OR status = '{lifecycle.PAUSED}') AND (? IS NULL OR version = ?)"
+)
+CLAIM_RUN: Final = (
+    "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
+    f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} "
+    "AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)"
+)
+_CLAIM_REQUESTS: Final = (
+    "UPDATE requests SET status = ?, claimed_by = ? WHERE seq IN "
+    "(SELECT seq FROM requests WHERE status = ? ORDER BY seq LIMIT ?) "
+    f"AND status = ? RETURNING seq, {REQUEST_COLUMNS}"
+)
+_ANSWER_BY_SEQ: Final = "UPDATE requests SET status = ?, answer = ?, answered_at = ? WHERE seq = ?"
+_REQUEST_ABORT: Final = (
+    "UPDATE runs SET abort_requested = 1, abort_reason = ? WHERE run_id = ? "
+    f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)}"
+)
+_ABORT_REQUESTS: Final = (
+    "SELECT run_id, abort_reason FROM runs WHERE abort_requested = 1 AND run_id IN ({marks})"
+)
+_IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
+_FINISHED: Final = "SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?"
+
+
+def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
+    """Write the commit to its run's row (compare-and-set on version); rows changed.
+
+    `status` is indexed: a commit that keeps the status leaves it out of the SET, so a
+    plain stage commit rewrites one row and no index page.
+    """
+    keeps_flag = commit.status in lifecycle.ACTIVE
+    values = (
+        commit.stage,
+        state,
+        commit.checkpoint,
+        maybe_encode(commit.error),
+        commit.last_seq,
+        commit.stage_runs,
+        commit.updated_at,
+        keeps_flag,
+        keeps_flag,
+        commit.run_id,
+        commit.expected_version,
+    )
+    if commit.owner is not None:  # a claim: it also takes the lease
+        lease = (commit.status, commit.owner, commit.lease_until)
+        return int(db.execute(_UPDATE_WITH_LEASE, (*lease, *values)).rowcount)
+    cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
+    if cursor.rowcount == 0:
+        cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
+    return int(cursor.rowcount)
+
+
+def claim_requests(
+    db: sqlite3.Connection, claimer: str, limit: int, max_bytes: int, now: float
+) -> tuple[list[Request], int]:
+    """Claim up to `limit` pending requests; those that cannot be read are answered
+    "failed" at `now` and left out. The requests read, and how many were answered."""
+    rows = db.execute(_CLAIM_REQUESTS, (CLAIMED, claimer, PENDING, limit, PENDING)).fetchall()
+    readable, unreadable = claimed_requests(rows, max_bytes)
+    for seq, answer in unreadable:
+        db.execute(_ANSWER_BY_SEQ, (FAILED, answer, now, seq))
+    return readable, len(unreadable)
+
+
+def request_abort(db: sqlite3.Connection, run_id: str, reason: str | None) -> bool | None:
+    """Set the run's abort flag if it is pending or running: whether it did (None: no
+    such run)."""
+    if db.execute(_REQUEST_ABORT, (reason, run_id)).rowcount == 1:
+        return True
+    if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+        return None
+    return False
+
+
+def abort_requests(db: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """The abort flags set among `run_ids`: one query per 5000 ids (ids SQLite cannot
+    hold, text that is not UTF-8, are in no row and left out)."""
+    wanted = [run_id for run_id in dict.fromkeys(run_ids) if is_utf8(run_id)]
+    found: dict[str, str | None] = {}
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        chunk = wanted[start : start + _IDS_PER_QUERY]
+        query = _ABORT_REQUESTS.format(marks=", ".join("?" * len(chunk)))
+        found.update(db.execute(query, chunk).fetchall())
+    return found
+
+
+def delete_finished(
+    db: sqlite3.Connection, updated_before: float, statuses: Sequence[str], limit: int
+) -> int:
+    """Delete up to `limit` runs of `statuses` updated before `updated_before`, and their
+    journals; how many runs."""
+    if not statuses:
+        return 0
+    found = _FINISHED.format(marks=", ".join("?" * len(statuses)))
+    doomed = [(row[0],) for row in db.execute(found, (*statuses, updated_before, limit))]
+    db.executemany("DELETE FROM events WHERE run_id = ?", doomed)
+    db.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
+    return len(doomed)
+
+
+VACUUM_PAGES: Final = 4096
+"""Free pages given back to the file system per transaction (16 MiB of 4 KiB pages), so
+reclaiming a large deletion never holds the write lock for long."""
+
+
+def vacuum_some(db: sqlite3.Connection) -> bool:
+    """Give up to VACUUM_PAGES free pages back, in one transaction of their own (the
+    connection must be outside one); True if some were and more remain."""
+    before = _pragma(db, "freelist_count")
+    # executescript steps the pragma to its end (execute() would free a single page)
+    db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+    after = _pragma(db, "freelist_count")
+    return bool(0 < after < before)
+
+
+def vacuum(db: sqlite3.Connection) -> None:
+    """Rewrite the whole file (VACUUM), outside a transaction: a file made with
+    auto_vacuum NONE takes the INCREMENTAL set on this connection at opening."""
+    db.execute("VACUUM")
+
+
+def checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the WAL into the file and empty it: the file's own size drops to its pages."""
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def auto_vacuum(db: sqlite3.Connection) -> int:
+    """The file's auto_vacuum mode: 0 NONE, 1 FULL, 2 INCREMENTAL."""
+    return int(_pragma(db, "auto_vacuum"))
+
+
+def _pragma(db: sqlite3.Connection, name: str) -> Any:
+    return db.execute(f"PRAGMA {name}").fetchone()[0]
