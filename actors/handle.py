@@ -78,10 +78,32 @@ class RunHandle(Protocol):
     def force_stop(self) -> None:
         """Stop the run's actors now; the store keeps its last commit (like a crash)."""
 
+    def start(self) -> concurrent.futures.Future[RunResult]:
+        """Start the run's segment (the registry's retry and recovery do)."""
+        ...
+
     def export(self, max_bytes: int) -> bool:
         """Write a paused run's artifacts into its checkpoint; False if it is not paused.
 
         The caller holds `lock`, so no resume claims the run meanwhile."""
+        ...
+
+
+class FactoryLink(Protocol):
+    """A PipelineFactory, as its registry sees it (to retry and recover its runs)."""
+
+    pipeline: Pipeline
+    store: Store | None
+    max_bundle_bytes: int
+
+    def store_for(self, run_id: str) -> Store:
+        """The store that holds `run_id`."""
+        ...
+
+    def live_run(
+        self, store: Store, record: RunRecord, entry: str, container: Any, *, resumed: bool = False
+    ) -> RunHandle:
+        """The live run of `record` in the factory's process."""
         ...
 
 

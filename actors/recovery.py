@@ -19,13 +19,16 @@ from stageline.core.store import RunRecord, Store
 from stageline.core.supervision import is_orphaned, over_recoveries, recoveries
 
 from .container import Container
+from .handle import FactoryLink
 from .registry_messages import Counted
 from .supervisor import Supervisor
 
 _log = logging.getLogger("stageline")
 
 
-def find_run(supervisor: Supervisor, run_id: str, factory: Any) -> tuple[Any, Store, RunRecord]:
+def find_run(
+    supervisor: Supervisor, run_id: str, factory: FactoryLink | None
+) -> tuple[FactoryLink, Store, RunRecord]:
     """The factory, store and record of `run_id` (the given factory, else a known one)."""
     candidates = [factory] if factory is not None else supervisor.known_factories()
     for candidate in candidates:
@@ -48,7 +51,9 @@ def find_run(supervisor: Supervisor, run_id: str, factory: Any) -> tuple[Any, St
     )
 
 
-def claim(supervisor: Supervisor, factory: Any, store: Store, record: RunRecord, event: str) -> Any:
+def claim(
+    supervisor: Supervisor, factory: FactoryLink, store: Store, record: RunRecord, event: str
+) -> Any:
     """Continue `record` from its stage (`event`: "retry" or "recover"): one
     compare-and-set, then a started RunContext. None if another process won the race."""
     if record.stage is None or not factory.pipeline.has_stage(record.stage):
@@ -71,10 +76,11 @@ def claim(supervisor: Supervisor, factory: Any, store: Store, record: RunRecord,
     return run.context
 
 
-def recover(supervisor: Supervisor, factory: Any) -> list[Any]:
+def recover(supervisor: Supervisor, factory: FactoryLink) -> list[Any]:
     """Start the orphaned runs of `factory`'s pipeline this registry wins (see
     Registry.recover); their RunContexts."""
     store = factory.store
+    assert store is not None  # Registry.recover refuses a factory without one
     contexts = []
     found = [
         *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
@@ -94,7 +100,7 @@ def recover(supervisor: Supervisor, factory: Any) -> list[Any]:
     return contexts
 
 
-def _recover_one(supervisor: Supervisor, factory: Any, store: Store, run_id: str) -> Any:
+def _recover_one(supervisor: Supervisor, factory: FactoryLink, store: Store, run_id: str) -> Any:
     config = supervisor.config
     now = config.clock.wall()
     try:
@@ -108,7 +114,9 @@ def _recover_one(supervisor: Supervisor, factory: Any, store: Store, run_id: str
         return None
 
 
-def _take_over(supervisor: Supervisor, factory: Any, store: Store, record: RunRecord) -> Any:
+def _take_over(
+    supervisor: Supervisor, factory: FactoryLink, store: Store, record: RunRecord
+) -> Any:
     """Start a run this registry just claimed: a pending one at its entry, a running one
     from its last commit."""
     if record.owner != supervisor.config.owner:
@@ -160,7 +168,7 @@ def _abort_requested(supervisor: Supervisor, store: Store, record: RunRecord) ->
     return True
 
 
-def _artifacts(factory: Any, record: RunRecord) -> dict[str, Any]:
+def _artifacts(factory: FactoryLink, record: RunRecord) -> dict[str, Any]:
     """The artifacts a run left in its checkpoint's bundle (a run that paused), else none.
 
     Artifacts written since live only in the memory of the process that died.

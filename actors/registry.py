@@ -40,7 +40,7 @@ from . import recovery
 from . import registry_messages as msg
 from .carriers import shared_carriers
 from .context import RunContext
-from .handle import RunHandle
+from .handle import FactoryLink, RunHandle
 from .registry_actor import RegistryActor, running_by_store
 from .supervisor import RegistryConfig, Supervisor
 
@@ -162,7 +162,7 @@ class Registry:
                     found.setdefault(info.run_id, info)
         return sorted(found.values(), key=lambda info: info.updated_at)
 
-    def retry(self, run_id: str, factory: Any = None) -> RunContext:
+    def retry(self, run_id: str, factory: FactoryLink | None = None) -> RunContext:
         """Restart a failed run now, from its failed stage; returns its started RunContext.
 
         A run this registry holds waiting for its restart restarts at once (same context).
@@ -194,7 +194,7 @@ class Registry:
             )
         return cast("RunContext", context)
 
-    def recover(self, factory: Any) -> list[RunContext]:
+    def recover(self, factory: FactoryLink) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
 
         A running run is taken over when it has no owner (it was driven without a

@@ -21,7 +21,7 @@ from stageline.core.results import RunResult
 from stageline.core.supervision import RetryPolicy
 from stageline.core.transitions import Lease
 
-from .handle import RunHandle
+from .handle import FactoryLink, RunHandle
 from .registry_messages import CancelRestart, CheckAborts, Ended, Forget, Stats, Track
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
@@ -50,7 +50,7 @@ class Supervisor:
         self.live: dict[str, RunHandle] = {}
         self.windows: dict[str, tuple[int, TimerHandle | None]] = {}
         """Open pause windows: run_id -> (token, timer; None when exporting at once)."""
-        self.factories: dict[str, Any] = {}
+        self.factories: dict[str, FactoryLink] = {}
         self.factories_lock = threading.Lock()
         self.fast_resumes = 0
         self.changed = threading.Condition()
@@ -138,12 +138,12 @@ class Supervisor:
         config = self.config
         return Lease(config.owner, config.clock.wall() + config.lease_ttl)
 
-    def register(self, factory: Any) -> None:
+    def register(self, factory: FactoryLink) -> None:
         """Remember `factory` (by its pipeline id) so `retry` and `failed_runs` find it."""
         with self.factories_lock:
             self.factories[factory.pipeline.id] = factory
 
-    def known_factories(self) -> list[Any]:
+    def known_factories(self) -> list[FactoryLink]:
         with self.factories_lock:
             return list(self.factories.values())
 
