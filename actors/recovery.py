@@ -52,9 +52,14 @@ def find_run(
 
 
 def claim(
-    supervisor: Supervisor, factory: FactoryLink, store: Store, record: RunRecord, event: str
+    supervisor: Supervisor,
+    factory: FactoryLink,
+    store: Store,
+    record: RunRecord,
+    event: str,
+    patch: dict[str, Any] | None = None,
 ) -> Any:
-    """Continue `record` from its stage (`event`: "retry" or "recover"): one
+    """Continue `record` from its stage (`event`: "retry", with `patch`, or "recover"): one
     compare-and-set, then a started RunContext. None if another process won the race."""
     if record.stage is None or not factory.pipeline.has_stage(record.stage):
         raise StagelineError(
@@ -62,8 +67,11 @@ def claim(
             f"{factory.pipeline.id!r} v{factory.pipeline.version} does not have; "
             "use a factory with the pipeline version it ran"
         )
-    transition = tr.retry if event == lifecycle.RETRY else tr.recover
-    commit = transition(record, supervisor.config.clock.wall(), supervisor.lease())
+    now, lease = supervisor.config.clock.wall(), supervisor.lease()
+    if event == lifecycle.RETRY:
+        commit = tr.retry(record, now, lease, patch=patch)
+    else:
+        commit = tr.recover(record, now, lease)
     try:
         claimed = record.applied(commit, store.commit(commit))
     except ConflictError:

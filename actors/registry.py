@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 import pykka
@@ -33,6 +34,7 @@ from stageline.core import lifecycle
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.errors import RunStateError, StagelineError
+from stageline.core.patch import check_patch
 from stageline.core.store import RunInfo
 from stageline.core.supervision import RetryPolicy
 
@@ -162,8 +164,17 @@ class Registry:
                     found.setdefault(info.run_id, info)
         return sorted(found.values(), key=lambda info: info.updated_at)
 
-    def retry(self, run_id: str, factory: FactoryLink | None = None) -> RunContext:
+    def retry(
+        self,
+        run_id: str,
+        factory: FactoryLink | None = None,
+        *,
+        patch: Mapping[str, Any] | None = None,
+    ) -> RunContext:
         """Restart a failed run now, from its failed stage; returns its started RunContext.
+
+        `patch` is merged into the run's state in the same compare-and-set (a fix for
+        what made it fail: the missing data, a corrected value).
 
         A run this registry holds waiting for its restart restarts at once (same context).
         Otherwise the run is read from the store of `factory`, or of the factory of this
@@ -173,11 +184,13 @@ class Registry:
         limited by the policy's max_restarts, but counts as a restart.
         """
         self._check_open("retry")
+        checked = check_patch(patch, f"retry patch for run {run_id!r}")
+        fixes = None if checked is None else dict(checked)
         if factory is not None:
             self.supervisor.register(factory)
         live = self.supervisor.live.get(run_id)
         if live is not None and live.status == lifecycle.FAILED:
-            restarted = cast("RunContext | None", self._actor.ask(msg.RetryNow(run_id)))
+            restarted = cast("RunContext | None", self._actor.ask(msg.RetryNow(run_id, fixes)))
             if restarted is not None:
                 return restarted
         factory, store, record = recovery.find_run(self.supervisor, run_id, factory)
@@ -186,7 +199,7 @@ class Registry:
                 f"run {run_id!r} is {record.status!r}, not failed or quarantined; only those "
                 "can be retried (resume a paused run, recover a running one)"
             )
-        context = recovery.claim(self.supervisor, factory, store, record, lifecycle.RETRY)
+        context = recovery.claim(self.supervisor, factory, store, record, lifecycle.RETRY, fixes)
         if context is None:
             raise RunStateError(
                 f"run {run_id!r} is no longer {record.status}: another retry won the race; "

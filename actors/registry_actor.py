@@ -87,7 +87,7 @@ class RegistryActor(StagelineActor):
         elif isinstance(message, msg.RestartDue):
             self.restarts.on_due(message)
         elif isinstance(message, msg.RetryNow):
-            return self.restarts.retry_now(message.run_id)
+            return self.restarts.retry_now(message.run_id, message.patch)
         elif isinstance(message, msg.CancelRestart):
             self.restarts.cancel(message.run_id)
         elif isinstance(message, msg.GiveUpAll):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from stageline.core.results import RunResult
 from stageline.core.store import Store
@@ -41,6 +42,7 @@ class RetryNow:
     """registry.retry of a run waiting for its restart."""
 
     run_id: str
+    patch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,19 +120,22 @@ class Restarts:
         if run is not None:
             self._restart(run, waiting[2])
 
-    def retry_now(self, run_id: str) -> Any:
-        """registry.retry of a run waiting for its restart: restart it now; its context."""
+    def retry_now(self, run_id: str, patch: dict[str, Any] | None = None) -> Any:
+        """registry.retry of a run waiting for its restart: restart it now (with `patch`
+        merged); its context."""
         waiting = self.waiting.pop(run_id, None)
         run = self.supervisor.live.get(run_id)
         if waiting is None or run is None:
             return None
         waiting[1].cancel()
-        return run.context if self._restart(run, waiting[2]) else None
+        return run.context if self._restart(run, waiting[2], patch) else None
 
-    def _restart(self, run: RunHandle, crash: BaseException | None) -> bool:
+    def _restart(
+        self, run: RunHandle, crash: BaseException | None, patch: dict[str, Any] | None = None
+    ) -> bool:
         """failed -> running in one compare-and-set, then a new segment on the same run."""
-        record = run.record
-        commit = tr.retry(record, self.supervisor.config.clock.wall(), self.supervisor.lease())
+        record, now = run.record, self.supervisor.config.clock.wall()
+        commit = tr.retry(record, now, self.supervisor.lease(), patch=patch)
         try:
             claimed = record.applied(commit, run.store.commit(commit))
         except Exception as exc:

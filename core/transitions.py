@@ -80,11 +80,19 @@ def resume(
     )
 
 
-def retry(record: RunRecord, now: float, lease: Lease | None = None) -> Commit:
-    """failed (or quarantined) -> running from the failed stage; the failed attempt is
-    kept in the state, and the recovery count starts again."""
+def retry(
+    record: RunRecord,
+    now: float,
+    lease: Lease | None = None,
+    *,
+    patch: Mapping[str, Any] | None = None,
+) -> Commit:
+    """failed (or quarantined) -> running from the failed stage, with `patch` merged (a
+    fix for what made it fail); the failed attempt is kept in the state, and the recovery
+    count starts again."""
     opening = _opening(record, record.stage, now, resumed=True)
-    state = with_recoveries(with_failure(record.state, record.error), 0)
+    state = merge(record.state, patch) if patch else record.state
+    state = with_recoveries(with_failure(state, record.error), 0)
     return _commit(record, lifecycle.RETRY, now, lease, events=(opening,), state=state)
 
 

@@ -293,3 +293,45 @@ def test_one_damaged_run_row_does_not_stop_recovery_of_its_neighbours(sql_store)
         assert all(c.wait(10).status == "succeeded" for c in recovered)
     statuses = {info.run_id: info.status for info in store.list_runs()}
     assert statuses == {"r1": "succeeded", "r2": "corrupt", "r3": "succeeded"}
+
+
+def test_retry_with_a_patch_fixes_what_made_the_run_fail(store):
+    """A run that failed for missing data is retried with the data, in the retry's
+    compare-and-set; the failed attempt is kept."""
+
+    def ship(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if not state.get("address"):
+            raise ValueError("no address")
+        return {"shipped": state["address"]}
+
+    pipeline = Pipeline("p", [Stage("ship", 1, steps=[Step("ship", ship)])])
+    with Registry(clock=ManualClock()) as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        failed = factory.prepare().run(timeout=10)
+        assert failed.status == "failed"
+        with pytest.raises(Exception, match="retry patch"):
+            registry.retry(failed.run_id, patch={"bad": object()})
+        result = registry.retry(failed.run_id, patch={"address": "Main St 1"}).wait(10)
+    assert result.status == "succeeded" and result.state["shipped"] == "Main St 1"
+    assert len(store.load_run(failed.run_id).state["__pipeline_data__"]["failures"]) == 1
+
+
+def test_retry_with_a_patch_of_a_run_waiting_for_its_restart(store):
+    calls = Counter()
+
+    def ship(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        calls["ship"] += 1
+        if not state.get("address"):
+            raise ValueError("no address")
+        return {"shipped": True}
+
+    pipeline = Pipeline("p", [Stage("ship", 1, steps=[Step("ship", ship)])])
+    policy = RetryPolicy(max_restarts=3, backoff=60.0)
+    with Registry(clock=ManualClock(), supervision=policy) as registry:
+        factory = PipelineFactory(pipeline, store=store, registry=registry)
+        run = factory.prepare()
+        future = run.start()
+        wait_for_stats(registry, retrying=1)
+        assert registry.retry(run.run_id, patch={"address": "x"}) is run  # same context
+        assert future.result(10).status == "succeeded"
+    assert calls["ship"] == 2
