@@ -14,7 +14,13 @@ from typing import Any
 from stageline.core import lifecycle
 from stageline.core import transitions as tr
 from stageline.core.checkpoint import checkpoint_from_bytes, decode_bundle
-from stageline.core.errors import ConflictError, RunAborted, RunNotFound, StagelineError
+from stageline.core.errors import (
+    ConflictError,
+    RunAborted,
+    RunNotFound,
+    RunStateError,
+    StagelineError,
+)
 from stageline.core.store import RunRecord, Store
 from stageline.core.supervision import is_orphaned, over_recoveries, recoveries
 
@@ -49,6 +55,28 @@ def find_run(
         f"(pipelines: {', '.join(sorted(f.pipeline.id for f in candidates)) or 'none'}); "
         "pass factory= to retry it"
     )
+
+
+_RETRYABLE = frozenset({lifecycle.FAILED, lifecycle.QUARANTINED})
+
+
+def retry(
+    supervisor: Supervisor, run_id: str, factory: FactoryLink | None, patch: dict[str, Any] | None
+) -> Any:
+    """Registry.retry of a run read from the store: claim it failed -> running; its context."""
+    factory, store, record = find_run(supervisor, run_id, factory)
+    if record.status not in _RETRYABLE:
+        raise RunStateError(
+            f"run {run_id!r} is {record.status!r}, not failed or quarantined; only those "
+            "can be retried (resume a paused run, recover a running one)"
+        )
+    context = claim(supervisor, factory, store, record, lifecycle.RETRY, patch)
+    if context is None:
+        raise RunStateError(
+            f"run {run_id!r} is no longer {record.status}: another retry won the race; "
+            "it runs elsewhere now"
+        )
+    return context
 
 
 def claim(

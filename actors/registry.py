@@ -48,8 +48,6 @@ from .supervisor import RegistryConfig, Supervisor
 
 _log = logging.getLogger("stageline")
 
-_RETRYABLE = frozenset({lifecycle.FAILED, lifecycle.QUARANTINED})
-
 
 class Registry:
     """A supervisor for the runs of one process (one per daemon); a context manager.
@@ -193,19 +191,7 @@ class Registry:
             restarted = cast("RunContext | None", self._actor.ask(msg.RetryNow(run_id, fixes)))
             if restarted is not None:
                 return restarted
-        factory, store, record = recovery.find_run(self.supervisor, run_id, factory)
-        if record.status not in _RETRYABLE:
-            raise RunStateError(
-                f"run {run_id!r} is {record.status!r}, not failed or quarantined; only those "
-                "can be retried (resume a paused run, recover a running one)"
-            )
-        context = recovery.claim(self.supervisor, factory, store, record, lifecycle.RETRY, fixes)
-        if context is None:
-            raise RunStateError(
-                f"run {run_id!r} is no longer {record.status}: another retry won the race; "
-                "it runs elsewhere now"
-            )
-        return cast("RunContext", context)
+        return cast("RunContext", recovery.retry(self.supervisor, run_id, factory, fixes))
 
     def recover(self, factory: FactoryLink) -> list[RunContext]:
         """Resume the runs of `factory`'s pipeline left "running" by a process that is gone.
