@@ -90,6 +90,7 @@ class RunRecord:
                 if self.lease_until is None
                 else _dt.datetime.fromtimestamp(self.lease_until, _dt.UTC)
             ),
+            created_at=_dt.datetime.fromtimestamp(self.created_at, _dt.UTC),
         )
 
 
@@ -110,6 +111,8 @@ class RunInfo:
     pipeline_version: int = 1
     owner: str | None = None
     lease_until: _dt.datetime | None = None
+    created_at: _dt.datetime | None = None
+    """When the run was prepared (None for a row too damaged to tell)."""
 
 
 @dataclass(frozen=True, slots=True)
