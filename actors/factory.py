@@ -229,6 +229,10 @@ class PipelineFactory:
         run has ended; watch its status. RunNotFound if absent, RunStateError if it has
         ended.
         """
+        live = None if self._supervisor is None else self._supervisor.lookup(run_id)
+        if live is not None:  # no store read: a live run is aborted even if the store is down
+            live.context.abort(reason)
+            return
         store = self.store_for(run_id)
         record = store.load_run(run_id)
         live = self._live(run_id, record)

@@ -141,7 +141,9 @@ class LiveRun:
 
     def abort_running(self, reason: str | None) -> None:
         with self.lock:
-            actor = self.actor if self.status in lifecycle.ACTIVE else None
+            if self.status not in lifecycle.ACTIVE:
+                return
+            actor = self._actor_to_abort()  # a run prepared here, never started: now
         if actor is not None:
             try:
                 actor.tell(Abort(reason))

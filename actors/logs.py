@@ -179,6 +179,14 @@ class _AdaptedLogger:
 
         return log
 
+    def __getattr__(self, name: str) -> Any:
+        """Other logging methods (exception, critical, warn, ...) go to the error level,
+        or to debug for the quieter ones (trace, msg)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        level = "debug" if name in ("trace", "msg") else "error"
+        return self._method(_nearest(level, self._has))
+
     def bind(self, **context: Any) -> _AdaptedLogger:
         bind = getattr(self._logger, "bind", None)
         if callable(bind):

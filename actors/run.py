@@ -233,10 +233,12 @@ class RunActor(StagelineActor):
         state = kids.with_position(state, scope.key, position)
         events = (event,) if request.started else ()
         patch = None if request.children is not None else dict(request.patches)
-        self._apply(tr.stage_committed(
+        commit = tr.stage_committed(
             self.record, self.deps.clock.wall(), self._progress(*events),
             next_stage=run.stage.id, state=state, patch=patch,
-        ))  # fmt: skip
+        )  # fmt: skip
+        if not self._commit_closing(commit):
+            return None  # refused for good: the parent stage (and the run) failed
         for delivered in events:
             self.emit(delivered)
         self.live.forget(scope.key, request.stage.id)

@@ -16,7 +16,7 @@ Lease writes never change a run's `version`: they do not conflict with stage com
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -272,6 +272,37 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections and files; the store cannot be used afterwards."""
+
+    def list_requests(self, status: str | None = None, limit: int = 100) -> list[Request]:
+        """The mailbox's requests, newest first, at most `limit`.
+
+        `status`: "pending", "claimed", "answered" (done or failed), "done" or "failed";
+        None lists all. ValueError for another word. A request that cannot be read is
+        logged and left out.
+        """
+        ...
+
+    def cancel_request(self, request_id: str, answer: str = "cancelled by an operator") -> bool:
+        """Answer a still-pending request "failed" with `answer`, in one conditional write
+        (no daemon will act on it). False, writing nothing, if it is claimed or answered
+        already; StoreError if it is not in the mailbox.
+        """
+        ...
+
+    def record_heartbeat(self, heartbeat: Mapping[str, Any]) -> None:
+        """Write, or replace, the heartbeat of the daemon `heartbeat["owner"]`.
+
+        Its fields: `owner` (the daemon registry's owner id), `pid`, `host`, `started_at`
+        and `beat_at` (wall-clock seconds), `runs` (how many runs it holds) and `lease_ttl`
+        (its registry's lease, in seconds: a live daemon beats at least every third of it).
+        """
+
+    def remove_heartbeat(self, owner: str) -> None:
+        """Delete `owner`'s heartbeat (its daemon stopped cleanly); nothing if absent."""
+
+    def list_heartbeats(self) -> list[dict[str, Any]]:
+        """The last heartbeat of every daemon that wrote one and did not remove it, by owner."""
+        ...
 
 
 RunStore = Store

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from stageline import _cli_times as times
 from stageline.core import lifecycle
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ COLOURS = {
 }
 """The colour of each status word: green ended well, red ended badly, yellow waits."""
 
-RUN_HEADERS = ("RUN", "PIPELINE", "STATUS", "STAGE", "UPDATED")
+iso = times.iso  # a time for JSON: 2026-12-04T19:55:00.123456Z
+human_time = times.human  # a time for people: local, with its zone and "3 min ago"
+
+RUN_HEADERS = ("RUN", "PIPELINE", "STATUS", "STAGE", "CREATED", "DURATION")
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
@@ -61,25 +66,34 @@ def finite(value: Any) -> Any:
 
 
 def when(info: RunInfo) -> str:
-    updated = info.updated_at  # a corrupt row may have no readable time
-    return "-" if updated is None else str(updated.isoformat(timespec="seconds"))
+    """When the run last changed, for people (a corrupt row may have no readable time)."""
+    return times.human(info.updated_at)
 
 
-def lease(info: RunInfo) -> str | None:
-    until = info.lease_until
-    return None if until is None else str(until.isoformat(timespec="seconds"))
+def took(info: RunInfo) -> str:
+    """How long the run took, or has taken so far."""
+    ended = info.status not in lifecycle.ACTIVE
+    return times.run_duration(info.created_at, info.updated_at, ended)
+
+
+def no_color() -> bool:
+    """NO_COLOR set (to anything but empty) turns colours off (https://no-color.org)."""
+    return bool(os.environ.get("NO_COLOR"))
 
 
 def coloured(status: str) -> str:
-    return click.style(status, fg=COLOURS.get(status))
+    """The status word in its colour (click drops colours off a terminal)."""
+    return status if no_color() else click.style(status, fg=COLOURS.get(status))
 
 
 # --- tables and fields ----------------------------------------------------------------------
 
 
-def run_row(info: RunInfo) -> tuple[str, str, str, str, str]:
+def run_row(info: RunInfo) -> tuple[str, ...]:
     """One line of the `runs` table (RUN_HEADERS)."""
-    return (info.run_id, info.pipeline_id or "-", info.status, info.stage or "-", when(info))
+    created = times.human(info.created_at)
+    return (info.run_id, info.pipeline_id or "-", info.status, info.stage or "-", created,
+            took(info))  # fmt: skip
 
 
 def table(headers: tuple[str, ...], rows: Sequence[Sequence[str]], status_column: int) -> str:
@@ -95,22 +109,55 @@ def table(headers: tuple[str, ...], rows: Sequence[Sequence[str]], status_column
 
 
 def run_fields(info: RunInfo) -> list[tuple[str, str]]:
-    """The named lines `show` prints above the state."""
+    """The named lines `show` prints above the children, tracebacks and state."""
     fields = [
         ("run", info.run_id),
         ("pipeline", f"{info.pipeline_id} (version {info.pipeline_version})"),
         ("status", coloured(info.status)),
         ("stage", info.stage or "-"),
+        ("created", times.human(info.created_at)),
         ("updated", when(info)),
+        ("duration", took(info)),
     ]
-    if info.status in lifecycle.ACTIVE and info.owner:
-        fields.append(("owner", f"{info.owner} (lease until {lease(info)})"))
+    if info.status in lifecycle.ACTIVE and info.owner:  # a stopped run has no live owner
+        until = info.lease_until
+        fields.append(("owner", f"{info.owner} (lease until {times.local(until)}, "
+                                f"{times.ago(until)})"))  # fmt: skip
     checkpoint = info.checkpoint
     if checkpoint is not None:
-        fields.append(("resume at", f"{checkpoint.resume_at} (paused on {checkpoint.paused_on})"))
+        paused = times.human(paused_on(checkpoint))
+        fields.append(("resume at", f"{checkpoint.resume_at} (paused {paused})"))
     if info.error:
         fields.append(("error", str(info.error.get("message", info.error))))
     return fields
+
+
+def children_lines(children: dict[str, Any]) -> list[str]:
+    """Where each child pipeline stands (`children.positions`), one line each:
+    `  checkout/fanout/billing  paused at ship`."""
+    from stageline.core.children import Position
+
+    lines = []
+    for key, record in sorted(children.items()):
+        position = Position.from_record(record)
+        if position is not None:
+            at = f" at {position.stage}" if position.stage else ""
+            lines.append(f"  {key}  {coloured(position.status)}{at}")
+    return lines
+
+
+def traceback_lines(error: dict[str, Any] | None) -> list[str]:
+    """The error's tracebacks: each failed step's (`step X:` before it), else the stage's."""
+    if not error:
+        return []
+    lines: list[str] = []
+    for step in error.get("steps") or []:
+        if isinstance(step, dict) and step.get("traceback"):
+            lines.append(f"step {step.get('step_id')}:")
+            lines.extend(str(step["traceback"]).rstrip().splitlines())
+    if not lines and error.get("traceback"):
+        lines.extend(str(error["traceback"]).rstrip().splitlines())
+    return lines
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -124,13 +171,14 @@ def run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
         "pipeline_version": info.pipeline_version,
         "status": info.status,
         "stage": info.stage,
-        "updated_at": None if info.updated_at is None else info.updated_at.isoformat(),
+        "created_at": times.iso(info.created_at),
+        "updated_at": times.iso(info.updated_at),
     }
     if info.status == lifecycle.CORRUPT:  # what is damaged
         data["error"] = info.error
     if full:
         data["owner"] = info.owner
-        data["lease_until"] = lease(info)
+        data["lease_until"] = times.iso(info.lease_until)
         data["error"] = info.error
         data["checkpoint"] = checkpoint_dict(info.checkpoint)
         data["state"] = info.state
@@ -143,14 +191,25 @@ def checkpoint_dict(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
     return {
         "resume_at": checkpoint.resume_at,
         "paused_at_stage_id": checkpoint.paused_at_stage_id,
-        "paused_on": checkpoint.paused_on,
+        "paused_on": times.iso(paused_on(checkpoint)) or checkpoint.paused_on,
     }
+
+
+def paused_on(checkpoint: Checkpoint) -> dt.datetime | None:
+    """When the run paused (None if the checkpoint's time cannot be read)."""
+    try:
+        moment = checkpoint.paused_on_datetime
+    except (TypeError, ValueError):
+        return None
+    return moment if isinstance(moment, dt.datetime) else None
 
 
 def event_dict(event: Event) -> dict[str, Any]:
     from stageline.core.events import event_to_record
 
-    return dict(event_to_record(event))
+    record = dict(event_to_record(event))
+    record["ts"] = times.iso(event.ts)
+    return record
 
 
 # --- the journal ----------------------------------------------------------------------------
@@ -158,7 +217,7 @@ def event_dict(event: Event) -> dict[str, Any]:
 
 def event_line(event: Event) -> str:
     """One journal event as a line of `logs`: seq, time, name, where, detail."""
-    ts = dt.datetime.fromtimestamp(event.ts, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    ts = times.local(event.ts, fraction=True)
     return f"{event.seq:>4}  {ts}  {event.name:<17} {where(event):<12} {detail(event)}".rstrip()
 
 

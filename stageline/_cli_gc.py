@@ -7,11 +7,11 @@ would be) deleted.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import click
 
+from stageline import _cli_times as times
 from stageline import _retention as retention
 from stageline._cli_errors import UserError
 from stageline._cli_mailbox import CLOCK
@@ -36,11 +36,11 @@ def collect(
             count = retention.delete_finished(store, cutoff, wanted)
     finally:
         store.close()
-    before = dt.datetime.fromtimestamp(cutoff, dt.UTC).isoformat(timespec="seconds")
     if as_json:
         fields = {"runs": count, "dry_run": dry_run, "statuses": list(wanted)}
-        click.echo(json.dumps({**fields, "updated_before": before}))
+        click.echo(json.dumps({**fields, "updated_before": times.iso(cutoff)}))
         return
+    before = times.local(cutoff)
     verb = "would delete" if dry_run else "deleted"
     runs = "run" if count == 1 else "runs"
     click.echo(f"{verb} {count} {runs} ({', '.join(wanted)}) last updated before {before}")

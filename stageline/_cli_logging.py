@@ -1,19 +1,29 @@
-"""Logging of the `stageline serve` process: JSON lines on stdout.
+"""Logging of the `stageline serve` process: JSON lines or a console, on stdout.
 
 Only `serve` calls this; the library itself never configures logging. Both structlog
 (the runs' events) and the standard `logging` records of "stageline" (the registry's own
-warnings and errors) end up as one JSON object a line.
+warnings and errors) end up in one format: "json" (one JSON object a line, for log
+shippers) or "console" (structlog's ConsoleRenderer, for people; coloured on a terminal).
+`--log-format` chooses; by default a terminal gets the console and anything else JSON.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
+FORMATS = ("json", "console")
 
-def configure_logging(level: str = "info") -> None:
-    """Send structlog (the library's run events included) to stdout as JSON lines."""
+
+def default_format() -> str:
+    """ "console" when stdout is a terminal, else "json"."""
+    return "console" if sys.stdout.isatty() else "json"
+
+
+def configure_logging(level: str = "info", log_format: str = "json") -> None:
+    """Send structlog (the library's run events included) to stdout in `log_format`."""
     import structlog
 
     number = logging.getLevelName(level.upper())
@@ -21,8 +31,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            *_renderer(log_format),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
@@ -32,6 +41,21 @@ def configure_logging(level: str = "info") -> None:
     library.addHandler(ToStructlog())
     library.setLevel(number)
     library.propagate = False
+
+
+def _renderer(log_format: str) -> list[Any]:
+    """The last processors: JSON lines, or structlog's console (plain tracebacks)."""
+    import structlog
+
+    if log_format == "console":
+        colors = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        return [structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )]  # fmt: skip
+    return [
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(sort_keys=False),
+    ]
 
 
 class ToStructlog(logging.Handler):

@@ -9,15 +9,24 @@ factory to the daemon's store and registry.
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import sysconfig
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from stageline import stores
 from stageline._app_path import importable_here
 from stageline.actors.factory import PipelineFactory
 from stageline.actors.registry import Registry
 from stageline.core.definition import Pipeline
 from stageline.core.errors import StagelineError
 from stageline.core.store import Store
+
+_PARTS: tuple[Any, ...] = (importable_here, PipelineFactory, Pipeline, stores)
+_OURS = tuple(os.path.dirname(os.path.abspath(inspect.getfile(part))) for part in _PARTS)
+"""stageline's own folders (the facade, actors, core, stores): never the application's."""
 
 
 def load_app(spec: str) -> list[PipelineFactory]:
@@ -29,12 +38,67 @@ def load_app(spec: str) -> list[PipelineFactory]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if not _names_module(exc, module_name):
+            raise AppImportError(spec, exc) from exc
         raise StagelineError(f"cannot import {module_name!r} for APP {spec!r}: {exc}") from exc
+    except Exception as exc:  # the application's own code raised while its module ran
+        raise AppImportError(spec, exc) from exc
     try:
         target = getattr(module, attribute)
     except AttributeError:
         raise StagelineError(f"module {module_name!r} has no attribute {attribute!r}") from None
     return _factories(target, spec)
+
+
+class AppImportError(StagelineError):  # type: ignore[misc]  # (core is untyped here)
+    """The APP's module raised while it was imported: its exception, and where.
+
+    `where` is (file, line number, source line) in the application's own code (the
+    deepest frame outside Python's and stageline's files), None when none is known.
+    `block()` is what `serve` prints: the exception and that line, no traceback.
+    """
+
+    def __init__(self, spec: str, error: BaseException) -> None:
+        self.error = error
+        self.where = _user_line(error)
+        super().__init__(
+            f"APP {spec!r} raised on import: {type(error).__name__}: {error}"
+        )  # fmt: skip
+
+    def block(self) -> str:
+        if self.where is None:
+            return str(self)
+        path, line, source = self.where
+        shown = f"\n    {source}" if source else ""
+        return f'{self}\n  File "{path}", line {line}{shown}'
+
+
+def _names_module(exc: ImportError, module_name: str) -> bool:
+    """Whether `exc` says the APP's module itself (or its package) cannot be found."""
+    name = exc.name or ""
+    return isinstance(exc, ModuleNotFoundError) and (
+        module_name == name or module_name.startswith(f"{name}.")
+    )
+
+
+def _user_line(error: BaseException) -> tuple[str, int, str] | None:
+    """(file, line, source) of the deepest frame of `error` in the application's code."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return error.filename, error.lineno, (error.text or "").strip()
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if _users(f.filename)]
+    if not frames:
+        return None
+    frame = frames[-1]
+    return frame.filename, frame.lineno or 0, (frame.line or "").strip()
+
+
+def _users(filename: str) -> bool:
+    """Whether `filename` is the application's: not Python's, a package's or stageline's."""
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return False
+    path = os.path.abspath(filename)
+    libraries = [sysconfig.get_path(name) for name in ("stdlib", "purelib", "platlib")]
+    return not any(path.startswith(os.path.join(p, "")) for p in (*libraries, *_OURS) if p)
 
 
 def _factories(target: Any, spec: str) -> list[PipelineFactory]:

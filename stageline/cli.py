@@ -1,7 +1,7 @@
 """The `stageline` command line: the daemon, and commands that talk to runs through the store.
 
 Every command reads and writes the store named by `--store` (or `STAGELINE_STORE`), so it
-works with or without a daemon running: `runs`, `show` and `logs` read the store directly;
+works with or without a daemon running: `runs`, `show`, `logs` and `wait` read the store;
 `start`, `resume`, `retry` and `abort` post a request into the store's mailbox and (unless
 `--no-wait`) wait for the daemon's answer (`abort`: for the run to stop); `gc` deletes old
 finished runs. Only `serve` and `start` create a store; the others need it to exist. User
@@ -11,22 +11,24 @@ request stays in the mailbox).
 This module is the click group and its commands; the work is in private modules, one job
 each: `_cli_errors` (one-line user errors), `_cli_options` (shared options), `_cli_mailbox`
 (requests to the daemon), `_cli_abort` (waiting for an abort), `_cli_gc` (retention, on
-`_retention` and `_duration`), `_cli_format` (what is printed), `_cli_logging` (`serve`'s
-JSON lines), `_app_path` (where `serve` imports APP from). Heavy imports (pykka,
-structlog, cbor2, the stores) happen inside the commands, so that `stageline --help`
-starts fast.
+`_retention` and `_duration`), `_cli_format` (what is printed), `_cli_times` (times for
+JSON and for people), `_cli_runs` (`runs`: selection, tables), `_cli_follow` (following a
+run to its end: `logs --follow`, `wait`, `start --follow`), `_cli_complete` (shell
+completion of ids), `_cli_logging` (`serve`'s JSON lines), `_app_path` (where `serve`
+imports APP from). Heavy imports (pykka, structlog, cbor2, the stores,
+rich) happen inside the commands, so that `stageline --help` starts fast.
 """
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from stageline import __version__
+from stageline import _cli_follow as following
 from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
 from stageline._app_path import importable_here
+from stageline._cli_complete import pipeline_ids, run_ids
 from stageline._cli_errors import UserError, user_errors
 from stageline._cli_options import (
     duration,
@@ -113,6 +115,9 @@ def main() -> None:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)  # fmt: skip
+@click.option("--log-format", type=click.Choice(["json", "console"]),
+              help="json: one JSON object a line; console: for people. "
+              "Default: console on a terminal, else json.")  # fmt: skip
 @user_errors
 def serve(
     app: str,
@@ -127,23 +132,24 @@ def serve(
     retain: float | None,
     max_recoveries: int,
     log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run the daemon: APP's pipelines, acting on the store's mailbox.
 
     APP is "module:attribute" naming a PipelineFactory, a Pipeline, a list of them or a
     callable returning them.
 
-    Logs JSON lines to stdout; stops gracefully on SIGTERM or SIGINT (exit 0).
+    Logs to stdout (JSON lines, or a console); stops on SIGTERM or SIGINT (exit 0).
     """
     importable_here()  # before the imports below: nothing in the current folder shadows them
-    from stageline._cli_logging import configure_logging
+    from stageline._ops_serve import serve as serve_app
     from stageline.core.supervision import RetryPolicy
-    from stageline.daemon import DaemonOptions, run_daemon
+    from stageline.daemon import DaemonOptions
 
     store_url = store_url_given(store_url)
     options = DaemonOptions(poll_interval=poll_interval, stop_timeout=stop_timeout,
                             recover_every=lease_ttl, keep_answered=keep_answered,
-                            retain=retain)  # fmt: skip
+                            retain=retain, heartbeat_every=lease_ttl / 3)  # fmt: skip
     policy = RetryPolicy(max_restarts=max_restarts, backoff=restart_backoff)
     registry_options = {
         "default_pause_timeout": pause_timeout,
@@ -151,33 +157,39 @@ def serve(
         "supervision": policy if max_restarts > 0 else None,
         "max_recoveries": max_recoveries,
     }
-    configure_logging(log_level)
-    run_daemon(app, store_url, options=options, registry_options=registry_options)
+    serve_app(app, store_url, log_level=log_level, log_format=log_format, options=options,
+              registry_options=registry_options)  # fmt: skip
 
 
 # --- requests to the daemon ----------------------------------------------------------------
 
 
 @main.command()
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=pipeline_ids)
 @click.option("--entry", metavar="STAGE", help="Start at this stage (default: the first).")
 @click.option("--state", "state_json", metavar="JSON", help="Merged over the initial state.")
 @click.option("--run-id", metavar="ID", help="The new run's id (default: a new UUIDv7).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Then print the run's log until it ends; exit 0 succeeded, 1 not.")  # fmt: skip
 @store_option
 @wait_options
 @json_option
+@following.interruptible
 @user_errors
 def start(
     pipeline: str,
     entry: str | None,
     state_json: str | None,
     run_id: str | None,
+    follow: bool,
     store_url: str | None,
     wait: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
     """Start a run of PIPELINE (through the daemon serving the store)."""
+    if follow and not wait:
+        raise click.UsageError("--follow needs the daemon's answer; drop --no-wait")
     state = json_object(state_json, "--state")
     store = open_store(store_url, create=True)  # a request may wait for the first daemon
     if run_id is None:
@@ -187,10 +199,12 @@ def start(
     args = {"entry": entry, "state": state}
     request = post.make_request(mailbox.START, run_id, args, pipeline_id=pipeline)
     post.send(store, request, wait, timeout, as_json)
+    if follow:
+        following.follow(store, run_id, as_json, following.POLL_SECONDS)
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
 @click.option("--patch", "patch_json", metavar="JSON", help="Merged into the state on resume.")
 @store_option
 @wait_options
@@ -213,23 +227,34 @@ def resume(
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
+@click.option("--patch", "patch_json", metavar="JSON",
+              help="Merged into the state with the retry (a fix for what failed).")  # fmt: skip
 @store_option
 @wait_options
 @json_option
 @user_errors
-def retry(run_id: str, store_url: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+def retry(
+    run_id: str,
+    patch_json: str | None,
+    store_url: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Retry a failed RUN from its failed stage, or release a quarantined RUN.
 
-    Committed stages are not run again.
+    Committed stages are not run again; --patch is merged into the state first.
     """
+    patch = json_object(patch_json, "--patch")
     store = open_store(store_url)
     post.check_run(store, mailbox.RETRY, run_id)
-    post.send(store, post.make_request(mailbox.RETRY, run_id, {}), wait, timeout, as_json)
+    request = post.make_request(mailbox.RETRY, run_id, {"patch": patch})
+    post.send(store, request, wait, timeout, as_json)
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
 @click.option("--reason", help="Recorded in the run's error.")
 @store_option
 @waits(60.0, "the run to stop")
@@ -259,63 +284,94 @@ def abort(
 
 @main.command()
 @click.option("--status", type=click.Choice(lifecycle.STATUSES), help="Only runs with this status.")
-@click.option("--pipeline", "pipeline_id", metavar="ID", help="Only runs of this pipeline.")
+@click.option("--pipeline", "pipeline_id", metavar="ID", shell_complete=pipeline_ids,
+              help="Only runs of this pipeline.")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, metavar="N",
+              help="Show the newest N runs (0: all); a last line counts the others.")  # fmt: skip
+@click.option("--since", metavar="DURATION", callback=duration,
+              help="Only runs created within this long: 30s, 15m, 12h, 7d.")  # fmt: skip
 @store_option
 @json_option
 @user_errors
-def runs(status: str | None, pipeline_id: str | None, store_url: str | None, as_json: bool) -> None:
-    """List runs, oldest first."""
-    found = open_store(store_url).list_runs(status=status, pipeline_id=pipeline_id)
-    if as_json:
-        for info in found:
-            click.echo(fmt.dumps(fmt.run_dict(info, full=False)))
-        return
-    rows = [fmt.run_row(info) for info in found]
-    click.echo(fmt.table(fmt.RUN_HEADERS, rows, status_column=2))
+def runs(
+    status: str | None,
+    pipeline_id: str | None,
+    limit: int,
+    since: float | None,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first."""
+    from stageline._cli_runs import print_runs, select
+
+    found, more = select(open_store(store_url), status, pipeline_id, since, limit)
+    print_runs(found, more, limit, as_json)
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
 @store_option
 @json_option
 @user_errors
 def show(run_id: str, store_url: str | None, as_json: bool) -> None:
-    """Show one run: status, position, checkpoint, error and state."""
-    info = open_store(store_url).get_run(run_id)
+    """Show one run: status, times, position, children, error (with tracebacks) and state."""
+    from stageline.core.children import positions
+
+    store = open_store(store_url)
+    info = store.get_run(run_id)
+    children = positions(store.load_run(run_id).state)  # kept under the state's reserved key
     if as_json:
-        click.echo(fmt.dumps(fmt.run_dict(info, full=True)))
+        click.echo(fmt.dumps({**fmt.run_dict(info, full=True), "children": children}))
         return
     for name, value in fmt.run_fields(info):
         click.echo(f"{name:<10} {value}")
+    for title, lines in (("children", fmt.children_lines(children)),
+                         ("traceback", fmt.traceback_lines(info.error))):  # fmt: skip
+        if lines:
+            click.echo(title)
+            click.echo("\n".join(lines))
     click.echo("state")
     click.echo(fmt.dumps(info.state, indent=2))
 
 
 @main.command()
-@click.argument("run_id", metavar="RUN")
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
 @click.option("--follow", "-f", is_flag=True, help="Wait for more until the run ends or pauses.")
 @click.option("--poll-interval", type=float, default=0.05, show_default=True, metavar="SECONDS")
 @store_option
 @json_option
+@following.interruptible
 @user_errors
 def logs(
     run_id: str, follow: bool, poll_interval: float, store_url: str | None, as_json: bool
 ) -> None:
     """Print RUN's journal (stage and pipeline events), oldest first.
 
-    With --follow, wait for new events and exit when the run stops: it succeeded, failed,
-    was aborted or expired, or it paused (follow it again after resuming it).
+    With --follow, also what is in flight, until the run stops; then one line says how,
+    and the exit status is 0 if it succeeded or paused (waiting for a resume), 1 if it
+    failed, was aborted or expired. Ctrl-C exits 130.
     """
     store = open_store(store_url)
-    after = 0
-    while True:
-        status = store.get_run(run_id).status  # read before the events: none are missed
-        for event in store.read_events(run_id, after):
-            click.echo(fmt.dumps(fmt.event_dict(event)) if as_json else fmt.event_line(event))
-            after = event.seq
-        if not follow or status in lifecycle.STOPPED:
-            return
-        time.sleep(poll_interval)
+    if follow:
+        following.follow(store, run_id, as_json, poll_interval)  # exits by how the run stopped
+    else:
+        following.Follower(store, run_id, as_json).step()
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN", shell_complete=run_ids)
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up after this long (exit 3).")
+@click.option("--poll-interval", type=float, default=0.05, show_default=True, metavar="SECONDS")
+@store_option
+@json_option
+@following.interruptible
+@user_errors
+def wait(
+    run_id: str, timeout: float | None, poll_interval: float, store_url: str | None, as_json: bool
+) -> None:
+    """Wait until RUN stops and print how: exit 0 succeeded or paused, 1 failed, aborted or
+    expired, 3 still going after --timeout, 130 on Ctrl-C."""
+    following.wait(open_store(store_url), run_id, timeout, as_json, poll_interval)
 
 
 # --- retention ------------------------------------------------------------------------------
@@ -340,3 +396,40 @@ def gc(
     from stageline._cli_gc import collect
 
     collect(store_url, older_than, statuses, dry_run, as_json)
+
+
+# --- the fleet: the mailbox and the daemons --------------------------------------------------
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["pending", "claimed", "answered"]),
+              help="Only requests with this status (answered: done or failed).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many, newest first.")  # fmt: skip
+@click.option("--cancel", "cancel_id", metavar="ID",
+              help="Answer this pending request failed, so no daemon acts on it.")  # fmt: skip
+@store_option
+@json_option
+@user_errors
+def requests(
+    status: str | None, limit: int, cancel_id: str | None, store_url: str | None, as_json: bool
+) -> None:
+    """List the store's mailbox requests, newest first, or cancel a pending one."""
+    from stageline import _cli_ops as ops
+
+    store = open_store(store_url)
+    if cancel_id is not None:
+        ops.cancel(store, cancel_id, as_json)
+    else:
+        ops.list_requests(store, status, limit, as_json)
+
+
+@main.command()
+@store_option
+@json_option
+@user_errors
+def status(store_url: str | None, as_json: bool) -> None:
+    """Show the daemons serving this store, from their heartbeats."""
+    from stageline import _cli_ops as ops
+
+    ops.status(open_store(store_url), as_json)

@@ -24,6 +24,10 @@ registry (`factory.bound_to`): the daemon serves exactly the store given by --st
 registry keeps paused runs live and supervises failed ones, whatever the factories were
 built with. Pipelines are keyed by id; two with one id is an error.
 
+Heartbeats: the daemon writes its row in the store's `daemons` table (owner id, pid, host,
+start time, last beat, runs held, lease) at start and every `heartbeat_every` seconds, and
+deletes it when `run_daemon` stops cleanly; `stageline status` lists them.
+
 Time: the daemon reads it from the clock of the registry it runs (`registry.clock`), the
 one clock of the daemon and of the runs it serves, rather than from an option of its own:
 the recovery and idle-claim cadences (its `monotonic()`), the pruning cutoff and a
@@ -42,8 +46,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from stageline import _retention as retention
+from stageline._answers import Answers
 from stageline._daemon_app import _factories as _factories  # re-exported
 from stageline._daemon_app import bind_factories, load_app
+from stageline._ops_heartbeat import Heartbeat
 from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
 from stageline.actors.logs import library_logger
@@ -72,6 +78,8 @@ class DaemonOptions:
     a daemon killed while acting leaves only that one claimed. `error_backoff`: after a
     store error the loop waits this long, doubling with each error in a row up to
     `max_error_backoff`, and starts again from the beginning after a pass that worked.
+    `heartbeat_every`: how often the daemon's heartbeat row is written (`stageline
+    status` reads it; `serve` uses a third of the lease); None writes none.
     """
 
     poll_interval: float = 0.01
@@ -84,6 +92,7 @@ class DaemonOptions:
     retain: float | None = None
     error_backoff: float = 0.1
     max_error_backoff: float = 5.0
+    heartbeat_every: float | None = 10.0
 
 
 @dataclass(slots=True)
@@ -92,6 +101,7 @@ class _Loop:
 
     last_claim: float
     last_recover: float
+    last_beat: float
     seen: int | None = None
     errors: int = 0
 
@@ -123,6 +133,8 @@ class Daemon:
         self.options = options or DaemonOptions()
         self.name = str(registry.owner)  # claims requests under the registry's lease owner id
         self.log = library_logger(None, daemon=self.name)  # stdlib "stageline" unless configured
+        self.heartbeat = Heartbeat(store, registry, self.log)
+        self.answers = Answers(store, self.log)
         self._actions: dict[str, Callable[[Request], None]] = {
             mailbox.START: self._start,
             mailbox.RESUME: self._resume,
@@ -184,13 +196,33 @@ class Daemon:
                 "store it can write: check the file's permissions or the role's privileges"
             ) from None
 
+    def start(self) -> None:
+        """What `serve` does first: fail on a store it cannot write, write the first
+        heartbeat, recover orphaned runs, prune the mailbox and retain finished runs."""
+        self.check_writable()
+        self.beat()
+        self.recover()
+        self.prune()
+        self.retain()
+
+    def beat(self) -> None:
+        """Write this daemon's heartbeat (unless `heartbeat_every` is None)."""
+        if self.options.heartbeat_every is not None:
+            self.heartbeat.beat()
+
+    def forget(self) -> None:
+        """Remove this daemon's heartbeat: it stopped cleanly."""
+        if self.options.heartbeat_every is not None:
+            self.heartbeat.remove()
+
     def serve(self, stop: threading.Event) -> None:
         """Serve the mailbox until `stop` is set. A store error is logged, never fatal;
         errors in a row back off (`error_backoff`, doubling, up to `max_error_backoff`)."""
         wait = _waiter(self.store)
         waits = "notify" if wait is not None else f"poll every {self.options.poll_interval}s"
         self.log.info("daemon:ready", pipelines=sorted(self.factories), waits=waits)
-        loop = _Loop(last_claim=self.clock.monotonic(), last_recover=self.clock.monotonic())
+        now = self.clock.monotonic()
+        loop = _Loop(last_claim=now, last_recover=now, last_beat=now)
         while not stop.is_set():
             try:
                 self._serve_pass(stop, wait, loop)
@@ -220,8 +252,11 @@ class Daemon:
             self.recover(quiet=True)
             self.prune()
             self.retain()
+        if _due(self.options.heartbeat_every, loop.last_beat, self.clock.monotonic()):
+            loop.last_beat = self.clock.monotonic()
+            self.beat()
         if wait is not None:  # blocks until a NOTIFY (or the next timer is due)
-            news = wait(self._wait_time(loop.last_claim, loop.last_recover))
+            news = wait(self._wait_time(loop.last_claim, loop.last_recover, loop.last_beat))
         else:
             version = self.store.mailbox_version()
             news, loop.seen = version != loop.seen, version
@@ -235,15 +270,21 @@ class Daemon:
             self._rest(stop, self.options.poll_interval)
 
     def _recovery_due(self, last_recover: float) -> bool:
-        every = self.options.recover_every
-        return every is not None and self.clock.monotonic() - last_recover >= every
+        return _due(self.options.recover_every, last_recover, self.clock.monotonic())
 
-    def _wait_time(self, last_claim: float, last_recover: float) -> float:
-        """How long to block for requests: until a stop check, idle claim or recovery is due."""
+    def _wait_time(
+        self, last_claim: float, last_recover: float, last_beat: float | None = None
+    ) -> float:
+        """How long to block for requests: until a stop check, idle claim, recovery or
+        heartbeat is due."""
         now: float = self.clock.monotonic()
         due = [self.options.wait_slice, last_claim + self.options.idle_claim - now]
-        if self.options.recover_every is not None:
-            due.append(last_recover + self.options.recover_every - now)
+        for every, last in (
+            (self.options.recover_every, last_recover),
+            (self.options.heartbeat_every, last_beat),
+        ):
+            if every is not None and last is not None:
+                due.append(last + every - now)
         return max(0.0, min(due))
 
     def poll_once(self) -> int:
@@ -252,11 +293,12 @@ class Daemon:
         Every claimed request is answered whatever happens: if acting on one or answering
         it fails (the store), the rest of its batch is answered failed, never left claimed.
         """
+        self.answers.give_owed()
         requests = self.store.claim_requests(self.name, self.options.claim_limit)
         acted = 0
         try:
             for request in requests:
-                acted += 1
+                acted += 1  # from here this request is answered by handle()
                 self.handle(request)
         finally:
             self._not_acted_on(requests[acted:])
@@ -269,11 +311,7 @@ class Daemon:
                 f"the daemon {self.name} claimed this request but met a store error before "
                 f"acting on it; nothing was done to run {request.run_id!r}: send it again"
             )
-            try:
-                self.store.answer_request(request.request_id, error)
-            except StagelineError as exc:  # the store is failing: it stays claimed
-                self.log.error("request:unanswered", request_id=request.request_id,
-                               error=_one_line(str(exc)))  # fmt: skip
+            self.answers.give(request.request_id, error)
 
     def handle(self, request: Request) -> None:
         """Act on one claimed request and answer it; never raises for the request's sake."""
@@ -291,7 +329,7 @@ class Daemon:
             log.info("request:done", latency=round(latency, 4))
         else:
             log.warning("request:failed", error=error)
-        self.store.answer_request(request.request_id, error)
+        self.answers.give(request.request_id, error)
 
     # --- the actions ------------------------------------------------------------------
 
@@ -325,7 +363,8 @@ class Daemon:
         self._started(context, context.start())
 
     def _retry(self, request: Request) -> None:
-        context = self.registry.retry(request.run_id, self._factory_for(request))
+        factory = self._factory_for(request)
+        context = self.registry.retry(request.run_id, factory, patch=request.args.get("patch"))
         self._started(context, None)
 
     def _abort(self, request: Request) -> None:
@@ -357,6 +396,11 @@ def _waiter(store: Store) -> Callable[[float], bool] | None:
     return lambda timeout: bool(wait(timeout, answers=False))
 
 
+def _due(every: float | None, last: float, now: float) -> bool:
+    """Whether a task done every `every` seconds (None: never), last at `last`, is due."""
+    return every is not None and now - last >= every
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 
@@ -370,39 +414,48 @@ def run_daemon(
     *,
     options: DaemonOptions | None = None,
     registry_options: Mapping[str, Any] | None = None,
+    on_ready: Callable[[Daemon], Any] | None = None,
 ) -> None:
     """`stageline serve`: serve until SIGTERM or SIGINT, then stop the registry gracefully.
 
     `registry_options` are Registry's keyword arguments (default_pause_timeout,
-    supervision, lease_ttl, ...).
+    supervision, lease_ttl, ...). `on_ready(daemon)` is called with the daemon built,
+    before it starts (`Daemon.start`: recovery, first heartbeat) and serves the mailbox.
     """
     import signal
-
-    from stageline.stores.url import open_store
 
     options = options or DaemonOptions()
     factories = load_app(app)
     registry = Registry(**(registry_options or {}))
-    try:  # one clock for the registry and its store
-        store = open_store(store_url, clock=registry.clock)
-    except BaseException:
-        registry.stop()
-        raise
+    store = _store_of(store_url, registry)
     stop = threading.Event()
     try:
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, frame: _set_later(stop))
-        daemon.check_writable()
-        daemon.recover()
-        daemon.prune()
-        daemon.retain()
+        if on_ready is not None:
+            on_ready(daemon)
+        daemon.start()
         daemon.serve(stop)
         daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
     finally:
         registry.stop(options.stop_timeout)
+        if stop.is_set():  # a clean stop (serve returned): it no longer serves the store
+            daemon.forget()
         store.close()
     daemon.log.info("daemon:stopped")
+
+
+def _store_of(store_url: str, registry: Registry) -> Store:
+    """The daemon's store, on its registry's clock (one clock for both); the registry is
+    stopped if it cannot be opened. `memory://` is refused: no other process could reach it."""
+    from stageline.stores.url import open_store, serving_url
+
+    try:
+        return open_store(serving_url(store_url), clock=registry.clock)
+    except BaseException:
+        registry.stop()
+        raise
 
 
 def _set_later(event: threading.Event) -> None:

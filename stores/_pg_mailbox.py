@@ -51,8 +51,15 @@ class Mailbox:
 
     def claim(self, claimer: str, limit: int, now: float) -> list[Request]:
         """Claim up to `limit` requests; one that cannot be read is answered "failed" at
-        `now` in the same transaction, and left out."""
+        `now` in the same transaction, and left out. A batch of only unreadable ones is
+        followed by another claim, so poison never makes a daemon wait for its next pass."""
         check_text(claimer, "claimer name", claimer)
+        while True:
+            claimed, unreadable = self._claim_batch(claimer, limit, now)
+            if claimed or not unreadable:
+                return claimed
+
+    def _claim_batch(self, claimer: str, limit: int, now: float) -> tuple[list[Request], list[Any]]:
         params = (PENDING, limit, CLAIMED, claimer)
         with self._db.connection("claiming mailbox requests") as conn, conn.transaction():
             rows = conn.execute(self._db.sql(sql.CLAIM_REQUESTS), params).fetchall()
@@ -62,7 +69,7 @@ class Mailbox:
                 conn.execute(self._db.sql(sql.ANSWER_UNREADABLE), values)
         for _ in unreadable:
             self._listener.own_write()
-        return claimed
+        return claimed, unreadable
 
     def answer(self, request_id: str, error: str | None, answered_at: float) -> None:
         if unstorable(request_id):

@@ -14,12 +14,13 @@ from stageline.core import mailbox
 from stageline.core.errors import StoreError
 
 from ._common import no_store
+from ._fleet import TABLE as FLEET_TABLE
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
-# 4 the abort flag (`abort_requested`, `abort_reason`).
+# 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`).
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -65,6 +66,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         f"CREATE INDEX requests_pending ON {{s}}.requests (seq) WHERE status = '{mailbox.PENDING}'",
     ),
     4: ("ALTER TABLE {s}.runs ADD COLUMN abort_requested boolean, ADD COLUMN abort_reason text",),
+    5: (FLEET_TABLE,),
 }
 
 _META: Final = (

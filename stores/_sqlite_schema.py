@@ -16,8 +16,9 @@ import urllib.parse
 from stageline.core.errors import StoreError
 
 from ._common import no_store
+from ._fleet import TABLE as FLEET_TABLE
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 WAL_AUTOCHECKPOINT_PAGES = 256
 """Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
@@ -32,6 +33,7 @@ _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value 
 # applied once, in one transaction, so files written by an older stageline keep working.
 # 1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery).
 # 3: the mailbox (`requests`). 4: the abort flag (`abort_requested`, `abort_reason`).
+# 5: the daemons' heartbeats (`daemons`, stores/_fleet.py).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -82,6 +84,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE runs ADD COLUMN abort_requested INTEGER",
         "ALTER TABLE runs ADD COLUMN abort_reason TEXT",
     ),
+    5: (FLEET_TABLE.replace("{s}.", ""),),
 }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from stageline.core import lifecycle
 from stageline.core.clock import Clock, SystemClock
@@ -22,6 +23,7 @@ from ._common import (
     run_exists,
     run_not_found,
 )
+from ._fleet import CANCELLED, heartbeat_from_row, heartbeat_values, request_statuses
 
 
 class MemoryStore:
@@ -38,6 +40,7 @@ class MemoryStore:
         self._requests: dict[str, Request] = {}  # insertion order is posting order
         self._aborts: dict[str, str | None] = {}  # run_id -> reason: the abort flags set
         self._mailbox_version = 0
+        self._heartbeats: dict[str, dict[str, Any]] = {}  # owner -> the daemon's last heartbeat
 
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -211,6 +214,36 @@ class MemoryStore:
 
     def mailbox_version(self) -> int:
         return self._mailbox_version
+
+    def list_requests(self, status: str | None = None, limit: int = 100) -> list[Request]:
+        wanted = request_statuses(status)
+        with self._lock:
+            found = [r for r in reversed(self._requests.values()) if r.status in wanted]
+        return found[: max(0, limit)]
+
+    def cancel_request(self, request_id: str, answer: str = CANCELLED) -> bool:
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None:
+                raise request_not_found(request_id)
+            if request.status != PENDING:
+                return False
+            self._requests[request_id] = request.answered_with(answer, self.clock.wall())
+            self._mailbox_version += 1
+            return True
+
+    def record_heartbeat(self, heartbeat: Mapping[str, Any]) -> None:
+        row = heartbeat_from_row(heartbeat_values(heartbeat))
+        with self._lock:
+            self._heartbeats[row["owner"]] = row
+
+    def remove_heartbeat(self, owner: str) -> None:
+        with self._lock:
+            self._heartbeats.pop(owner, None)
+
+    def list_heartbeats(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(self._heartbeats[owner]) for owner in sorted(self._heartbeats)]
 
     def close(self) -> None:
         """Nothing to release."""

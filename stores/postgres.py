@@ -76,6 +76,7 @@ from ._common import (
     run_exists,
     run_not_found,
 )
+from ._fleet import SqlFleet
 from ._pg_driver import schema_from_url as _schema_from_url  # noqa: F401 (its old home)
 from ._pg_listener import Listener
 from ._pg_mailbox import Mailbox
@@ -90,7 +91,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ID_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 
-class PostgresStore:
+class PostgresStore(SqlFleet):
     """A Store in a PostgreSQL database, shared by any number of processes.
 
     `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
@@ -381,6 +382,14 @@ class PostgresStore:
         A daemon loop: `while not stopping: store.wait_for_requests(1.0); claim...`.
         """
         return self._mailbox.wait(timeout, answers=answers)
+
+    def _fleet_rows(self, what: str, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._db.query(what, statement.replace("?", "%s"), params)
+
+    def _fleet_answered(self) -> None:
+        notify = f"SELECT pg_notify(%s, '{sql.ANSWERED}')"
+        self._db.query("announcing an answer", notify, (self.channel,))
+        self._listener.own_write()
 
     # ----------------------------------------------------------------- lifetime
 

@@ -37,6 +37,7 @@ from ._common import (
     run_exists,
     run_not_found,
 )
+from ._fleet import SqlFleet
 from ._rows import (
     REQUEST_COLUMNS,
     info_from_row,
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 
-class SqliteStore:
+class SqliteStore(SqlFleet):
     """A Store in one SQLite file.
 
     `path` is a file path, never a SQLite URI (`file:x.db` is a file of that name). A new
@@ -345,20 +346,11 @@ class SqliteStore:
         args = args_fitting(request, encode(request.args), self.max_state_bytes)
         with self._transaction(f"posting request {request.request_id!r}") as db:
             try:
+                r = request
+                row = (r.request_id, r.kind, r.run_id, r.posted_at, r.pipeline_id, args, PENDING)
                 db.execute(
                     f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        request.request_id,
-                        request.kind,
-                        request.run_id,
-                        request.posted_at,
-                        request.pipeline_id,
-                        args,
-                        PENDING,
-                        None,
-                        None,
-                        None,
-                    ),
+                    (*row, None, None, None),
                 )
             except sqlite3.IntegrityError:
                 raise request_exists(request.request_id) from None
@@ -366,12 +358,17 @@ class SqliteStore:
 
     def claim_requests(self, claimer: str, limit: int = 16) -> list[Request]:
         """Claim up to `limit` pending requests, oldest first. A request that cannot be
-        read is answered "failed" (saying so) in the same transaction, and left out."""
-        now = self.clock.wall()
-        with self._transaction("claiming mailbox requests") as db:
-            claimed, answered = ops.claim_requests(db, claimer, limit, self.max_state_bytes, now)
-            self._mailbox_writes += answered
-        return claimed
+        read is answered "failed" (saying so) in the same transaction, and left out; a
+        batch of only such requests is followed by another claim."""
+        while True:
+            now = self.clock.wall()
+            with self._transaction("claiming mailbox requests") as db:
+                claimed, answered = ops.claim_requests(
+                    db, claimer, limit, self.max_state_bytes, now
+                )
+                self._mailbox_writes += answered
+            if claimed or not answered:
+                return claimed
 
     def answer_request(self, request_id: str, error: str | None = None) -> None:
         with self._transaction(f"answering request {request_id!r}") as db:
@@ -398,6 +395,16 @@ class SqliteStore:
                 return int(db.execute(ops.PRUNE, params).rowcount)
 
         return in_batches(delete_batch)
+
+    def _fleet_rows(self, what: str, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        statement = statement.replace("{s}.", "")
+        if statement.startswith("SELECT"):  # a read takes no write lock
+            return self._query(statement, params)
+        with self._transaction(what) as db:
+            return db.execute(statement, params).fetchall()
+
+    def _fleet_answered(self) -> None:
+        self._mailbox_writes += 1
 
     def mailbox_version(self) -> int:
         """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""

@@ -145,7 +145,7 @@ def test_runs_shows_a_corrupt_row_beside_every_other(daemon, env, tmp_path):
                 (b"\xff\x00", "r2"))  # fmt: skip
 
     table = cli_ok("runs", env=env, cwd=tmp_path).splitlines()
-    assert table[0].split() == ["RUN", "PIPELINE", "STATUS", "STAGE", "UPDATED"]
+    assert table[0].split() == ["RUN", "PIPELINE", "STATUS", "STAGE", "CREATED", "DURATION"]
     assert {line.split()[0]: line.split()[2] for line in table[1:]} == {
         "r1": "succeeded", "r2": "corrupt", "r3": "succeeded",
     }  # fmt: skip

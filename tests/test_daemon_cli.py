@@ -119,7 +119,8 @@ def test_start_pause_resume_and_follow_to_the_end(daemon, env, tmp_path):
     daemon.expect("pipeline:paused", run_id="o1")
 
     table = cli_ok("runs", "--status", "paused", env=env, cwd=tmp_path)
-    assert table.splitlines()[0].split() == ["RUN", "PIPELINE", "STATUS", "STAGE", "UPDATED"]
+    header = ["RUN", "PIPELINE", "STATUS", "STAGE", "CREATED", "DURATION"]
+    assert table.splitlines()[0].split() == header
     assert table.splitlines()[1].split()[:4] == ["o1", "checkout", "paused", "ship"]
     listed = [
         json.loads(line) for line in cli_ok("runs", "--json", env=env, cwd=tmp_path).splitlines()

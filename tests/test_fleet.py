@@ -74,6 +74,7 @@ def test_abort_by_id_reaches_the_daemon_that_owns_the_run(store):
         running = PipelineFactory(gate.pipeline(), store=store, registry=owner).prepare()
         future = running.start()
         assert gate.entered.acquire(timeout=10)
+        wait_for_stats(owner, live=1)  # held, its lease renewal armed
         PipelineFactory(gate.pipeline(), store=store, registry=other).abort(running.run_id, "ops")
         assert store.get_run(running.run_id).status == "running"  # the owner decides
         advance(owner_clock, 10.0, owner)  # the lease renewal reads the flag
@@ -335,3 +336,55 @@ def test_retry_with_a_patch_of_a_run_waiting_for_its_restart(store):
         assert registry.retry(run.run_id, patch={"address": "x"}) is run  # same context
         assert future.result(10).status == "succeeded"
     assert calls["ship"] == 2
+
+
+def test_a_child_stage_commit_the_store_always_refuses_fails_the_run():
+    """Review: the commit of a child's stage was not guarded like a closing commit, so a
+    refusal for good crashed the run and it was recovered (and its step re-run) until
+    quarantined."""
+    store, ran = RefusingStore(), Counter()
+
+    def poisonous(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        ran["side effect"] += 1
+        return {"poison": True}
+
+    child = Pipeline("kid", [Stage("k", 1, steps=[Step("k", poisonous)])])
+    parent = Pipeline("p", [Stage("fanout", 1, pipelines=[child])])
+    with Registry(clock=ManualClock(), supervision=RetryPolicy(max_restarts=0)) as registry:
+        factory = PipelineFactory(parent, store=store, registry=registry)
+        result = factory.prepare().run(timeout=10)
+        assert result.status == "failed" and "cannot hold this value" in str(result.error)
+        assert registry.recover(factory) == []
+    assert store.get_run(result.run_id).status == "failed"
+    assert ran["side effect"] == 1
+
+
+def test_an_abort_flag_on_a_run_prepared_elsewhere_and_never_started_aborts_it(store):
+    """Review: a run prepared (held) by one registry but not started ignored the flag."""
+    pipeline = Pipeline("p", [Stage("a", 1, steps=[Step("a", lambda s, c: {"a": 1})])])
+    owner_clock = ManualClock()
+    with Registry(clock=owner_clock, lease_ttl=30.0) as owner, Registry() as other:
+        prepared = PipelineFactory(pipeline, store=store, registry=owner).prepare()
+        wait_for_stats(owner, live=1)  # held, its lease renewal armed
+        PipelineFactory(pipeline, store=store, registry=other).abort(prepared.run_id, "no")
+        advance(owner_clock, 10.0, owner)  # the renewal reads the flag
+        assert prepared.wait(10).status == "aborted"
+    assert store.get_run(prepared.run_id).status == "aborted"
+
+
+def test_a_batch_of_only_unreadable_requests_does_not_hide_the_next_good_one(sql_store):
+    """Review: a claim whose batch held only unreadable requests returned nothing, and a
+    PostgreSQL daemon then waited a whole idle period per poison request."""
+    import time
+
+    from stageline.core.mailbox import Request
+
+    store, raw = sql_store
+    for n in range(3):
+        store.post_request(Request(f"bad{n}", "start", f"r{n}", time.time(), pipeline_id="p"))
+        raw.execute("UPDATE {t}requests SET args = ? WHERE request_id = ?", (b"\xff", f"bad{n}"))
+    store.post_request(Request("good", "start", "r9", time.time(), pipeline_id="p"))
+    assert [r.request_id for r in store.claim_requests("me", 1)] == ["good"]
+    for n in range(3):  # answered failed (it cannot be read back as a Request)
+        row = raw.execute("SELECT status FROM {t}requests WHERE request_id = ?", (f"bad{n}",))
+        assert row.fetchone()[0] == "failed"
