@@ -113,3 +113,19 @@ Recorder = EventRecorder
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[object, object]]:
+    """A SQL store and a raw connection to its tables (test_store_fleet.Raw)."""
+    from test_store_fleet import Raw
+
+    if request.param == "sqlite":
+        store: object = SqliteStore(tmp_path / "runs.db")
+        raw = Raw.sqlite(store.path)  # type: ignore[attr-defined]
+    else:
+        dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema")
+        store, raw = empty_pg_store(dsn, schema), Raw.postgres(dsn, schema)
+    yield store, raw
+    raw.close()
+    store.close()  # type: ignore[attr-defined]

@@ -254,25 +254,6 @@ def test_registry_stats_count_quarantined(store):
         wait_for_stats(registry, quarantined=0)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_store(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    """A SQL store and raw SQL on its tables (test_store_fleet.Raw)."""
-    from conftest import empty_pg_store
-    from test_store_fleet import Raw
-
-    from stageline.stores import SqliteStore
-
-    if request.param == "sqlite":
-        store: Any = SqliteStore(tmp_path / "runs.db")
-        raw = Raw.sqlite(store.path)
-    else:
-        dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema")
-        store, raw = empty_pg_store(dsn, schema), Raw.postgres(dsn, schema)
-    yield store, raw
-    raw.close()
-    store.close()
-
-
 def test_one_damaged_run_row_does_not_stop_recovery_of_its_neighbours(sql_store):
     """Was: a garbage `state` column on one orphaned running run made `registry.recover`
     raise in list_runs, and its healthy neighbours stayed "running" forever."""

@@ -68,20 +68,6 @@ class Raw:
         self.conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Raw]]:
-    """A SQL store and a raw connection to its tables."""
-    if request.param == "sqlite":
-        store: Any = SqliteStore(tmp_path / "runs.db")
-        raw = Raw.sqlite(store.path)
-    else:
-        dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema")
-        store, raw = empty_pg_store(dsn, schema), Raw.postgres(dsn, schema)
-    yield store, raw
-    raw.close()
-    store.close()
-
-
 def record(run_id: str, status: str = "running", **fields: Any) -> RunRecord:
     now = time.time()
     values: dict[str, Any] = {"state": {"n": 1}, "stage": "s1", "created_at": now}
