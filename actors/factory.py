@@ -185,8 +185,7 @@ class PipelineFactory:
     def _held(self, live: LiveRun) -> RunContext:
         """Its context, once the registry holds the run (and renews its lease) from now
         on, before `run()`: so it can be aborted by id, and no other process recovers it."""
-        if self._supervisor is not None:
-            self._supervisor.track(live)
+        live.hold()
         context: RunContext = live.context
         return context
 

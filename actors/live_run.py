@@ -61,6 +61,8 @@ class LiveRun:
         self.container = container
         self.supervisor = supervisor
         self.result: RunResult | None = None
+        self.held = False
+        """The registry holds this segment already (prepare() handed it over)."""
         self.segment = 0
         """Which segment of the run this handle drives; each resume or restart adds one.
         The registry ignores news about a segment that is no longer the current one."""
@@ -86,10 +88,16 @@ class LiveRun:
             self.future = _running_future()
             self.actor = RunActor.start(self.deps, self.record)
             future = self.future
-        if self.supervisor is not None:
+        if self.supervisor is not None and not self.held:
             self.supervisor.track(self)
         self.actor.tell(Begin(self.entry, resumed=self.resumed))
         return future
+
+    def hold(self) -> None:
+        """Hand the run to its registry now, before it starts (no second notice then)."""
+        if self.supervisor is not None:
+            self.supervisor.track(self)
+            self.held = True
 
     def _check_startable(self) -> None:
         if self.future is not None:
@@ -236,6 +244,7 @@ class LiveRun:
         actor.tell(Begin(self.entry, resumed=True))
 
     def _next_segment(self, record: RunRecord) -> None:
+        self.held = False  # its start tells the registry (and cancels a pause window)
         self.status = record.status
         self.resumed = True
         self.segment += 1

@@ -26,6 +26,9 @@ from .supervisor import Supervisor
 
 _log = logging.getLogger("stageline")
 
+ABORT_CHECK_DELAY = 0.1
+"""Seconds a check for abort flags waits, so that a burst of wake-ups makes one query."""
+
 _COUNTS = (
     "paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered",
     "quarantined",
@@ -43,6 +46,7 @@ class RegistryActor(StagelineActor):
         self.windows = PauseWindows(supervisor, self._tell, self.counts)
         self.restarts = Restarts(supervisor, self._tell, self.counts, self._drop)
         self.renewing = False
+        self.abort_check_armed = False
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -63,6 +67,9 @@ class RegistryActor(StagelineActor):
         elif isinstance(message, msg.Renew):
             self._renew()
         elif isinstance(message, msg.CheckAborts):
+            self._arm_abort_check()
+        elif isinstance(message, msg.AbortCheckDue):
+            self.abort_check_armed = False
             self._check_aborts()
         elif isinstance(message, msg.Forget):
             self._forget(message)
@@ -158,6 +165,14 @@ class RegistryActor(StagelineActor):
         self._check_aborts()
         if self.live:
             self._arm_renewal()
+
+    def _arm_abort_check(self) -> None:
+        """One abort check for a burst of wake-ups (each posted request wakes a daemon)."""
+        if self.abort_check_armed or not self.live:
+            return
+        self.abort_check_armed = True
+        due = msg.AbortCheckDue()
+        self.supervisor.timers.schedule(ABORT_CHECK_DELAY, lambda: self._tell(due))
 
     def _check_aborts(self) -> None:
         """Abort the runs whose durable abort flag another process set (SPEC 16)."""

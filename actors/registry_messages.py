@@ -90,7 +90,12 @@ class Renew:
 
 
 class CheckAborts:
-    """Abort the running runs whose abort flag another process set."""
+    """Abort the running runs whose abort flag another process set (soon: a burst of
+    these makes one check)."""
+
+
+class AbortCheckDue:
+    """The coalesced abort check is due."""
 
 
 class GiveUpAll:

@@ -51,7 +51,7 @@ class Mailbox:
 
     def claim(self, claimer: str, limit: int, now: float) -> list[Request]:
         """Claim up to `limit` requests; one that cannot be read is answered "failed" at
-        `now` in the same transaction, and left out. A batch of only unreadable ones is
+        `now` right after the claim, and left out. A batch of only unreadable ones is
         followed by another claim, so poison never makes a daemon wait for its next pass."""
         check_text(claimer, "claimer name", claimer)
         while True:
@@ -61,14 +61,16 @@ class Mailbox:
 
     def _claim_batch(self, claimer: str, limit: int, now: float) -> tuple[list[Request], list[Any]]:
         params = (PENDING, limit, CLAIMED, claimer)
-        with self._db.connection("claiming mailbox requests") as conn, conn.transaction():
+        with self._db.connection("claiming mailbox requests") as conn:
             rows = conn.execute(self._db.sql(sql.CLAIM_REQUESTS), params).fetchall()
-            claimed, unreadable = claimed_requests(rows, self._max_bytes)
-            for seq, answer in unreadable:
-                values = (FAILED, answer.replace("\x00", "\\0"), now, seq, self._channel)
-                conn.execute(self._db.sql(sql.ANSWER_UNREADABLE), values)
-        for _ in unreadable:
-            self._listener.own_write()
+        claimed, unreadable = claimed_requests(rows, self._max_bytes)
+        if unreadable:  # rare: answered at once (one statement for the claim stays cheap)
+            with self._db.connection("answering unreadable requests") as conn:
+                for seq, answer in unreadable:
+                    values = (FAILED, answer.replace("\x00", "\\0"), now, seq, self._channel)
+                    conn.execute(self._db.sql(sql.ANSWER_UNREADABLE), values)
+            for _ in unreadable:
+                self._listener.own_write()
         return claimed, unreadable
 
     def answer(self, request_id: str, error: str | None, answered_at: float) -> None:
