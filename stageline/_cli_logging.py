@@ -1,6 +1,7 @@
 """Logging of the `stageline serve` process: JSON lines or a console, on stdout.
 
-Only `serve` calls this; the library itself never configures logging. Both structlog
+Only `serve` uses this, through `stageline.cli.configure_logging`; the library itself
+never configures logging. Both structlog
 (the runs' events) and the standard `logging` records of "stageline" (the registry's own
 warnings and errors) end up in one format: "json" (one JSON object a line, for log
 shippers) or "console" (structlog's ConsoleRenderer, for people; coloured on a terminal).
@@ -22,22 +23,21 @@ def default_format() -> str:
     return "console" if sys.stdout.isatty() else "json"
 
 
-def configure_logging(level: str = "info", log_format: str = "json") -> None:
-    """Send structlog (the library's run events included) to stdout in `log_format`."""
+def processors(log_format: str) -> list[Any]:
+    """structlog's processors for `serve`: level, UTC time, then the renderer."""
     import structlog
 
-    number = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *_renderer(log_format),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-    library = logging.getLogger("stageline")  # the registry's own warnings and errors
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *_renderer(log_format),
+    ]
+
+
+def route_library_records(number: int) -> None:
+    """Send the standard `logging` records of "stageline" (the registry's own warnings
+    and errors) through structlog, at level `number`."""
+    library = logging.getLogger("stageline")
     library.addHandler(ToStructlog())
     library.setLevel(number)
     library.propagate = False

@@ -22,19 +22,15 @@ def serve(
     app: str,
     store_url: str,
     *,
-    log_level: str,
-    log_format: str | None,
+    log_format: str,
     options: DaemonOptions,
     registry_options: Mapping[str, Any],
 ) -> None:
-    """Configure logging, then run the daemon until SIGTERM/SIGINT. `log_format` None: a
-    console on a terminal, JSON lines otherwise."""
-    from stageline._cli_logging import configure_logging, default_format
+    """Run the daemon until SIGTERM/SIGINT, logging in `log_format` (configured by the
+    CLI): a console banner first for "console"."""
     from stageline._daemon_app import AppImportError
     from stageline.daemon import run_daemon
 
-    log_format = log_format or default_format()
-    configure_logging(log_level, log_format)
     ready = _print_banner(store_url) if log_format == "console" else None
     try:
         run_daemon(app, store_url, options=options, registry_options=registry_options,

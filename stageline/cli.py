@@ -58,6 +58,29 @@ def main() -> None:
 # --- the daemon ----------------------------------------------------------------------------
 
 
+def configure_logging(level: str = "info", log_format: str | None = None) -> str:
+    """Send structlog (the library's run events included) and the "stageline" logger to
+    stdout in `log_format` (None: a console on a terminal, else JSON lines); the format
+    used. The one place stageline configures logging (`serve` only)."""
+    import logging
+    import sys
+
+    import structlog
+
+    from stageline._cli_logging import default_format, processors, route_library_records
+
+    log_format = log_format or default_format()
+    number = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=processors(log_format),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    route_library_records(number)
+    return log_format
+
+
 @main.command()
 @click.argument("app")
 @store_option
@@ -151,13 +174,11 @@ def serve(
                             recover_every=lease_ttl, keep_answered=keep_answered,
                             retain=retain, heartbeat_every=lease_ttl / 3)  # fmt: skip
     policy = RetryPolicy(max_restarts=max_restarts, backoff=restart_backoff)
-    registry_options = {
-        "default_pause_timeout": pause_timeout,
-        "lease_ttl": lease_ttl,
-        "supervision": policy if max_restarts > 0 else None,
-        "max_recoveries": max_recoveries,
-    }
-    serve_app(app, store_url, log_level=log_level, log_format=log_format, options=options,
+    registry_options = {"default_pause_timeout": pause_timeout, "lease_ttl": lease_ttl,
+                        "supervision": policy if max_restarts > 0 else None,
+                        "max_recoveries": max_recoveries}  # fmt: skip
+    log_format = configure_logging(log_level, log_format)
+    serve_app(app, store_url, log_format=log_format, options=options,
               registry_options=registry_options)  # fmt: skip
 
 
