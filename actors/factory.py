@@ -234,7 +234,7 @@ class PipelineFactory:
             return
         store = self.store_for(run_id)
         record = store.load_run(run_id)
-        live = self._live(run_id, record)
+        live = self._arriving(run_id, record)
         if live is not None:
             live.context.abort(reason)
             return
@@ -251,16 +251,14 @@ class PipelineFactory:
         if not store.request_abort(run_id, reason):  # it moved on meanwhile: look again
             self.abort(run_id, reason)
 
-    def _live(self, run_id: str, record: RunRecord) -> RunHandle | None:
-        """The run if this factory's registry holds it (or is about to: it has the lease)."""
+    def _arriving(self, run_id: str, record: RunRecord) -> RunHandle | None:
+        """A run not held yet by this factory's registry but about to be: prepared here a
+        moment ago (it has our lease), its notice still on the way to the registry."""
         supervisor = self._supervisor
-        if supervisor is None:
+        if supervisor is None or record.owner != supervisor.config.owner:
             return None
-        live = supervisor.lookup(run_id)
-        if live is None and record.owner == supervisor.config.owner:
-            supervisor.settle()  # a run prepared here a moment ago: its Track is on the way
-            live = supervisor.lookup(run_id)
-        return live
+        supervisor.settle()
+        return supervisor.lookup(run_id)
 
     def bound_to(self, store: Store, registry: Any) -> PipelineFactory:
         """This factory (pipeline, initial state, logger, migrations) on `store` and `registry`.
