@@ -240,11 +240,7 @@ def resume(
     as_json: bool,
 ) -> None:
     """Resume a paused RUN, committing --patch with the resume."""
-    patch = json_object(patch_json, "--patch")
-    store = open_store(store_url)
-    post.check_run(store, mailbox.RESUME, run_id)
-    request = post.make_request(mailbox.RESUME, run_id, {"patch": patch})
-    post.send(store, request, wait, timeout, as_json)
+    _post_with_patch(mailbox.RESUME, run_id, patch_json, store_url, (wait, timeout, as_json))
 
 
 @main.command()
@@ -267,11 +263,21 @@ def retry(
 
     Committed stages are not run again; --patch is merged into the state first.
     """
+    _post_with_patch(mailbox.RETRY, run_id, patch_json, store_url, (wait, timeout, as_json))
+
+
+def _post_with_patch(
+    kind: str,
+    run_id: str,
+    patch_json: str | None,
+    store_url: str | None,
+    sending: tuple[bool, float, bool],
+) -> None:
+    """Post a resume or retry of `run_id` carrying --patch; wait as `sending` says."""
     patch = json_object(patch_json, "--patch")
     store = open_store(store_url)
-    post.check_run(store, mailbox.RETRY, run_id)
-    request = post.make_request(mailbox.RETRY, run_id, {"patch": patch})
-    post.send(store, request, wait, timeout, as_json)
+    post.check_run(store, kind, run_id)
+    post.send(store, post.make_request(kind, run_id, {"patch": patch}), *sending)
 
 
 @main.command()
