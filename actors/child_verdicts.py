@@ -18,7 +18,7 @@ from stageline.core.clock import Clock
 from stageline.core.errors import StagelineError, error_to_record
 from stageline.core.events import Event
 from stageline.core.patch import copy_state, merge_all
-from stageline.core.routing import Decision, route
+from stageline.core.routing import Decision, check_child_answer, route
 
 from .messages import ChildStageEnded, Verdict
 
@@ -38,9 +38,12 @@ def conclude_child(
             decision = kids.decide_children(
                 scope.pipeline, scope.key, stage, state, request.children
             )
+            check_child_answer(scope.pipeline, stage.id, decision)
             return state, decision, None
         merged = merge_all(state, list(request.patches), on_conflict=on_conflict)
-        return merged, route(scope.pipeline, stage, merged, dict(request.patches))[1], None
+        decision = route(scope.pipeline, stage, merged, dict(request.patches))[1]
+        check_child_answer(scope.pipeline, stage.id, decision)
+        return merged, decision, None
     except StagelineError as exc:
         return state, None, exc
 

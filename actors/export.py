@@ -27,11 +27,17 @@ def pause_bundle(deps: RunDeps, stage: Stage, answer: Pause) -> bytes | None:
     """
     if deps.live_window and not answer.persist:
         return None
+    return run_bundle(deps, stage, "paused")
+
+
+def run_bundle(deps: RunDeps, stage: Stage, what: str) -> bytes:
+    """The run's artifacts as a bundle, for a commit after which no actor holds them (a
+    pause without a live window, a sleep); StageError (kind "bundle") if they cannot be."""
     try:
         return deps.container.export_bundle(deps.max_bundle_bytes)
     except BundleError as exc:
         raise StageError(
-            f"stage {stage.label}:{stage.id} paused but its run's artifacts cannot be "
+            f"stage {stage.label}:{stage.id} {what} but its run's artifacts cannot be "
             f"bundled: {exc}",
             stage_id=stage.id,
             kind="bundle",

@@ -201,7 +201,10 @@ class PipelineFactory:
         """paused -> running with the patch, in one compare-and-set on the run's version."""
         state = None if migrate is None else seed.migrated(record, migrate)
         now = self.clock.wall()
-        commit = tr.resume(record, now, patch=patch, state=state, lease=self._lease())
+        if record.status == lifecycle.SLEEPING:  # woken early
+            commit = tr.wake(record, now, self._lease(), patch=patch, state=state)
+        else:
+            commit = tr.resume(record, now, patch=patch, state=state, lease=self._lease())
         try:
             version = store.commit(commit)
         except ConflictError as exc:
@@ -238,7 +241,7 @@ class PipelineFactory:
         if live is not None:
             live.context.abort(reason)
             return
-        if record.status == lifecycle.PAUSED:
+        if record.status in lifecycle.WAITING:
             entry = record.stage or str(self.pipeline.first_stage.id)
             paused = self.live_run(store, record, entry, Container(run_id), resumed=True)
             paused.context.abort(reason)

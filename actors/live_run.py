@@ -131,7 +131,7 @@ class LiveRun:
             self.supervisor.cancel_restart(self.run_id)
             return
         with self.lock:
-            if self.status == lifecycle.PAUSED:
+            if self.status in lifecycle.WAITING:
                 event, result = self._abort_paused(reason)
             else:
                 event = result = None
@@ -167,7 +167,8 @@ class LiveRun:
 
     def _abort_paused(self, reason: str | None) -> tuple[Event, RunResult]:
         error = RunAborted(
-            f"run {self.run_id!r} was aborted while paused" + (f": {reason}" if reason else "")
+            f"run {self.run_id!r} was aborted while {self.status}"
+            + (f": {reason}" if reason else "")
         )
         record = self.record
         commit = tr.abort_paused(record, self.deps.clock.wall(), error)
@@ -175,7 +176,8 @@ class LiveRun:
             version = self.deps.store.commit(commit)
         except ConflictError as exc:
             raise RunNotPaused(
-                f"run {self.run_id!r} is no longer paused (resumed elsewhere); not aborted"
+                f"run {self.run_id!r} is no longer {record.status} (resumed or woken "
+                "elsewhere); not aborted"
             ) from exc
         self.record = record.applied(commit, version)
         self.status = commit.status

@@ -26,7 +26,7 @@ from stageline.core.supervision import is_orphaned, over_recoveries, recoveries
 
 from .container import Container
 from .handle import FactoryLink
-from .registry_messages import Counted
+from .registry_messages import ArmWakes, Counted
 from .supervisor import Supervisor
 
 _log = logging.getLogger("stageline")
@@ -133,7 +133,22 @@ def recover(supervisor: Supervisor, factory: FactoryLink) -> list[Any]:
     for context in contexts:
         _log.info("stageline registry: recovered run %r", context.run_id)
     supervisor.actor.tell(Counted("recovered", len(contexts)))
+    arm_wakes(supervisor, factory)
     return contexts
+
+
+def arm_wakes(supervisor: Supervisor, factory: FactoryLink) -> None:
+    """Arm a timer for every sleeping run, and paused run with an expiry, of `factory`'s
+    pipeline: those due wake now, the others when due (whichever registry slept them)."""
+    store = factory.store
+    assert store is not None
+    try:
+        waking = store.list_waking(factory.pipeline.id)
+    except StagelineError:
+        _log.exception("stageline registry: listing the sleeping runs failed")
+        return
+    if waking:
+        supervisor.actor.tell(ArmWakes(tuple(waking)))
 
 
 def _recover_one(supervisor: Supervisor, factory: FactoryLink, store: Store, run_id: str) -> Any:

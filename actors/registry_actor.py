@@ -23,6 +23,7 @@ from .handle import RunHandle
 from .pause_windows import PauseWindows
 from .restarts import Restarts
 from .supervisor import Supervisor
+from .wakes import Wakes
 
 _log = logging.getLogger("stageline")
 
@@ -31,7 +32,7 @@ ABORT_CHECK_DELAY = 0.1
 
 _COUNTS = (
     "paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered",
-    "quarantined",
+    "quarantined", "slept", "woken",
 )  # fmt: skip
 
 
@@ -45,6 +46,7 @@ class RegistryActor(StagelineActor):
         self.counts = dict.fromkeys(_COUNTS, 0)
         self.windows = PauseWindows(supervisor, self._tell, self.counts)
         self.restarts = Restarts(supervisor, self._tell, self.counts, self._drop)
+        self.wakes = Wakes(supervisor, self._tell, self.counts, self._let_go)
         self.renewing = False
         self.abort_check_armed = False
 
@@ -99,6 +101,11 @@ class RegistryActor(StagelineActor):
             self.restarts.cancel(message.run_id)
         elif isinstance(message, msg.GiveUpAll):
             self.restarts.cancel_all()
+            self.wakes.cancel_all()
+        elif isinstance(message, msg.WakeDue):
+            self.wakes.on_due(message)
+        elif isinstance(message, msg.ArmWakes):
+            self.wakes.arm_all(message.waking)
         return None
 
     def _tell(self, message: Any) -> None:
@@ -119,10 +126,18 @@ class RegistryActor(StagelineActor):
             return self.restarts.on_crash(run, message.error)
         if run.status == lifecycle.FAILED:
             return self.restarts.on_failed(run, None)
-        if run.status != lifecycle.PAUSED:
+        if run.status == lifecycle.SLEEPING:  # it holds nothing: only its timer stays
+            self.counts["slept"] += 1
+            self.windows.cancel(run.run_id)
+            self.live.pop(run.run_id, None)
+        elif run.status != lifecycle.PAUSED:
             self._drop(run)
             return False
-        self.windows.open(run, message.pause_timeout)
+        else:
+            self.windows.open(run, message.pause_timeout)
+        wake_at = run.record.wake_at
+        if wake_at is not None:
+            self.wakes.arm(run.run_id, run.record.pipeline_id, wake_at)
         return False
 
     def _forget(self, message: msg.Forget) -> None:
@@ -137,6 +152,17 @@ class RegistryActor(StagelineActor):
             if self.live.get(run.run_id) is run and run.segment == message.segment:
                 self.windows.cancel(run.run_id)
                 self.live.pop(run.run_id, None)
+
+    def _let_go(self, run_id: str, status: str) -> None:
+        """Stop holding a live run the store moved on from: a paused one is exported
+        first (its artifacts go with it), an expired one is just dropped."""
+        if status == lifecycle.PAUSED:
+            self.windows.export_safely(run_id)
+            return
+        self.windows.cancel(run_id)
+        run = self.live.pop(run_id, None)
+        if run is not None:
+            run.set_status(status)
 
     def _drop(self, run: RunHandle) -> None:
         self.counts["ended"] += 1
@@ -197,6 +223,7 @@ class RegistryActor(StagelineActor):
             "paused_live": statuses.count(lifecycle.PAUSED),
             "pause_windows": sum(1 for _, timer in windows if timer is None or not timer.cancelled),
             "retrying": len(self.restarts.waiting),
+            "wake_timers": len(self.wakes.armed),
             **self.counts,
         }
 

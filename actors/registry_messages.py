@@ -70,6 +70,22 @@ class TtlExpired:
 
 
 @dataclass(frozen=True, slots=True)
+class WakeDue:
+    """A waiting run's `wake_at` came (unless it was re-armed for another time)."""
+
+    run_id: str
+    pipeline_id: str
+    wake_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArmWakes:
+    """Arm a wake-up timer for each of `waking` (listed from the store by `recover`)."""
+
+    waking: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Forget:
     """Drop a live copy found stale, unless it was resumed since `segment`."""
 

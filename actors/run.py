@@ -44,7 +44,7 @@ from .child_launch import (
 )
 from .child_verdicts import child_event_maker, child_outcome, conclude_child
 from .deps import RunDeps
-from .export import pause_bundle
+from .export import pause_bundle, run_bundle
 from .logs import conflict_logger
 from .messages import (
     Abort,
@@ -251,8 +251,8 @@ class RunActor(StagelineActor):
     def _conclude(
         self, run: StageRun, state: dict[str, Any], results: dict[str, Any], decision: Decision
     ) -> None:
-        if decision.kind == "pause":
-            self._pause(run, state, results, decision)
+        if decision.kind in ("pause", "sleep"):
+            self._stop_waiting(run, state, results, decision)
         else:
             self._commit_stage(run, state, results, decision)
 
@@ -284,23 +284,25 @@ class RunActor(StagelineActor):
         else:
             self.runner.start(str(decision.next_stage), self.record.state)
 
-    def _pause(
+    def _stop_waiting(
         self, run: StageRun, state: dict[str, Any], results: dict[str, Any], decision: Decision
     ) -> None:
-        """Commit the stage with a checkpoint, then stop: a paused run holds no thread."""
-        stage, answer = run.stage, decision.pause
-        assert answer is not None
+        """Commit a stage that pauses or sleeps the run, then stop: a paused or sleeping
+        run holds no thread (a sleeping one's artifacts go into its checkpoint now)."""
+        stage, pausing = run.stage, decision.kind == "pause"
+        answer: Any = decision.pause if pausing else decision.sleep
         try:
-            bundle = pause_bundle(self.deps, stage, answer)
+            bundle = _waiting_bundle(self.deps, stage, answer, pausing)
         except StagelineError as exc:
             self.runner.fail(exc)
             return
-        paused = self.event(
-            ev.STAGE_PAUSED, stage.id, label=stage.label, results=copy_state(results),
-            resume_at=answer.resume_at, routing="pause",
+        closing = self.event(
+            ev.STAGE_PAUSED if pausing else ev.STAGE_SUCCESS, stage.id, label=stage.label,
+            results=copy_state(results), routing=decision.routing,
+            **({"resume_at": answer.resume_at} if pausing else {}),
         )  # fmt: skip
-        commit = tr.pause(
-            self.record, self.deps.clock.wall(), self._progress(*run.journal(paused)),
+        commit = (tr.pause if pausing else tr.sleep)(
+            self.record, self.deps.clock.wall(), self._progress(*run.journal(closing)),
             pipeline=self.pipeline, stage=stage, answer=answer, state=state, patch=results,
             bundle=bundle,
         )  # fmt: skip
@@ -309,12 +311,9 @@ class RunActor(StagelineActor):
         self.runner.conclude()
         self.deps.container.stop()
         end = commit.events[-1]
-        self.emit(paused)
+        self.emit(closing)
         self.emit(end)
-        result = RunResult(
-            self.record.run_id, self.pipeline.id, self.status, end.state, checkpoint=end.checkpoint
-        )
-        self._end(result, pause=answer)
+        self._end(replace(self._result(state), checkpoint=end.checkpoint), pause=answer)
 
     def _fail_run(
         self, stage_id: str, error: StagelineError, stage_events: tuple[Event, ...]
@@ -360,8 +359,7 @@ class RunActor(StagelineActor):
         self.deps.on_commit(self.record)
 
     def _commit_closing(self, commit: Commit) -> bool:
-        """Commit the stage's closing transaction; False if the store refused it for good
-        (a state it could not hold, a value or constraint it refuses: nothing written),
+        """Commit the stage; False if the store refused it for good (nothing written),
         which fails the stage, and so the run, with that StoreError."""
         try:
             self._apply(commit)
@@ -389,7 +387,7 @@ class RunActor(StagelineActor):
         self, result: RunResult | None, error: BaseException | None = None, pause: Any = None
     ) -> None:
         self.ended = True
-        if self.status != lifecycle.PAUSED:
+        if self.status not in lifecycle.WAITING:  # stopped already
             self.deps.container.stop()
         self.deps.on_end(result, error, pause, self.record)
         self.stop()  # pykka's stop message, told: no future to build and drop
@@ -416,6 +414,13 @@ def _child_starter(deps: RunDeps, record: RunRecord, link: ChildLink) -> Any:
         return ChildRunActor.start(deps, record, child.scope, link, child.stage_runs)
 
     return start
+
+
+def _waiting_bundle(deps: RunDeps, stage: Stage, answer: Any, pausing: bool) -> bytes | None:
+    """The artifacts a pause (see `pause_bundle`) or a sleep (always) commit carries."""
+    if pausing:
+        return pause_bundle(deps, stage, answer)
+    return run_bundle(deps, stage, "went to sleep")
 
 
 def _internal(run_id: str, exc: BaseException) -> InternalError:

@@ -77,7 +77,8 @@ def initial_state(source: InitialState) -> dict[str, Any]:
 
 
 def paused_record(store: Store, run_id: str, pipeline: Pipeline) -> RunRecord:
-    """The stored run to resume; CheckpointNotFound/Mismatch, RunExpired, RunNotPaused."""
+    """The stored run to resume (paused, or sleeping: woken early); CheckpointNotFound or
+    CheckpointMismatch, RunExpired, RunNotPaused."""
     try:
         record = store.load_run(run_id)
     except RunNotFound as exc:
@@ -94,9 +95,10 @@ def paused_record(store: Store, run_id: str, pipeline: Pipeline) -> RunRecord:
             f"run {run_id!r} stayed paused past the registry's checkpoint_ttl and expired; "
             "it cannot be resumed (its committed state is still readable)"
         )
-    if record.status != lifecycle.PAUSED:
+    if record.status not in lifecycle.WAITING:
         raise RunNotPaused(
-            f"run {run_id!r} is {record.status!r}, not paused; only a paused run resumes"
+            f"run {run_id!r} is {record.status!r}, not paused; only a paused run resumes "
+            "(or a sleeping one, woken early)"
         )
     return record
 

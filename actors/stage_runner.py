@@ -30,9 +30,10 @@ from stageline.core.errors import (
     exception_types,
 )
 from stageline.core.events import Event, PathNode
-from stageline.core.patch import PIPELINE_DATA_KEY, public_state
+from stageline.core.patch import PIPELINE_DATA_KEY
 from stageline.core.results import ChildResult
 from stageline.core.routing import check_stage_budget
+from stageline.core.timing import visible_state
 
 from .deps import RunDeps
 from .messages import Abort, RetryStep, StageTimedOut, StepDone, StepTimedOut
@@ -131,7 +132,7 @@ class StageRun:
     @property
     def view(self) -> dict[str, Any]:
         """The state steps see: the stage-start state without the runtime's records."""
-        return public_state(self.base) if PIPELINE_DATA_KEY in self.base else self.base
+        return visible_state(self.base) if PIPELINE_DATA_KEY in self.base else self.base
 
     def stop_timer(self) -> None:
         _cancel(self.timer)

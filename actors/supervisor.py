@@ -27,6 +27,8 @@ from .runtime import Runtime
 from .timers import TimerHandle, TimerService
 from .workers import shared_workers
 
+_ASKED = frozenset({lifecycle.PAUSED, lifecycle.FAILED, lifecycle.SLEEPING})
+
 
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
@@ -91,8 +93,9 @@ class Supervisor:
         timeout = getattr(pause, "timeout", None)
         message = Ended(run, result, timeout, error, run.segment)
         try:
-            if error is not None or run.status in (lifecycle.PAUSED, lifecycle.FAILED):
-                # an ask: when run() returns "paused", the pause window is already armed;
+            if error is not None or run.status in _ASKED:
+                # an ask: when run() returns "paused", the pause window is already armed
+                # (and when it returns "sleeping", its wake-up timer);
                 # a failed run's restart is decided before its future would end
                 return bool(self.actor.ask(message, timeout=30))
             self.actor.tell(message)

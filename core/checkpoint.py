@@ -40,6 +40,10 @@ class Checkpoint:
     paused_on: str
     children: dict[str, Any] = field(default_factory=dict)
     container_bundle: bytes | None = None
+    expires_at: str | None = None
+    """When `Pause.expires_in` runs out (ISO-8601 UTC), if the pause gave one."""
+    on_expiry: str | None = None
+    """The stage the run continues at when it expires (None: it ends "expired")."""
 
     def with_bundle(self, bundle: bytes | None) -> Checkpoint:
         return replace(self, container_bundle=bundle)
@@ -63,6 +67,9 @@ def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
     }
     if checkpoint.container_bundle is not None:
         record["container_bundle"] = checkpoint.container_bundle
+    for name in _OPTIONAL_TEXT:
+        if getattr(checkpoint, name) is not None:
+            record[name] = getattr(checkpoint, name)
     return encode(record)
 
 
@@ -74,6 +81,9 @@ _TEXT_FIELDS: Final = (
     "paused_at_stage_label",
     "paused_on",
 )
+
+
+_OPTIONAL_TEXT: Final = ("expires_at", "on_expiry")
 
 
 def checkpoint_from_bytes(data: bytes, run_id: str = "?") -> Checkpoint:
@@ -89,31 +99,38 @@ def checkpoint_from_bytes(data: bytes, run_id: str = "?") -> Checkpoint:
             f"checkpoint of run {run_id!r} has version {show(record.get('v'))}; this stageline "
             f"reads version {CHECKPOINT_VERSION}"
         )
-    bad = [name for name in _TEXT_FIELDS if not isinstance(record.get(name), str)]
-    version = record.get("pipeline_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        bad.append("pipeline_version")
-    bundle = record.get("container_bundle")
-    if bundle is not None and not isinstance(bundle, bytes):
-        bad.append("container_bundle")
-    children = record.get("children", {})
-    if not isinstance(children, dict):
-        bad.append("children")
-    if bad or not isinstance(version, int):
+    bad = _damaged_fields(record)
+    if bad:
         raise CheckpointCorrupt(
             f"checkpoint of run {run_id!r} is damaged: bad or missing {', '.join(bad)}"
         )
     return Checkpoint(
         run_id=record["run_id"],
         pipeline_id=record["pipeline_id"],
-        pipeline_version=version,
+        pipeline_version=record["pipeline_version"],
         resume_at=record["resume_at"],
         paused_at_stage_id=record["paused_at_stage_id"],
         paused_at_stage_label=record["paused_at_stage_label"],
         paused_on=record["paused_on"],
-        children=children,
-        container_bundle=bundle,
+        children=record.get("children", {}),
+        container_bundle=record.get("container_bundle"),
+        expires_at=record.get("expires_at"),
+        on_expiry=record.get("on_expiry"),
     )
+
+
+def _damaged_fields(record: dict[str, Any]) -> list[str]:
+    """The names of a decoded checkpoint's fields that are missing or of the wrong type."""
+    bad = [name for name in _TEXT_FIELDS if not isinstance(record.get(name), str)]
+    version = record.get("pipeline_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        bad.append("pipeline_version")
+    if not isinstance(record.get("container_bundle"), bytes | None):
+        bad.append("container_bundle")
+    if not isinstance(record.get("children", {}), dict):
+        bad.append("children")
+    bad.extend(n for n in _OPTIONAL_TEXT if not isinstance(record.get(n, ""), str))
+    return bad
 
 
 def encode_bundle(

@@ -6,12 +6,14 @@ Constructing a `Pipeline` checks every stage, step and child pipeline and raises
 
 from __future__ import annotations
 
+import datetime as _dt
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DefinitionError
+from .errors import DefinitionError, RoutingError
 from .text import is_utf8
 
 _ID_RULE = "a non-empty string of valid UTF-8 without NUL"
@@ -110,11 +112,62 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """A router's answer: commit, pause, and continue at `resume_at` when resumed."""
+    """A router's answer: commit, pause, and continue at `resume_at` when resumed.
+
+    `expires_in` (seconds, measured from the stored `paused_on`, so across restarts): a
+    run nobody resumed by then continues at stage `on_expiry` (its steps see
+    `state[PIPELINE_DATA_KEY]["expired"] == True`) or, without `on_expiry`, ends
+    "expired". Exactly one process acts (SPEC section 15).
+    """
 
     resume_at: str
     timeout: float | None = None
     persist: bool = False
+    expires_in: float | None = None
+    on_expiry: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _is_finite(self.expires_in, allow_none=True):
+            problems.append(f"expires_in must be None or seconds >= 0, got {self.expires_in!r}")
+        if self.on_expiry is not None and self.expires_in is None:
+            problems.append("on_expiry needs expires_in: say after how long the run expires")
+        if problems:
+            raise _bad_answer(f"Pause({self.resume_at!r})", problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """A router's answer: commit, sleep, and continue at `resume_at` when the time comes.
+
+    Exactly one of `seconds` (from the commit) or `until` (an aware datetime). The run
+    is stored "sleeping" with its `wake_at` and holds no thread and no actor; a
+    `resume(run_id, patch=...)` wakes it early (SPEC section 15).
+    """
+
+    resume_at: str
+    seconds: float | None = None
+    until: _dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if (self.seconds is None) == (self.until is None):
+            problems.append("give exactly one of seconds= or until=")
+        elif self.seconds is not None and not _is_finite(self.seconds, allow_none=False):
+            problems.append(f"seconds must be a number >= 0, got {self.seconds!r}")
+        elif self.until is not None and not _is_aware(self.until):
+            problems.append(
+                f"until must be a timezone-aware datetime, got {self.until!r}; "
+                "use datetime.now(timezone.utc) + timedelta(...)"
+            )
+        if problems:
+            raise _bad_answer(f"Sleep({self.resume_at!r})", problems)
+
+    def wake_at(self, now: float) -> float:
+        """When the run wakes (wall-clock seconds), for a sleep committed at `now`."""
+        if self.until is not None:
+            return max(now, self.until.timestamp())
+        return now + float(self.seconds or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +238,21 @@ def _is_non_negative(value: object, allow_none: bool) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return value >= 0
+
+
+def _is_finite(value: object, allow_none: bool) -> bool:
+    if not _is_non_negative(value, allow_none):
+        return False
+    return value is None or math.isfinite(float(value))  # type: ignore[arg-type]
+
+
+def _bad_answer(what: str, problems: list[str]) -> RoutingError:
+    """A router built an invalid answer: the router raises this, which fails its stage."""
+    return RoutingError(f"{what} is invalid: {'; '.join(problems)}")
+
+
+def _is_aware(value: object) -> bool:
+    return isinstance(value, _dt.datetime) and value.utcoffset() is not None
 
 
 def _pipeline_problems(

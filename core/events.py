@@ -12,6 +12,7 @@ PIPELINE_START: Final = "pipeline:start"
 PIPELINE_SUCCESS: Final = "pipeline:success"
 PIPELINE_PAUSED: Final = "pipeline:paused"
 PIPELINE_FAILURE: Final = "pipeline:failure"
+PIPELINE_SLEEPING: Final = "pipeline:sleeping"
 STAGE_START: Final = "stage:start"
 STAGE_SUCCESS: Final = "stage:success"
 STAGE_PAUSED: Final = "stage:paused"
@@ -22,11 +23,15 @@ STEP_RETRY: Final = "step:retry"
 STEP_FAILURE: Final = "step:failure"
 
 EVENT_NAMES: Final = (
-    PIPELINE_START, PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE,
+    PIPELINE_START, PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE, PIPELINE_SLEEPING,
     STAGE_START, STAGE_SUCCESS, STAGE_PAUSED, STAGE_FAILURE,
     STEP_START, STEP_SUCCESS, STEP_RETRY, STEP_FAILURE,
 )  # fmt: skip
-TERMINAL_EVENTS: Final = frozenset({PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE})
+TERMINAL_EVENTS: Final = frozenset(
+    {PIPELINE_SUCCESS, PIPELINE_PAUSED, PIPELINE_FAILURE, PIPELINE_SLEEPING}
+)
+"""The events that end a segment of a run (pipeline:sleeping and pipeline:paused end a
+segment, not the run)."""
 
 
 def is_journaled(name: str) -> bool:
@@ -65,6 +70,8 @@ class Event:
     step_id: str | None = None
     attempt: int | None = None
     duration: float | None = None
+    wake_at: str | None = None
+    """pipeline:sleeping: when the run wakes (ISO-8601 UTC)."""
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(Event))

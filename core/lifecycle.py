@@ -15,6 +15,9 @@ the actors only carry it out. A pair missing from `TRANSITIONS` is illegal and r
     running -> failed (crash: the run's actor died of a runtime bug)
     running -> quarantined (recovered more than max_recoveries times without progress)
     quarantined -> running (retry by hand releases it)
+    running -> sleeping (a router's Sleep) -> running (wake: its time came, or a resume)
+    sleeping -> aborted (abort_paused: no actor starts)
+    paused  -> running (expire_on: Pause.expires_in ran out, on to Pause.on_expiry)
 
 A new lifecycle event (sleep and wake, expiry routes, quarantine, queue and admit) is a
 row in each table and one function in `transitions`.
@@ -75,6 +78,9 @@ EXPIRE: Final = "expire"
 RETRY: Final = "retry"
 RECOVER: Final = "recover"
 QUARANTINE: Final = "quarantine"
+SLEEP: Final = "sleep"
+WAKE: Final = "wake"
+EXPIRE_ON: Final = "expire_on"
 
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (PENDING, START): RUNNING,
@@ -92,6 +98,10 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (RUNNING, RECOVER): RUNNING,
     (RUNNING, QUARANTINE): QUARANTINED,
     (QUARANTINED, RETRY): RUNNING,
+    (RUNNING, SLEEP): SLEEPING,
+    (SLEEPING, WAKE): RUNNING,
+    (SLEEPING, ABORT_PAUSED): ABORTED,
+    (PAUSED, EXPIRE_ON): RUNNING,
 }
 
 EVENTS: Final = frozenset(event for _, event in TRANSITIONS)
@@ -129,9 +139,17 @@ EFFECTS: Final[dict[str, Effects]] = {
     RETRY: Effects(checkpoint=KEEP, error=CLEAR, lease=SET),
     RECOVER: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
     QUARANTINE: Effects(checkpoint=KEEP, error=SET, lease=KEEP),
+    SLEEP: Effects(checkpoint=SET, error=CLEAR, lease=KEEP),
+    WAKE: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
+    EXPIRE_ON: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
 }
 """The checkpoint stays while a run is paused or running again after a resume, and is
-cleared in the transaction that ends the run (SPEC section 7)."""
+cleared in the transaction that ends the run (SPEC section 7). A sleeping run has one
+too: where it wakes, and its artifacts (it holds no actor to keep them)."""
+
+WAITING: Final = frozenset({SLEEPING, PAUSED})
+"""Statuses whose runs a registry acts on at their stored `wake_at`: a sleeping run wakes,
+a paused run with `Pause.expires_in` expires (SPEC section 15)."""
 
 
 def transition(status: str, event: str) -> str:

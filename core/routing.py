@@ -6,22 +6,24 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .definition import TERMINATE, Pause, Pipeline, Stage
+from .definition import TERMINATE, Pause, Pipeline, Sleep, Stage
 from .errors import RoutingError, StageError, describe_error
-from .patch import copy_state, public_state
+from .patch import copy_state
+from .timing import visible_state
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Where a run goes after a stage.
 
-    `kind` is "next" (advance by order), "jump", "end" (past the last stage), "terminate"
-    or "pause"; `next_stage` is the stage to run next (or to resume at, for a pause).
+    `kind` is "next" (advance by order), "jump", "end" (past the last stage), "terminate",
+    "pause" or "sleep"; `next_stage` is the stage to run next (or to resume or wake at).
     """
 
     kind: str
     next_stage: str | None = None
     pause: Pause | None = None
+    sleep: Sleep | None = None
 
     @property
     def ends_run(self) -> bool:
@@ -29,7 +31,7 @@ class Decision:
 
     @property
     def routing(self) -> str:
-        """What events report: the next stage id, "end", "terminate" or "pause"."""
+        """What events report: the next stage id, "end", "terminate", "pause" or "sleep"."""
         if self.kind in ("next", "jump"):
             return str(self.next_stage)
         return self.kind
@@ -44,13 +46,19 @@ def decide(pipeline: Pipeline, stage_id: str, answer: Any) -> Decision:
         return Decision("terminate")
     if isinstance(answer, Pause):
         _require_stage(pipeline, stage_id, answer.resume_at, "Pause.resume_at")
+        if answer.on_expiry is not None:
+            _require_stage(pipeline, stage_id, answer.on_expiry, "Pause.on_expiry")
         return Decision("pause", answer.resume_at, answer)
+    if isinstance(answer, Sleep):
+        _require_stage(pipeline, stage_id, answer.resume_at, "Sleep.resume_at")
+        return Decision("sleep", answer.resume_at, sleep=answer)
     if isinstance(answer, str):
         _require_stage(pipeline, stage_id, answer, "jump target")
         return Decision("jump", answer)
     raise RoutingError(
         f"router of stage {stage_id!r} in pipeline {pipeline.id!r} returned "
-        f"{type(answer).__name__} {answer!r}; return None, a stage id, TERMINATE or Pause(...)"
+        f"{type(answer).__name__} {answer!r}; return None, a stage id, TERMINATE, Pause(...) "
+        "or Sleep(...)"
     )
 
 
@@ -80,7 +88,7 @@ def route(
     if stage.router is None:
         return False, decide(pipeline, stage.id, None)
     try:
-        answer = stage.router(copy_state(public_state(state)), copy_state(results))
+        answer = stage.router(copy_state(visible_state(state)), copy_state(results))
     except BaseException as exc:
         raise StageError(
             f"router of stage {stage.label}:{stage.id} raised {describe_error(exc)}",
@@ -89,3 +97,16 @@ def route(
             traceback="".join(traceback.format_exception(exc)),
         ) from exc
     return answer is not None, decide(pipeline, stage.id, answer)
+
+
+def check_child_answer(pipeline: Pipeline, stage_id: str, decision: Decision) -> None:
+    """Refuse what only a run's top-level pipeline may answer: a child pipeline cannot
+    put the whole run to sleep, nor give it an expiry (RoutingError)."""
+    pause = decision.pause
+    if decision.kind == "sleep" or (pause is not None and pause.expires_in is not None):
+        what = "Sleep" if decision.kind == "sleep" else "Pause(expires_in=...)"
+        raise RoutingError(
+            f"router of stage {stage_id!r} in child pipeline {pipeline.id!r} answered {what}, "
+            "which only a run's top-level pipeline may answer; pause the child (Pause) and "
+            "let the parent stage's router sleep or set the expiry"
+        )

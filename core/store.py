@@ -48,6 +48,9 @@ class RunRecord:
     """The process (a Registry's `owner` id) that drives the run while it is running."""
     lease_until: float | None = None
     """Wall-clock time (seconds) when the owner's lease runs out unless renewed."""
+    wake_at: float | None = None
+    """When a registry must act on the run (wall-clock seconds): a sleeping run wakes, a
+    paused run with `Pause.expires_in` expires. None for every other run."""
 
     def applied(self, commit: Commit, version: int) -> RunRecord:
         """This record as it is after `commit` was stored at `version`.
@@ -71,6 +74,7 @@ class RunRecord:
             updated_at=commit.updated_at,
             owner=commit.owner if taken else self.owner,
             lease_until=commit.lease_until if taken else self.lease_until,
+            wake_at=commit.wake_at,
         )
 
     def info(self) -> RunInfo:
@@ -91,6 +95,9 @@ class RunRecord:
                 else _dt.datetime.fromtimestamp(self.lease_until, _dt.UTC)
             ),
             created_at=_dt.datetime.fromtimestamp(self.created_at, _dt.UTC),
+            wake_at=None
+            if self.wake_at is None
+            else _dt.datetime.fromtimestamp(self.wake_at, _dt.UTC),
         )
 
 
@@ -113,6 +120,9 @@ class RunInfo:
     lease_until: _dt.datetime | None = None
     created_at: _dt.datetime | None = None
     """When the run was prepared (None for a row too damaged to tell)."""
+    wake_at: _dt.datetime | None = None
+    """When a sleeping run wakes, or a paused run's `Pause.expires_in` runs out (an aware
+    UTC datetime); None for every other run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +150,19 @@ class Commit:
     patch: dict[str, Any] | None = field(default=None, compare=False)
     owner: str | None = None
     lease_until: float | None = None
+    wake_at: float | None = None
+    """Written as given by every commit: set by a sleep (or a pause with `expires_in`),
+    cleared (None) by every other."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waking:
+    """A run a registry must act on at `wake_at` (what `Store.list_waking` returns)."""
+
+    run_id: str
+    pipeline_id: str
+    status: str
+    wake_at: float
 
 
 @runtime_checkable
@@ -272,6 +295,14 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections and files; the store cannot be used afterwards."""
+
+    def list_waking(
+        self, pipeline_id: str | None = None, until: float | None = None, limit: int = 100_000
+    ) -> list[Waking]:
+        """Sleeping runs, and paused runs with an expiry, whose `wake_at` is at or before
+        `until` (None: any), soonest first, at most `limit`. Reads only those columns: a
+        registry arms a timer for each (SPEC section 15)."""
+        ...
 
     def list_requests(self, status: str | None = None, limit: int = 100) -> list[Request]:
         """The mailbox's requests, newest first, at most `limit`.

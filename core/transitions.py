@@ -1,13 +1,15 @@
 """Transitions: the complete commit each lifecycle event writes to a run.
 
 This module is the only writer of what a lifecycle event stores: one function per event
-(start, stage committed, succeed, pause, fail, abort, abort while paused, crash, expire,
-resume with patch, retry, recover), each returning the `Commit` the store applies in one
-compare-and-set. The status comes from `lifecycle.TRANSITIONS`; whether the commit sets,
-keeps or clears the checkpoint, the error record and the lease comes from
-`lifecycle.EFFECTS`; the pipeline-level event that opens or closes a segment is built
-here, numbered after the run's last seq. Actors call these and carry out what they
-return: they build no `Commit` and no pipeline-level `Event` themselves.
+(start, stage committed, succeed, pause, sleep, fail, abort, abort while paused or
+sleeping, crash, expire, expire on to a stage, resume with patch, wake, retry, recover),
+each returning the `Commit` the store applies in one compare-and-set. The status comes
+from `lifecycle.TRANSITIONS`; whether the commit sets, keeps or clears the checkpoint,
+the error record and the lease comes from `lifecycle.EFFECTS`; `wake_at` is written by
+every commit (set by a sleep or a pause with an expiry, cleared by every other); the
+pipeline-level event that opens or closes a segment is built here, numbered after the
+run's last seq. Actors call these and carry out what they return: they build no
+`Commit` and no pipeline-level `Event` themselves.
 
 Pure: no threads, no I/O, no clock (the caller passes `now`, wall-clock seconds).
 """
@@ -15,7 +17,7 @@ Pure: no threads, no I/O, no clock (the caller passes `now`, wall-clock seconds)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import events as ev
@@ -23,12 +25,13 @@ from . import lifecycle
 from .checkpoint import Checkpoint, checkpoint_to_bytes
 from .children import positions, release_paused
 from .clock import iso_utc
-from .definition import Pause, Pipeline, Stage
+from .definition import Pause, Pipeline, Sleep, Stage
 from .errors import error_to_record
 from .events import Event
 from .patch import copy_state, merge, public_state
 from .store import Commit, RunRecord
 from .supervision import recoveries, with_attempts, with_failure, with_recoveries
+from .timing import with_expired, without_expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +74,46 @@ def resume(
     Paused children are released to run on from this commit; the new segment's
     pipeline:start rides on it (one commit, not two).
     """
+    return _continued(record, lifecycle.RESUME, now, patch, state, lease)
+
+
+def wake(
+    record: RunRecord,
+    now: float,
+    lease: Lease | None = None,
+    *,
+    patch: Mapping[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Commit:
+    """sleeping -> running at the stage it slept towards: its `wake_at` came, or a
+    resume woke it early with `patch`."""
+    return _continued(record, lifecycle.WAKE, now, patch, state, lease)
+
+
+def _continued(
+    record: RunRecord,
+    event: str,
+    now: float,
+    patch: Mapping[str, Any] | None,
+    state: dict[str, Any] | None,
+    lease: Lease | None,
+) -> Commit:
     resumed = record.state if state is None else state
     if patch:
         resumed = merge(resumed, patch)
     opening = _opening(record, record.stage, now, resumed=True)
+    return _commit(record, event, now, lease, events=(opening,), state=release_paused(resumed))
+
+
+def expire_on(record: RunRecord, now: float, stage: str, lease: Lease | None = None) -> Commit:
+    """paused -> running at `stage` (its `Pause.on_expiry`): nobody resumed it in time.
+
+    The stage sees `state[PIPELINE_DATA_KEY]["expired"] == True`; its commit clears it.
+    """
+    opening = _opening(record, stage, now, resumed=True)
+    state = release_paused(with_expired(record.state))
     return _commit(
-        record, lifecycle.RESUME, now, lease, events=(opening,), state=release_paused(resumed)
+        record, lifecycle.EXPIRE_ON, now, lease, events=(opening,), stage=stage, state=state
     )
 
 
@@ -171,14 +208,43 @@ def pause(
     `bundle` is the run's artifacts when they must survive the process at once (no
     registry to export them later, or `persist=True`).
     """
-    checkpoint = paused_checkpoint(record, pipeline, stage, answer, state, now, bundle)
+    deadline = None if answer.expires_in is None else now + answer.expires_in
+    checkpoint = paused_checkpoint(record, pipeline, stage, answer.resume_at, state, now, bundle)
+    if deadline is not None:
+        checkpoint = replace(checkpoint, expires_at=iso_utc(deadline), on_expiry=answer.on_expiry)
     end = _closing(
         record, ev.PIPELINE_PAUSED, progress, now,
         checkpoint=checkpoint, state=_shown(state), pause_timeout=answer.timeout,
     )  # fmt: skip
     return _progressed(
         record, lifecycle.PAUSE, now, progress, (end,), answer.resume_at, state, patch,
-        checkpoint=checkpoint_to_bytes(checkpoint),
+        checkpoint=checkpoint_to_bytes(checkpoint), wake_at=deadline,
+    )  # fmt: skip
+
+
+def sleep(
+    record: RunRecord,
+    now: float,
+    progress: Progress,
+    *,
+    pipeline: Pipeline,
+    stage: Stage,
+    answer: Sleep,
+    state: dict[str, Any],
+    patch: dict[str, Any] | None = None,
+    bundle: bytes | None = None,
+) -> Commit:
+    """running -> sleeping until `answer.wake_at(now)`, then on at `answer.resume_at`.
+
+    The checkpoint says where it wakes and carries its artifacts (`bundle`): a sleeping
+    run holds no actor to keep them.
+    """
+    wake_at = answer.wake_at(now)
+    checkpoint = paused_checkpoint(record, pipeline, stage, answer.resume_at, state, now, bundle)
+    end = _closing(record, ev.PIPELINE_SLEEPING, progress, now, wake_at=iso_utc(wake_at))
+    return _progressed(
+        record, lifecycle.SLEEP, now, progress, (end,), answer.resume_at, state, patch,
+        checkpoint=checkpoint_to_bytes(checkpoint), wake_at=wake_at,
     )  # fmt: skip
 
 
@@ -195,7 +261,7 @@ def abort(record: RunRecord, now: float, progress: Progress, *, stage: str | Non
 
 
 def abort_paused(record: RunRecord, now: float, error: BaseException) -> Commit:
-    """paused -> aborted in one compare-and-set, with no actor started."""
+    """paused (or sleeping) -> aborted in one compare-and-set, with no actor started."""
     end = _closing(record, ev.PIPELINE_FAILURE, _next(record), now, error=error,
                    state=_shown(record.state))  # fmt: skip
     return _commit(
@@ -235,17 +301,17 @@ def paused_checkpoint(
     record: RunRecord,
     pipeline: Pipeline,
     stage: Stage,
-    answer: Pause,
+    resume_at: str,
     state: dict[str, Any],
     now: float,
     bundle: bytes | None = None,
 ) -> Checkpoint:
-    """The checkpoint of a run pausing after `stage`."""
+    """The checkpoint of a run pausing (or going to sleep) after `stage`."""
     return Checkpoint(
         run_id=record.run_id,
         pipeline_id=pipeline.id,
         pipeline_version=pipeline.version,
-        resume_at=answer.resume_at,
+        resume_at=resume_at,
         paused_at_stage_id=stage.id,
         paused_at_stage_label=str(stage.label),
         paused_on=iso_utc(now),
@@ -290,7 +356,7 @@ def _ended_by(
     return _progressed(record, event, now, progress, (end,), stage, state, None, error=failure)
 
 
-_PROGRESS = frozenset({lifecycle.COMMIT, lifecycle.SUCCEED, lifecycle.PAUSE})
+_PROGRESS = frozenset({lifecycle.COMMIT, lifecycle.SUCCEED, lifecycle.PAUSE, lifecycle.SLEEP})
 
 
 def _progressed(
@@ -306,10 +372,11 @@ def _progressed(
 ) -> Commit:
     """A commit of a live segment: the stage's events, then `closing` (if any).
 
-    A committed stage is progress: the run's recovery count starts again.
+    A committed stage is progress: the run's recovery count starts again, and an expiry
+    mark (see `expire_on`) has been seen by the stage it was for.
     """
     if event in _PROGRESS:
-        state = with_recoveries(state, 0)
+        state = without_expired(with_recoveries(state, 0))
     events = (*progress.events, *closing)
     last_seq = closing[-1].seq if closing else progress.seq
     return _commit(
@@ -338,6 +405,7 @@ def _commit(
         "state": record.state,
         "last_seq": events[-1].seq if events else record.last_seq,
         "stage_runs": record.stage_runs,
+        "wake_at": None,
         **changes,
     }
     taken = lease is not None and effects.lease == lifecycle.SET

@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--quick] [--cases NAME[,NAME...]] [--reps N] [--json FILE]
                             [--plot FILE.png [--plot-only]]
+    python scripts/bench.py --time [--runs N] [--reps N] [--stores sqlite,postgres] ...
 
 Every case has one small function per library that builds what it needs (untimed), times
 the work with `time.perf_counter` and returns one sample. Each side is warmed up once,
@@ -36,6 +37,11 @@ matplotlib, which no extra installs (pip install matplotlib); `--plot-only` skip
 The full sweeps take about 4 minutes, and LangGraph's 10,000-node run holds about 7 GB of
 checkpoints in its InMemorySaver; `--quick` stops both sweeps at 1,000.
 
+`--time` runs only the durable-time figures instead (stageline alone, absolute figures
+beside their targets, no LangGraph needed): wake-up latency of a sleeping run with 10,000
+others sleeping, and the start of a daemon with 10,000 sleeping runs, on SQLite and
+PostgreSQL; see benchkit/time_cases.py for its own flags.
+
 Needs the `bench` extra: pip install -e '.[bench]'
 
 This script is the command; its parts are in scripts/benchkit/, one job a module (see
@@ -55,7 +61,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported by path (the tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import peers
+from benchkit import peers, time_cases
 from benchkit.args import parse_args
 from benchkit.cases import CASES
 from benchkit.plot import load_pyplot, plot_sweeps, sweep_title
@@ -81,6 +87,10 @@ __all__ = [  # what tests/test_bench_smoke.py reaches through this script
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if time_cases.FLAG in argv:  # the durable-time figures: opt-in, stageline only
+        argv.remove(time_cases.FLAG)
+        return time_cases.main(argv)
     args = parse_args(argv)
     if args.probe_paused_memory is not None:  # the child process of live_paused_runs_memory
         print(json.dumps(paused_memory_probe(args.probe_paused_memory)))

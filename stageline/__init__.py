@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from stageline.actors.registry import Registry
     from stageline.core.checkpoint import Checkpoint
     from stageline.core.clock import ManualClock, SystemClock
-    from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Stage, Step
+    from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Sleep, Stage, Step
     from stageline.core.errors import (
         ArtifactError,
         BundleError,
@@ -67,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "DELETE": "stageline.core.definition",
     "TERMINATE": "stageline.core.definition",
     "Pause": "stageline.core.definition",
+    "Sleep": "stageline.core.definition",
     "Pipeline": "stageline.core.definition",
     "Stage": "stageline.core.definition",
     "Step": "stageline.core.definition",
@@ -154,6 +155,7 @@ __all__ = [
     "RunNotPaused",
     "RunResult",
     "RunStateError",
+    "Sleep",
     "Stage",
     "StageError",
     "StagelineError",

@@ -92,8 +92,10 @@ def coloured(status: str) -> str:
 def run_row(info: RunInfo) -> tuple[str, ...]:
     """One line of the `runs` table (RUN_HEADERS)."""
     created = times.human(info.created_at)
-    return (info.run_id, info.pipeline_id or "-", info.status, info.stage or "-", created,
-            took(info))  # fmt: skip
+    stage = info.stage or "-"
+    if info.status == lifecycle.SLEEPING and info.wake_at is not None:
+        stage = f"{stage} (wakes {times.ago(info.wake_at)})"
+    return (info.run_id, info.pipeline_id or "-", info.status, stage, created, took(info))
 
 
 def table(headers: tuple[str, ...], rows: Sequence[Sequence[str]], status_column: int) -> str:
@@ -124,12 +126,24 @@ def run_fields(info: RunInfo) -> list[tuple[str, str]]:
         fields.append(("owner", f"{info.owner} (lease until {times.local(until)}, "
                                 f"{times.ago(until)})"))  # fmt: skip
     checkpoint = info.checkpoint
-    if checkpoint is not None:
+    if checkpoint is not None and info.status != lifecycle.SLEEPING:  # it has "wakes"
         paused = times.human(paused_on(checkpoint))
         fields.append(("resume at", f"{checkpoint.resume_at} (paused {paused})"))
+    fields.extend(_wake_fields(info))
     if info.error:
         fields.append(("error", str(info.error.get("message", info.error))))
     return fields
+
+
+def _wake_fields(info: RunInfo) -> list[tuple[str, str]]:
+    """When a sleeping run wakes, or a paused run's deadline runs out (and what then)."""
+    if info.wake_at is None:
+        return []
+    if info.status == lifecycle.SLEEPING:
+        return [("wakes", times.human(info.wake_at))]
+    on_expiry = getattr(info.checkpoint, "on_expiry", None)
+    then = f"then on at {on_expiry}" if on_expiry else "then it ends expired"
+    return [("expires", f"{times.human(info.wake_at)}, unless resumed; {then}")]
 
 
 def children_lines(children: dict[str, Any]) -> list[str]:
@@ -174,6 +188,8 @@ def run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
         "created_at": times.iso(info.created_at),
         "updated_at": times.iso(info.updated_at),
     }
+    if info.wake_at is not None:  # sleeping, or paused with a deadline
+        data["wake_at"] = times.iso(info.wake_at)
     if info.status == lifecycle.CORRUPT:  # what is damaged
         data["error"] = info.error
     if full:
@@ -192,6 +208,8 @@ def checkpoint_dict(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
         "resume_at": checkpoint.resume_at,
         "paused_at_stage_id": checkpoint.paused_at_stage_id,
         "paused_on": times.iso(paused_on(checkpoint)) or checkpoint.paused_on,
+        "expires_at": checkpoint.expires_at,
+        "on_expiry": checkpoint.on_expiry,
     }
 
 

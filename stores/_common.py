@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from stageline.core import lifecycle
@@ -16,7 +16,7 @@ from stageline.core.errors import (
     StoreError,
 )
 from stageline.core.mailbox import Request
-from stageline.core.store import RunRecord
+from stageline.core.store import RunRecord, Waking
 
 
 def run_exists(run_id: str) -> RunExistsError:
@@ -69,8 +69,36 @@ def claimable(record: RunRecord, owner: str, now: float) -> bool:
 
 RUN_COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until, wake_at"
 )
+
+
+WAKING_WHERE = (
+    f"wake_at IS NOT NULL AND status IN {lifecycle.sql_list(lifecycle.WAITING)} "
+    "AND ({mark} IS NULL OR pipeline_id = {mark}) AND ({mark} IS NULL OR wake_at <= {mark}) "
+    "ORDER BY wake_at LIMIT {mark}"
+)
+"""`list_waking`'s condition, order and limit (`{mark}`: the driver's parameter mark)."""
+
+
+def waking_from_rows(rows: Sequence[Sequence[Any]]) -> list[Waking]:
+    """`list_waking`'s answer from rows of (run_id, pipeline_id, status, wake_at); a row
+    with a damaged type is left out (recovery reports the run when it loads it)."""
+    return [
+        Waking(row[0], row[1], row[2], float(row[3]))
+        for row in rows
+        if isinstance(row[0], str) and isinstance(row[3], int | float)
+    ]
+
+
+def run_values(record: RunRecord, state: bytes) -> tuple[Any, ...]:
+    """The values of a new run's row, in RUN_COLUMNS order (`state`: its encoded state)."""
+    return (
+        record.run_id, record.pipeline_id, record.pipeline_version, record.status,
+        record.stage, state, record.checkpoint, maybe_encode(record.error), record.version,
+        record.last_seq, record.stage_runs, record.created_at, record.updated_at,
+        record.owner, record.lease_until, record.wake_at,
+    )  # fmt: skip
 
 
 def maybe_encode(value: Any) -> bytes | None:

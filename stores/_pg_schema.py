@@ -15,12 +15,14 @@ from stageline.core.errors import StoreError
 
 from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
+from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
-# 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`).
+# 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`),
+# 6 time: `wake_at` on runs and the `schedules` table.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -67,6 +69,11 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
     4: ("ALTER TABLE {s}.runs ADD COLUMN abort_requested boolean, ADD COLUMN abort_reason text",),
     5: (FLEET_TABLE,),
+    6: (
+        "ALTER TABLE {s}.runs ADD COLUMN wake_at double precision",
+        "CREATE INDEX runs_waking ON {s}.runs (wake_at) WHERE wake_at IS NOT NULL",
+        SCHEDULES_TABLE,
+    ),
 }
 
 _META: Final = (

@@ -24,7 +24,7 @@ ABORT: Final = "abort"
 
 INSERT_RUN: Final = (
     f"INSERT INTO {{s}}.runs ({RUN_COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id) DO NOTHING"
 )
 LOAD_RUN: Final = f"SELECT {RUN_COLUMNS} FROM {{s}}.runs WHERE run_id = %s"
@@ -34,6 +34,12 @@ LIST_RUNS: Final = (
     f"SELECT {RUN_COLUMNS} FROM {{s}}.runs "
     "WHERE (%s::text IS NULL OR status = %s) AND (%s::text IS NULL OR pipeline_id = %s) "
     'ORDER BY created_at, run_id COLLATE "C"'
+)
+LIST_WAKING: Final = (
+    "SELECT run_id, pipeline_id, status, wake_at FROM {s}.runs WHERE wake_at IS NOT NULL "
+    f"AND status IN {lifecycle.sql_list(lifecycle.WAITING)} "
+    "AND (%s::text IS NULL OR pipeline_id = %s) AND (%s::float8 IS NULL OR wake_at <= %s) "
+    "ORDER BY wake_at LIMIT %s"
 )
 READ_EVENTS: Final = (
     "SELECT r.pipeline_id, e.name, e.data FROM {s}.runs r "
@@ -53,7 +59,7 @@ RENEW_LEASES: Final = (
 # by the commit that ends or pauses it.
 _UPDATE: Final = (
     "UPDATE {s}.runs SET status = %s, stage = %s, state = %s, checkpoint = %s, error = %s, "
-    "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s, "
+    "version = version + 1, last_seq = %s, stage_runs = %s, updated_at = %s, wake_at = %s, "
     "owner = COALESCE(%s, owner), "
     "lease_until = CASE WHEN %s::text IS NULL THEN lease_until ELSE %s::float8 END, "
     "abort_requested = CASE WHEN %s::boolean THEN abort_requested END, "

@@ -46,6 +46,7 @@ _RUN_TYPES: Final[tuple[tuple[str, tuple[type, ...] | None, bool], ...]] = (
     ("update time", _NUMBER, False),
     ("owner", _TEXT, True),
     ("lease time", _NUMBER, True),
+    ("wake time", _NUMBER, True),
 )
 
 
@@ -111,6 +112,7 @@ def _record(row: Sequence[Any], max_bytes: int) -> RunRecord:
         updated_at=row[12],
         owner=row[13],
         lease_until=row[14],
+        wake_at=row[15],
     )
 
 

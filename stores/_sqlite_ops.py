@@ -22,7 +22,8 @@ from ._rows import REQUEST_COLUMNS, claimed_requests
 # that ends (or pauses) the run clears it in the same statement.
 _SET: Final = (
     "stage = ?, state = ?, checkpoint = ?, error = ?, version = version + 1, last_seq = ?, "
-    "stage_runs = ?, updated_at = ?, abort_requested = CASE WHEN ? THEN abort_requested END, "
+    "stage_runs = ?, updated_at = ?, wake_at = ?, "
+    "abort_requested = CASE WHEN ? THEN abort_requested END, "
     "abort_reason = CASE WHEN ? THEN abort_reason END WHERE run_id = ? AND version = ?"
 )
 _UPDATE_SAME_STATUS: Final = f"UPDATE runs SET {_SET} AND status = ?"
@@ -70,6 +71,7 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
         commit.last_seq,
         commit.stage_runs,
         commit.updated_at,
+        commit.wake_at,
         keeps_flag,
         keeps_flag,
         commit.run_id,

@@ -17,8 +17,9 @@ from stageline.core.errors import StoreError
 
 from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
+from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 WAL_AUTOCHECKPOINT_PAGES = 256
 """Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
@@ -33,7 +34,8 @@ _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value 
 # applied once, in one transaction, so files written by an older stageline keep working.
 # 1: the first release. 2: `owner` and `lease_until` on runs (leases for recovery).
 # 3: the mailbox (`requests`). 4: the abort flag (`abort_requested`, `abort_reason`).
-# 5: the daemons' heartbeats (`daemons`, stores/_fleet.py).
+# 5: the daemons' heartbeats (`daemons`, stores/_fleet.py). 6: time (SPEC 15): `wake_at`
+# on runs (sleeping runs, pause expiries) and the `schedules` table (stores/_schedules.py).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -85,6 +87,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE runs ADD COLUMN abort_reason TEXT",
     ),
     5: (FLEET_TABLE.replace("{s}.", ""),),
+    6: (
+        "ALTER TABLE runs ADD COLUMN wake_at REAL",
+        "CREATE INDEX IF NOT EXISTS runs_waking ON runs (wake_at) WHERE wake_at IS NOT NULL",
+        SCHEDULES_TABLE.replace("{s}.", ""),
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from stageline.core.clock import Clock, SystemClock
 from stageline.core.events import Event, is_journaled
 from stageline.core.mailbox import ANSWERED, PENDING, Request
 from stageline.core.patch import copy_state
-from stageline.core.store import Commit, RunInfo, RunRecord
+from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 
 from ._common import (
     claimable,
@@ -159,6 +159,20 @@ class MemoryStore:
             if (status is None or r.status == status)
             and (pipeline_id is None or r.pipeline_id == pipeline_id)
         ]
+
+    def list_waking(
+        self, pipeline_id: str | None = None, until: float | None = None, limit: int = 100_000
+    ) -> list[Waking]:
+        with self._lock:
+            records = list(self._runs.values())
+        due = sorted(
+            (Waking(r.run_id, r.pipeline_id, r.status, r.wake_at) for r in records
+             if r.wake_at is not None and r.status in lifecycle.WAITING
+             and (pipeline_id is None or r.pipeline_id == pipeline_id)
+             and (until is None or r.wake_at <= until)),
+            key=lambda w: w.wake_at,
+        )  # fmt: skip
+        return due[:limit]
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         with self._lock:

@@ -65,7 +65,7 @@ from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import Request
-from stageline.core.store import Commit, RunInfo, RunRecord
+from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 
 from . import _pg_sql as sql
 from ._common import (
@@ -75,6 +75,8 @@ from ._common import (
     maybe_encode,
     run_exists,
     run_not_found,
+    run_values,
+    waking_from_rows,
 )
 from ._fleet import SqlFleet
 from ._pg_driver import schema_from_url as _schema_from_url  # noqa: F401 (its old home)
@@ -141,23 +143,7 @@ class PostgresStore(SqlFleet):
         check_id(record.pipeline_id, "pipeline id", refusing=True)
         check_text(record.stage, "stage id", record.run_id, refusing=True)
         check_text(record.status, "status", record.run_id, refusing=True)
-        values = (
-            record.run_id,
-            record.pipeline_id,
-            record.pipeline_version,
-            record.status,
-            record.stage,
-            self._fits(record.run_id, "state", encode(record.state)),
-            record.checkpoint,
-            maybe_encode(record.error),
-            record.version,
-            record.last_seq,
-            record.stage_runs,
-            record.created_at,
-            record.updated_at,
-            record.owner,
-            record.lease_until,
-        )
+        values = run_values(record, self._fits(record.run_id, "state", encode(record.state)))
         with self._db.connection(f"creating run {record.run_id!r}", refusing=True) as conn:
             cursor = conn.execute(self._db.sql(sql.INSERT_RUN), values)
             if cursor.rowcount != 1:
@@ -188,6 +174,7 @@ class PostgresStore(SqlFleet):
             commit.last_seq,
             commit.stage_runs,
             commit.updated_at,
+            commit.wake_at,
             commit.owner,
             commit.owner,
             commit.lease_until,
@@ -326,6 +313,15 @@ class PostgresStore(SqlFleet):
         params = (status, status, pipeline_id, pipeline_id)
         rows = self._db.query("listing runs", sql.LIST_RUNS, params)
         return [listed_info(row, self.max_state_bytes) for row in rows]
+
+    def list_waking(
+        self, pipeline_id: str | None = None, until: float | None = None, limit: int = 100_000
+    ) -> list[Waking]:
+        if unstorable(pipeline_id):
+            return []
+        params = (pipeline_id, pipeline_id, until, until, limit)
+        rows = self._db.query("listing the runs to wake", sql.LIST_WAKING, params)
+        return waking_from_rows(rows)
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         if unstorable(run_id):

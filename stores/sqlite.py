@@ -19,23 +19,25 @@ from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trust
 from stageline.core.errors import StoreError
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import DONE, FAILED, PENDING, Request
-from stageline.core.store import Commit, RunInfo, RunRecord
+from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 from stageline.core.text import unencodable_part
 
 from . import _sqlite_ops as ops
 from ._common import (
     RUN_COLUMNS,
+    WAKING_WHERE,
     args_fitting,
     commit_refused,
     conflict,
     finished_statuses,
     fitting,
     in_batches,
-    maybe_encode,
     request_exists,
     request_not_found,
     run_exists,
     run_not_found,
+    run_values,
+    waking_from_rows,
 )
 from ._fleet import SqlFleet
 from ._rows import (
@@ -171,24 +173,8 @@ class SqliteStore(SqlFleet):
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.run_id,
-                    record.pipeline_id,
-                    record.pipeline_version,
-                    record.status,
-                    record.stage,
-                    state,
-                    record.checkpoint,
-                    maybe_encode(record.error),
-                    record.version,
-                    record.last_seq,
-                    record.stage_runs,
-                    record.created_at,
-                    record.updated_at,
-                    record.owner,
-                    record.lease_until,
-                ),
+                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                run_values(record, state),
             )
 
     def load_run(self, run_id: str) -> RunRecord:
@@ -323,6 +309,16 @@ class SqliteStore(SqlFleet):
             (status, pipeline_id),
         )
         return [listed_info(row, self.max_state_bytes) for row in rows]
+
+    def list_waking(
+        self, pipeline_id: str | None = None, until: float | None = None, limit: int = 100_000
+    ) -> list[Waking]:
+        rows = self._query(
+            "SELECT run_id, pipeline_id, status, wake_at FROM runs WHERE "
+            + WAKING_WHERE.format(mark="?"),
+            (pipeline_id, pipeline_id, until, until, limit),
+        )
+        return waking_from_rows(rows)
 
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         run = self._query("SELECT pipeline_id FROM runs WHERE run_id = ?", (run_id,))

@@ -45,6 +45,10 @@ EXPECTED = {
     ("running", "crash"): "failed",
     ("running", "quarantine"): "quarantined",
     ("quarantined", "retry"): "running",
+    ("running", "sleep"): "sleeping",
+    ("sleeping", "wake"): "running",
+    ("sleeping", "abort_paused"): "aborted",
+    ("paused", "expire_on"): "running",
 }
 
 ILLEGAL = [pair for pair in itertools.product(STATUSES, sorted(EVENTS)) if pair not in EXPECTED]
@@ -76,8 +80,9 @@ def test_status_constants():
 
 
 def test_run_result_statuses_are_statuses():
-    # SPEC 4: RunResult.status is one of these; SPEC 7: "expired" for runs past checkpoint_ttl
-    assert {"succeeded", "paused", "failed", "aborted", "expired"} <= set(STATUSES)
+    # SPEC 4: RunResult.status is one of these; SPEC 7: "expired" for runs past checkpoint_ttl;
+    # SPEC 15: "sleeping" when run() returns at a Sleep
+    assert {"succeeded", "paused", "failed", "aborted", "expired", "sleeping"} <= set(STATUSES)
 
 
 def test_table_is_exactly_the_documented_one():
@@ -119,7 +124,7 @@ def test_illegal_pairs_cover_the_rest_of_the_product():
 def test_refusal_tells_what_is_allowed():
     with pytest.raises(RunStateError) as info:
         transition(PAUSED, "commit")
-    assert "abort_paused, expire, resume" in str(info.value)
+    assert "abort_paused, expire, expire_on, resume" in str(info.value)
 
 
 @pytest.mark.parametrize("status", sorted(TERMINAL))
@@ -138,9 +143,9 @@ IN_USE = {status for (source, _), target in TRANSITIONS.items() for status in (s
 
 
 def test_the_words_without_transitions_yet_are_those_part_two_adds():
-    """queued (SPEC 20) and sleeping (SPEC 15) are defined with the others; their rows
-    come with those sections' transitions."""
-    assert set(STATUSES) - IN_USE == {"queued", "sleeping"}
+    """queued (SPEC 20) is defined with the others; its rows come with that section's
+    transitions (sleeping's came with SPEC 15's)."""
+    assert set(STATUSES) - IN_USE == {"queued"}
 
 
 @pytest.mark.parametrize("status", [s for s in STATUSES if s in IN_USE - TERMINAL])

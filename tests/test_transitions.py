@@ -26,7 +26,7 @@ from stageline.core import transitions as tr
 from stageline.core.checkpoint import checkpoint_from_bytes
 from stageline.core.children import Position, positions, with_position
 from stageline.core.clock import iso_utc
-from stageline.core.definition import Pause, Pipeline, Stage, Step
+from stageline.core.definition import Pause, Pipeline, Sleep, Stage, Step
 from stageline.core.errors import RunAborted, RunStateError, StageError, error_to_record
 from stageline.core.events import Event, PathNode
 from stageline.core.lifecycle import (
@@ -39,6 +39,7 @@ from stageline.core.lifecycle import (
     EFFECTS,
     EVENTS,
     EXPIRE,
+    EXPIRE_ON,
     EXPIRED,
     FAIL,
     FAILED,
@@ -53,15 +54,19 @@ from stageline.core.lifecycle import (
     RETRY,
     RUNNING,
     SET,
+    SLEEP,
+    SLEEPING,
     START,
     STATUSES,
     SUCCEED,
     SUCCEEDED,
     TRANSITIONS,
+    WAKE,
 )
 from stageline.core.patch import PIPELINE_DATA_KEY, merge, public_state
 from stageline.core.store import Commit, RunRecord
 from stageline.core.supervision import failures, recoveries, restarts, with_recoveries
+from stageline.core.timing import without_expired
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,8 +98,11 @@ EVENT_OF: dict[str, str] = {
     "retry": RETRY,
     "recover": RECOVER,
     "quarantine": QUARANTINE,
+    "sleep": SLEEP,
+    "wake": WAKE,
+    "expire_on": EXPIRE_ON,
 }
-OPENERS = {START, RESUME, RETRY, RECOVER}
+OPENERS = {START, RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON}
 # The pipeline-level event that closes each kind of commit (None: no closing event).
 CLOSING: dict[str, str | None] = {
     "start": None,
@@ -110,6 +118,9 @@ CLOSING: dict[str, str | None] = {
     "retry": None,
     "recover": None,
     "quarantine": None,
+    "sleep": ev.PIPELINE_SLEEPING,
+    "wake": None,
+    "expire_on": None,
 }
 ENDED_WITH_ERROR = {FAILED, ABORTED, QUARANTINED}
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -136,8 +147,8 @@ def record_in(status: str, **fields: Any) -> RunRecord:
     }
     if status == PENDING:
         values.update(stage="a", version=0, last_seq=0, stage_runs=0)
-    if status == PAUSED:
-        values["checkpoint"] = b"\xa0"  # any bytes; only pause writes real ones
+    if status in (PAUSED, SLEEPING):
+        values["checkpoint"] = b"\xa0"  # any bytes; only pause and sleep write real ones
     if status in ENDED_WITH_ERROR:
         values["error"] = error_to_record(RuntimeError("earlier"))
     values.update(fields)
@@ -192,7 +203,23 @@ def calls(now: float, lease: tr.Lease | None = None) -> dict[str, Callable[[RunR
         "retry": lambda r: tr.retry(r, now, lease=lease),
         "recover": lambda r: tr.recover(r, now, lease=lease),
         "quarantine": lambda r: tr.quarantine(r, now, RuntimeError("crash loop")),
+        "sleep": lambda r: tr.sleep(
+            r,
+            now,
+            here(r),
+            pipeline=PIPELINE,
+            stage=PIPELINE.stage("b"),
+            answer=Sleep("c", seconds=60),
+            state=r.state,
+        ),
+        "wake": lambda r: tr.wake(r, now, lease, patch={"n": 3}),
+        "expire_on": lambda r: tr.expire_on(r, now, "a", lease),
     }
+
+
+def progressed(state: dict[str, Any]) -> dict[str, Any]:
+    """The state a stage's commit stores: no recovery count, no expiry mark."""
+    return without_expired(with_recoveries(state, 0))
 
 
 def pipeline_events(commit: Commit) -> list[Event]:
@@ -259,8 +286,11 @@ EXPECTED_EFFECTS = {
     RETRY: (KEEP, CLEAR, SET),
     RECOVER: (KEEP, KEEP, SET),
     QUARANTINE: (KEEP, SET, KEEP),
+    SLEEP: (SET, CLEAR, KEEP),
+    WAKE: (KEEP, KEEP, SET),
+    EXPIRE_ON: (KEEP, KEEP, SET),
 }
-LEASE_TAKERS = {RESUME, RETRY, RECOVER}
+LEASE_TAKERS = {RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON}
 
 
 def test_effects_table_is_the_documented_one():
@@ -444,7 +474,7 @@ class Lifecycle:
 
         def check(old, commit, new):
             assert commit.stage == next_stage
-            assert commit.state == with_recoveries(stage_state(old, patch, child), 0)
+            assert commit.state == progressed(stage_state(old, patch, child))
             assert commit.patch == patch
             assert commit.stage_runs == old.stage_runs + (1 if gaps else 0)
 
@@ -461,7 +491,7 @@ class Lifecycle:
 
         def check(old, commit, new):
             assert commit.stage is None
-            assert commit.state == with_recoveries(merge(old.state, patch), 0)
+            assert commit.state == progressed(merge(old.state, patch))
             assert commit.events[-1].state == public_state(commit.state)
 
         self.attempt("succeed", call, dt, check=check)
@@ -504,6 +534,57 @@ class Lifecycle:
             assert closing.state == public_state(commit.state)
 
         self.attempt("pause", call, dt, check=check)
+
+    def sleep(self, draw: Draw) -> None:
+        dt = draw(dts)
+        gaps = draw(gap_lists)
+        patch = draw(user_patches)
+        resume_at = draw(st.sampled_from(STAGE_IDS))
+        seconds = draw(st.sampled_from([0.0, 1.5, 3600.0]))
+        bundle = draw(st.one_of(st.none(), st.binary(max_size=8)))
+
+        def call(r):
+            stage = PIPELINE.stage(r.stage) if PIPELINE.has_stage(r.stage) else PIPELINE.first_stage
+            progress = stage_progress(r, stage.id, gaps, self.now)
+            return tr.sleep(
+                r, self.now, progress, pipeline=PIPELINE, stage=stage,
+                answer=Sleep(resume_at, seconds=seconds), state=merge(r.state, patch),
+                patch=patch, bundle=bundle,
+            )  # fmt: skip
+
+        def check(old, commit, new):
+            assert commit.stage == resume_at
+            assert new.wake_at == commit.wake_at == self.now + seconds
+            checkpoint = checkpoint_from_bytes(commit.checkpoint, old.run_id)
+            assert (checkpoint.resume_at, checkpoint.container_bundle) == (resume_at, bundle)
+            assert commit.events[-1].wake_at == iso_utc(self.now + seconds)
+
+        self.attempt("sleep", call, dt, check=check)
+
+    def wake(self, draw: Draw) -> None:
+        dt = draw(dts)
+        patch = draw(user_patches)
+        lease = draw(leases)
+
+        def check(old, commit, new):
+            assert public_state(new.state) == public_state(merge(old.state, patch))
+            assert commit.stage == old.stage and new.wake_at is None
+
+        self.attempt("wake", lambda r: tr.wake(r, self.now, lease, patch=patch), dt, lease, check)
+
+    def expire_on(self, draw: Draw) -> None:
+        dt = draw(dts)
+        lease = draw(leases)
+        stage = draw(st.sampled_from(STAGE_IDS))
+
+        def check(old, commit, new):
+            assert commit.stage == stage
+            assert new.state[PIPELINE_DATA_KEY]["expired"] is True
+            assert public_state(new.state) == public_state(old.state)
+
+        self.attempt(
+            "expire_on", lambda r: tr.expire_on(r, self.now, stage, lease), dt, lease, check
+        )
 
     def fail(self, draw: Draw) -> None:
         dt = draw(dts)
@@ -640,8 +721,9 @@ class Lifecycle:
         record = self.record
         assert record.status in STATUSES
         assert (record.error is not None) == (record.status in ENDED_WITH_ERROR)
-        if record.status == PAUSED:
+        if record.status in (PAUSED, SLEEPING):
             assert record.checkpoint is not None
+        assert (record.wake_at is not None) == (record.status == SLEEPING)
         if record.status in NO_CHECKPOINT:
             assert record.checkpoint is None
         assert restarts(record.state) == self.retries
@@ -689,7 +771,8 @@ def check_commit(
     else:
         assert new.checkpoint is not None
     assert (new.checkpoint is not None) == (
-        new.status == PAUSED or (effects.checkpoint == KEEP and old.checkpoint is not None)
+        new.status in (PAUSED, SLEEPING)
+        or (effects.checkpoint == KEEP and old.checkpoint is not None)
     )
     if new.status in NO_CHECKPOINT:
         assert new.checkpoint is None
@@ -741,7 +824,7 @@ def check_commit(
         assert commit.events[0] is starts[0]
         assert starts[0].resumed is (event != START)
         assert starts[0].entry == commit.stage
-        if event != START:
+        if event not in (START, EXPIRE_ON):
             assert commit.stage == old.stage
     else:
         assert starts == []
@@ -750,7 +833,8 @@ def check_commit(
         assert commit.events[-1].name == closing
         assert [e.name for e in top] == [closing]
         shown_from = old.state if closing == ev.PIPELINE_FAILURE else commit.state
-        assert commit.events[-1].state == public_state(shown_from)
+        if closing != ev.PIPELINE_SLEEPING:  # it carries wake_at, not the state
+            assert commit.events[-1].state == public_state(shown_from)
     elif event not in OPENERS:
         assert top == []
 
@@ -759,7 +843,7 @@ def check_commit(
 # first choices, and a run that ends at once (abort from pending) tests little.
 ALL_CALLS = (
     "start", "stage_committed", "pause", "resume", "retry", "recover", "fail", "crash",
-    "succeed", "expire", "abort", "abort_paused", "quarantine",
+    "succeed", "expire", "abort", "abort_paused", "quarantine", "sleep", "wake", "expire_on",
 )  # fmt: skip
 
 
@@ -869,7 +953,7 @@ def test_pause_checkpoint_decodes_with_where_when_and_children():
     }
     assert checkpoint.container_bundle == b"artifacts"
     assert checkpoint == tr.paused_checkpoint(
-        record, PIPELINE, PIPELINE.stage("b"), Pause("c", timeout=30.0), state, now, b"artifacts"
+        record, PIPELINE, PIPELINE.stage("b"), "c", state, now, b"artifacts"
     )
 
     assert [e.seq for e in commit.events] == [6, 8, 9]
