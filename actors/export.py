@@ -25,8 +25,8 @@ def pause_bundle(deps: RunDeps, stage: Stage, answer: Pause) -> bytes | None:
     Without a registry nobody would export the artifacts later: they go with the pause.
     A bundle that cannot be made fails the stage (StageError, kind "bundle").
     """
-    if deps.live_window and not answer.persist:
-        return None
+    if deps.live_window and not answer.persist and answer.expires_in is None:
+        return None  # the registry holds them live, then exports them
     return run_bundle(deps, stage, "paused")
 
 

@@ -9,15 +9,24 @@ from typing import Any
 from stageline.core import children as kids
 from stageline.core import lifecycle
 from stageline.core import transitions as tr
+from stageline.core.checkpoint import Checkpoint
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES
 from stageline.core.definition import Pipeline
-from stageline.core.errors import ConflictError, RunNotPaused, RunStateError, StagelineError
+from stageline.core.errors import (
+    ConflictError,
+    RunExistsError,
+    RunNotPaused,
+    RunStateError,
+    StagelineError,
+)
 from stageline.core.patch import check_patch, merge
 from stageline.core.store import RunRecord, Store
 from stageline.stores.checkpoints import checkpoint_of
 
 from . import run_seed as seed
+from . import telemetry
+from .attached import attach
 from .container import Container
 from .context import RunContext
 from .deps import RunDeps
@@ -28,6 +37,11 @@ from .logs import EventLogger, adapt_logger
 from .run_seed import InitialState, Migration
 from .runtime import Runtime, runtime_for
 from .supervisor import Supervisor
+
+RAISE = "raise"
+ATTACH = "attach"
+IF_EXISTS = (RAISE, ATTACH)
+"""The words `prepare(if_exists=...)` takes."""
 
 
 class _StaleCopy(Exception):
@@ -107,14 +121,41 @@ class PipelineFactory:
         run_id: str | None = None,
         *,
         state: Mapping[str, Any] | None = None,
+        if_exists: str = RAISE,
     ) -> RunContext:
         """A new run starting at stage `entry` (default: the first); nothing runs yet.
 
         `state`, if given, is a patch merged over the factory's initial state (how
-        `stageline start --state JSON` seeds a run).
+        `stageline start --state JSON` seeds a run). A `run_id` already in the store
+        raises RunExistsError with `if_exists="raise"` (the default); with
+        `if_exists="attach"` it returns a RunContext attached to that run instead (its
+        `entry` and `state` are ignored; RunExistsError if it is another pipeline's run).
+        An attached context starts nothing: `wait()` returns the run's RunResult once it
+        stops. When this factory's registry drives the run (started in this process),
+        that run's own RunContext comes back. Without a `run_id` there is nothing to
+        attach to: a new run is prepared. Of racing attaching prepares (threads or
+        processes) exactly one creates the run; the others attach to it.
         """
+        if if_exists not in IF_EXISTS:
+            raise StagelineError(
+                f"if_exists must be one of {', '.join(map(repr, IF_EXISTS))}, got {if_exists!r}"
+            )
         entry = seed.entry_of(self.pipeline, entry)
         run_id = seed.new_run_id(run_id)
+        attached = self._attached(run_id) if if_exists == ATTACH else None
+        if attached is not None:
+            return attached
+        try:
+            return self._prepare_new(entry, run_id, state)
+        except RunExistsError:
+            # Lost the race to create it (another thread or process): one run, watched.
+            attached = self._attached(run_id) if if_exists == ATTACH else None
+            if attached is None:
+                raise
+            return attached
+
+    def _prepare_new(self, entry: str, run_id: str, state: Mapping[str, Any] | None) -> RunContext:
+        """Create the run in the store (RunExistsError if its id is taken) and hold it."""
         initial = seed.initial_state(self.initial_state)
         patch = check_patch(state, f"initial state patch for run {run_id!r}")
         now = self.clock.wall()
@@ -134,6 +175,11 @@ class PipelineFactory:
         store = self.store_for(run_id)
         store.create_run(record)
         return self._held(self.live_run(store, record, entry, Container(run_id)))
+
+    def _attached(self, run_id: str) -> RunContext | None:
+        """A context on the stored run `run_id` (actors/attached.py); None if absent."""
+        store = self.store_for(run_id)
+        return attach(store, run_id, self.pipeline.id, self._supervisor, self.abort)
 
     # --- resuming ---------------------------------------------------------------------
 
@@ -263,6 +309,13 @@ class PipelineFactory:
         supervisor.settle()
         return supervisor.lookup(run_id)
 
+    def waking_state(
+        self, record: RunRecord, checkpoint: Checkpoint, entry: str
+    ) -> dict[str, Any] | None:
+        """Internal: what a run its registry wakes (or expires on to `entry`) goes on
+        with, checked and migrated as a resume would be (None: its state as stored)."""
+        return seed.waking_state(record, checkpoint, entry, self.pipeline, self._migrations)
+
     def bound_to(self, store: Store, registry: Any) -> PipelineFactory:
         """This factory (pipeline, initial state, logger, migrations) on `store` and `registry`.
 
@@ -302,17 +355,18 @@ class PipelineFactory:
         )
 
     def _deps(self, live: LiveRun, store: Store, container: Container) -> RunDeps:
+        emitter = Emitter(EventLogger(self.logger))
         return RunDeps(
             pipeline=self.pipeline,
             store=store,
             clock=self._runtime.clock,
             timers=self._runtime.timers,
             workers=self._runtime.workers,
-            emitter=Emitter(EventLogger(self.logger)),
+            emitter=emitter,
             logger=self.logger,
             container=container,
             on_commit=live.committed,
-            on_end=live.ended,
+            on_end=telemetry.watch(live, emitter, store) or live.ended,
             max_bundle_bytes=self.max_bundle_bytes,
             live_window=self._supervisor is not None,
         )

@@ -106,6 +106,10 @@ class FactoryLink(Protocol):
         """The live run of `record` in the factory's process."""
         ...
 
+    def waking_state(self, record: RunRecord, checkpoint: Any, entry: str) -> Any:
+        """The (migrated) state a run the registry wakes goes on with; None: as stored."""
+        ...
+
 
 class SupervisorLink(Protocol):
     """What a live run tells the registry that holds it."""

@@ -224,6 +224,8 @@ class LiveRun:
 
     def claim_resume(self, claim: Callable[[RunRecord], RunRecord]) -> None:
         with self.lock:
+            if self.status == lifecycle.SLEEPING:  # just went to sleep: the store wakes it
+                raise NotSettled(self.run_id)
             if self.status != lifecycle.PAUSED or self.future is None:
                 raise RunNotPaused(
                     f"run {self.run_id!r} is {self.status!r} in this process, not paused"

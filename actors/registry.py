@@ -38,7 +38,7 @@ from stageline.core.patch import check_patch
 from stageline.core.store import RunInfo
 from stageline.core.supervision import RetryPolicy
 
-from . import recovery
+from . import recovery, telemetry
 from . import registry_messages as msg
 from .carriers import shared_carriers
 from .context import RunContext
@@ -87,6 +87,7 @@ class Registry:
         )  # fmt: skip
         self.supervisor = Supervisor(config)
         self.supervisor.actor = RegistryActor.start(self.supervisor)
+        telemetry.watch_registry(self)
 
     # Settings are fixed when the registry is made (its actor reads them from its thread).
 

@@ -32,6 +32,7 @@ from stageline.core.routing import Decision, route
 from stageline.core.store import Commit, RunRecord
 from stageline.core.supervision import attempt_errors
 
+from . import telemetry
 from .base import StagelineActor
 from .child import ChildRunActor
 from .child_launch import (
@@ -353,7 +354,7 @@ class RunActor(StagelineActor):
 
     def _apply(self, commit: Commit) -> None:
         self.seq = commit.last_seq  # numbers taken stay taken, even if the store refuses
-        version = self.deps.store.commit(commit)
+        version = telemetry.commit(self.deps.store, commit)
         self.record = self.record.applied(commit, version)
         self.status = commit.status
         self.deps.on_commit(self.record)

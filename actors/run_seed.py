@@ -11,6 +11,7 @@ from typing import Any
 
 from stageline.core import lifecycle
 from stageline.core.checkpoint import Checkpoint, decode_bundle
+from stageline.core.children import check_positions, positions
 from stageline.core.definition import Pipeline
 from stageline.core.errors import (
     BundleError,
@@ -103,13 +104,32 @@ def paused_record(store: Store, run_id: str, pipeline: Pipeline) -> RunRecord:
     return record
 
 
-def check_resume_at(checkpoint: Checkpoint, pipeline: Pipeline) -> None:
-    if not pipeline.has_stage(checkpoint.resume_at):
+def check_resume_at(checkpoint: Checkpoint, pipeline: Pipeline, entry: str | None = None) -> None:
+    """CheckpointMismatch unless `pipeline` has the stage the run goes on at (`entry`,
+    default: the checkpoint's `resume_at`)."""
+    entry = checkpoint.resume_at if entry is None else entry
+    if not pipeline.has_stage(entry):
         raise CheckpointMismatch(
-            f"run {checkpoint.run_id!r} resumes at stage {checkpoint.resume_at!r}, which "
+            f"run {checkpoint.run_id!r} goes on at stage {entry!r}, which "
             f"pipeline {pipeline.id!r} v{pipeline.version} does not have; known stages: "
             f"{', '.join(pipeline.stage_ids)}"
         )
+
+
+def waking_state(
+    record: RunRecord,
+    checkpoint: Checkpoint,
+    entry: str,
+    pipeline: Pipeline,
+    migrations: Mapping[int, Migration],
+) -> dict[str, Any] | None:
+    """The state a run the registry wakes (or expires on to `entry`) goes on with: migrated
+    if it waited under another pipeline version, else None (as stored). The same checks
+    as a resume: CheckpointMismatch if `pipeline` cannot continue it."""
+    migrate = migration_for(checkpoint, pipeline, migrations)
+    check_resume_at(checkpoint, pipeline, entry)
+    check_positions(pipeline, positions(record.state), record.run_id)
+    return None if migrate is None else migrated(record, migrate)
 
 
 def migration_for(

@@ -18,6 +18,7 @@ _log = logging.getLogger("stageline")
 
 
 _MIN_COMPACT = 1024
+_MAX_WAIT = 3600.0
 
 
 def _nothing() -> None:
@@ -135,4 +136,5 @@ class TimerService:
             return None
         if not self._heap:
             return None
-        return max(0.0, self._heap[0][0] - now)
+        # bounded: a wait of years overflows the lock's timeout (the loop just looks again)
+        return min(_MAX_WAIT, max(0.0, self._heap[0][0] - now))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from stageline.core import lifecycle
 from stageline.core import transitions as tr
 from stageline.core.checkpoint import Checkpoint
-from stageline.core.errors import ConflictError, RunNotFound, StagelineError
+from stageline.core.errors import ConflictError, RunNotFound, StagelineError, StoreError
 from stageline.core.store import RunRecord, Store, Waking
 from stageline.stores.checkpoints import checkpoint_of
 
@@ -31,6 +32,9 @@ from .supervisor import Supervisor
 from .timers import TimerHandle
 
 _log = logging.getLogger("stageline")
+
+RETRY_AFTER = 5.0
+"""Seconds before a wake-up the store refused is tried again."""
 
 
 class Wakes:
@@ -84,6 +88,13 @@ class Wakes:
             return
         try:
             self._act(factory, message.run_id)
+        except StoreError:  # the store may recover (locked, unreachable): try again soon
+            _log.warning(
+                "stageline registry: waking run %r failed; trying again in %ss",
+                message.run_id, RETRY_AFTER, exc_info=True,
+            )  # fmt: skip
+            retry_at = self.supervisor.config.clock.wall() + RETRY_AFTER
+            self.arm(message.run_id, message.pipeline_id, retry_at)
         except StagelineError:  # this run cannot go on here (damaged?); the others still can
             _log.exception("stageline registry: waking run %r failed", message.run_id)
 
@@ -105,7 +116,9 @@ class Wakes:
 
     def _wake(self, factory: FactoryLink, store: Store, record: RunRecord) -> None:
         checkpoint = _checkpoint(record)
-        commit = tr.wake(record, self.supervisor.config.clock.wall(), self.supervisor.lease())
+        state = factory.waking_state(record, checkpoint, checkpoint.resume_at)
+        now, lease = self.supervisor.config.clock.wall(), self.supervisor.lease()
+        commit = tr.wake(record, now, lease, state=state)
         if not self._continue(factory, store, record, commit, checkpoint, checkpoint.resume_at):
             return
         self.counts["woken"] += 1
@@ -127,7 +140,9 @@ class Wakes:
                 return  # resumed meanwhile: the resume won
             self.let_go(record.run_id, lifecycle.EXPIRED)
         else:
-            commit = tr.expire_on(record, now, checkpoint.on_expiry, self.supervisor.lease())
+            state = factory.waking_state(record, checkpoint, checkpoint.on_expiry)
+            lease = self.supervisor.lease()
+            commit = tr.expire_on(record, now, checkpoint.on_expiry, lease, state=state)
             if not self._continue(factory, store, record, commit, checkpoint, checkpoint.on_expiry):
                 return
         self.counts["expired"] += 1
@@ -148,6 +163,7 @@ class Wakes:
             claimed = record.applied(commit, store.commit(commit))
         except ConflictError:
             return False
+        claimed = replace(claimed, pipeline_version=factory.pipeline.version)  # if migrated
         run = factory.live_run(
             store, claimed, entry, Container(record.run_id, artifacts), resumed=True
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,10 @@ from .errors import DefinitionError, RoutingError
 from .text import is_utf8
 
 _ID_RULE = "a non-empty string of valid UTF-8 without NUL"
+
+MAX_WAIT = 100 * 365 * 86_400.0
+"""The longest `Sleep(seconds=...)` or `Pause(expires_in=...)`: 100 years (a wake-up time
+must stay a date every store and clock can write)."""
 
 
 class _Sentinel:
@@ -129,7 +132,10 @@ class Pause:
     def __post_init__(self) -> None:
         problems = []
         if not _is_finite(self.expires_in, allow_none=True):
-            problems.append(f"expires_in must be None or seconds >= 0, got {self.expires_in!r}")
+            problems.append(
+                f"expires_in must be None or seconds >= 0 (at most {MAX_WAIT:.0f}: 100 years), "
+                f"got {self.expires_in!r}"
+            )
         if self.on_expiry is not None and self.expires_in is None:
             problems.append("on_expiry needs expires_in: say after how long the run expires")
         if problems:
@@ -154,7 +160,10 @@ class Sleep:
         if (self.seconds is None) == (self.until is None):
             problems.append("give exactly one of seconds= or until=")
         elif self.seconds is not None and not _is_finite(self.seconds, allow_none=False):
-            problems.append(f"seconds must be a number >= 0, got {self.seconds!r}")
+            problems.append(
+                f"seconds must be a number >= 0 (at most {MAX_WAIT:.0f}: 100 years), "
+                f"got {self.seconds!r}"
+            )
         elif self.until is not None and not _is_aware(self.until):
             problems.append(
                 f"until must be a timezone-aware datetime, got {self.until!r}; "
@@ -241,9 +250,10 @@ def _is_non_negative(value: object, allow_none: bool) -> bool:
 
 
 def _is_finite(value: object, allow_none: bool) -> bool:
+    """None (if allowed), or a number of seconds from 0 to MAX_WAIT."""
     if not _is_non_negative(value, allow_none):
         return False
-    return value is None or math.isfinite(float(value))  # type: ignore[arg-type]
+    return value is None or float(value) <= MAX_WAIT  # type: ignore[arg-type]
 
 
 def _bad_answer(what: str, problems: list[str]) -> RoutingError:

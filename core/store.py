@@ -51,6 +51,9 @@ class RunRecord:
     wake_at: float | None = None
     """When a registry must act on the run (wall-clock seconds): a sleeping run wakes, a
     paused run with `Pause.expires_in` expires. None for every other run."""
+    trace: str | None = None
+    """The span context of the run's last segment, as W3C traceparent text, when
+    OpenTelemetry traced it (`Store.set_trace`); commits keep it."""
 
     def applied(self, commit: Commit, version: int) -> RunRecord:
         """This record as it is after `commit` was stored at `version`.
@@ -75,6 +78,7 @@ class RunRecord:
             owner=commit.owner if taken else self.owner,
             lease_until=commit.lease_until if taken else self.lease_until,
             wake_at=commit.wake_at,
+            trace=self.trace,
         )
 
     def info(self) -> RunInfo:
@@ -334,6 +338,34 @@ class Store(Protocol):
     def list_heartbeats(self) -> list[dict[str, Any]]:
         """The last heartbeat of every daemon that wrote one and did not remove it, by owner."""
         ...
+
+    def save_schedule(self, entry: Mapping[str, Any]) -> None:
+        """Write, or replace, the definition of the schedule `entry["schedule_id"]`.
+
+        Its fields: `schedule_id`, `pipeline_id`, `spec` ("cron 0 9 * * 1-5", "every
+        60s"), `overlap`, `catchup_window` (seconds) and, optionally, `next_fire`
+        (wall-clock seconds). `updated_at` is the store's clock. Its `last_fire` and
+        `last_run_id` are kept: saving never moves a firing back (SPEC section 15).
+        """
+
+    def mark_fired(
+        self, schedule_id: str, fire_time: float, run_id: str | None, next_fire: float | None
+    ) -> bool:
+        """Record that the schedule fired at `fire_time` (wall-clock seconds), in one
+        conditional write: only if that moves its `last_fire` forward (absent or older).
+        `run_id`: the run it started (None: none, e.g. skipped; the last run id is then
+        kept). Returns whether it moved `last_fire`; False for a schedule never saved."""
+        ...
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every saved schedule, by id: `schedule_id`, `pipeline_id`, `spec`, `overlap`,
+        `catchup_window`, `last_fire`, `last_run_id`, `next_fire`, `updated_at`."""
+        ...
+
+    def set_trace(self, run_id: str, trace: str) -> None:
+        """Keep the span context of the run's current segment (W3C traceparent text), so
+        the next segment, in any process, links to it (SPEC section 18). No version
+        change; RunNotFound if the run is absent."""
 
 
 RunStore = Store

@@ -105,13 +105,21 @@ def _continued(
     return _commit(record, event, now, lease, events=(opening,), state=release_paused(resumed))
 
 
-def expire_on(record: RunRecord, now: float, stage: str, lease: Lease | None = None) -> Commit:
-    """paused -> running at `stage` (its `Pause.on_expiry`): nobody resumed it in time.
+def expire_on(
+    record: RunRecord,
+    now: float,
+    stage: str,
+    lease: Lease | None = None,
+    *,
+    state: dict[str, Any] | None = None,
+) -> Commit:
+    """paused -> running at `stage` (its `Pause.on_expiry`) with the committed (or
+    migrated) `state`: nobody resumed it in time.
 
     The stage sees `state[PIPELINE_DATA_KEY]["expired"] == True`; its commit clears it.
     """
     opening = _opening(record, stage, now, resumed=True)
-    state = release_paused(with_expired(record.state))
+    state = release_paused(with_expired(record.state if state is None else state))
     return _commit(
         record, lifecycle.EXPIRE_ON, now, lease, events=(opening,), stage=stage, state=state
     )

@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from stageline.core.events import Event, PathNode
     from stageline.core.patch import PIPELINE_DATA_KEY
     from stageline.core.results import ChildResult, RunResult
+    from stageline.core.schedule import Schedule
     from stageline.core.store import RunInfo, Store
     from stageline.core.supervision import RetryPolicy
     from stageline.stores.checkpoints import clear_checkpoint, read_checkpoint, write_checkpoint
@@ -96,6 +97,7 @@ _EXPORTS: dict[str, str] = {
     "PIPELINE_DATA_KEY": "stageline.core.patch",
     "ChildResult": "stageline.core.results",
     "RunResult": "stageline.core.results",
+    "Schedule": "stageline.core.schedule",
     "RunInfo": "stageline.core.store",
     "Store": "stageline.core.store",
     "RetryPolicy": "stageline.core.supervision",
@@ -155,6 +157,7 @@ __all__ = [
     "RunNotPaused",
     "RunResult",
     "RunStateError",
+    "Schedule",
     "Sleep",
     "Stage",
     "StageError",

@@ -35,6 +35,8 @@ DONE_WORDS = {
     mailbox.ABORT: "aborted",
 }
 JSON_FIELDS = ("request_id", "kind", "run_id", "pipeline_id", "status", "answer")
+ATTACHED = "attached"
+"""The JSON `status` of `start --if-exists attach` on a stored run (no request posted)."""
 
 
 def exists(store: Store, run_id: str) -> bool:
@@ -45,6 +47,30 @@ def exists(store: Store, run_id: str) -> bool:
     except RunNotFound:
         return False
     return True
+
+
+def existing_run(
+    store: Store, run_id: str, pipeline_id: str, *, attach: bool, as_json: bool
+) -> None:
+    """`start --run-id` of a run already stored: print it (`--if-exists attach`, same
+    pipeline only) or fail with one line. No request is posted."""
+    info = store.get_run(run_id)
+    if not attach:
+        raise UserError(
+            f"run {run_id!r} already exists in this store (pipeline {info.pipeline_id}, "
+            f"{info.status}); choose another --run-id, or pass --if-exists attach"
+        )
+    if info.pipeline_id != pipeline_id:
+        raise UserError(
+            f"run {run_id!r} already exists as a run of pipeline {info.pipeline_id!r}, not "
+            f"{pipeline_id!r}; choose another --run-id"
+        )
+    if as_json:
+        fields = dict.fromkeys(JSON_FIELDS)
+        fields.update(kind=mailbox.START, run_id=run_id, pipeline_id=pipeline_id)
+        click.echo(json.dumps({**fields, "status": ATTACHED, "run_status": info.status}))
+    else:
+        click.echo(f"attached to run {run_id} (pipeline {pipeline_id}), status {info.status}")
 
 
 def check_run(store: Store, kind: str, run_id: str) -> None:

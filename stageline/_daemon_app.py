@@ -1,8 +1,10 @@
 """Loading the daemon's application: APP "module:attribute" -> PipelineFactory objects.
 
 APP names a PipelineFactory, a Pipeline, a list (or dict) of them, or a callable returning
-one of those. The module is imported with the current folder importable, after the
-library and its dependencies (see `stageline._app_path`). `bind_factories` re-binds every
+one of those; the list (or dict) may also hold Schedule objects, which the daemon serves
+(`load_app_parts`; a Schedule of a pipeline no factory serves is a start-up error).
+The module is imported with the current folder importable, after the library and its
+dependencies (see `stageline._app_path`). `bind_factories` re-binds every
 factory to the daemon's store and registry.
 """
 
@@ -20,8 +22,10 @@ from stageline import stores
 from stageline._app_path import importable_here
 from stageline.actors.factory import PipelineFactory
 from stageline.actors.registry import Registry
+from stageline.actors.scheduler import serving_problems
 from stageline.core.definition import Pipeline
 from stageline.core.errors import StagelineError
+from stageline.core.schedule import Schedule
 from stageline.core.store import Store
 
 _PARTS: tuple[Any, ...] = (importable_here, PipelineFactory, Pipeline, stores)
@@ -31,6 +35,21 @@ _OURS = tuple(os.path.dirname(os.path.abspath(inspect.getfile(part))) for part i
 
 def load_app(spec: str) -> list[PipelineFactory]:
     """The factories named by "module:attribute" (the module is imported from sys.path)."""
+    return load_app_parts(spec)[0]
+
+
+def load_app_parts(spec: str) -> tuple[list[PipelineFactory], list[Schedule]]:
+    """The factories and the schedules named by "module:attribute"; StagelineError for a
+    schedule whose pipeline no factory serves, or two schedules with one id."""
+    items = _items(_app_target(spec), spec)
+    schedules = [item for item in items if isinstance(item, Schedule)]
+    factories = _factories([item for item in items if not isinstance(item, Schedule)], spec)
+    _check_schedules(schedules, factories, spec)
+    return factories, schedules
+
+
+def _app_target(spec: str) -> Any:
+    """The object "module:attribute" names."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise StagelineError(f"APP must be 'module:attribute', got {spec!r}")
@@ -47,7 +66,7 @@ def load_app(spec: str) -> list[PipelineFactory]:
         target = getattr(module, attribute)
     except AttributeError:
         raise StagelineError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    return _factories(target, spec)
+    return target
 
 
 class AppImportError(StagelineError):  # type: ignore[misc]  # (core is untyped here)
@@ -101,23 +120,37 @@ def _users(filename: str) -> bool:
     return not any(path.startswith(os.path.join(p, "")) for p in (*libraries, *_OURS) if p)
 
 
-def _factories(target: Any, spec: str) -> list[PipelineFactory]:
-    if isinstance(target, PipelineFactory | Pipeline):
-        target = [target]
-    elif isinstance(target, Mapping):
-        target = list(target.values())
-    elif callable(target):
-        return _factories(target(), spec)
+def _items(target: Any, spec: str) -> list[Any]:
+    """What the APP's object holds: its factories, pipelines and schedules (unchecked)."""
+    if isinstance(target, PipelineFactory | Pipeline | Schedule):
+        return [target]
+    if isinstance(target, Mapping):
+        return list(target.values())
+    if callable(target):
+        return _items(target(), spec)
     if not isinstance(target, Iterable) or isinstance(target, str | bytes):
         raise StagelineError(
             f"APP {spec!r} is a {type(target).__name__}; it must be a PipelineFactory, a "
-            "Pipeline, a list of them, or a callable returning one of those"
+            "Pipeline, a list of them (and Schedules), or a callable returning one of those"
         )
-    found = [PipelineFactory(t) if isinstance(t, Pipeline) else t for t in target]
+    return list(target)
+
+
+def _factories(target: Any, spec: str) -> list[PipelineFactory]:
+    items = [item for item in _items(target, spec) if not isinstance(item, Schedule)]
+    found = [PipelineFactory(t) if isinstance(t, Pipeline) else t for t in items]
     bad = [type(f).__name__ for f in found if not isinstance(f, PipelineFactory)]
     if bad or not found:
         raise StagelineError(f"APP {spec!r} must give PipelineFactory or Pipeline objects: {bad}")
     return found
+
+
+def _check_schedules(
+    schedules: list[Schedule], factories: list[PipelineFactory], spec: str
+) -> None:
+    problems = serving_problems(schedules, {factory.pipeline.id for factory in factories})
+    if problems:
+        raise StagelineError(f"APP {spec!r}: {'; '.join(problems)}")
 
 
 def bind_factories(

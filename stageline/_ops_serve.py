@@ -25,12 +25,18 @@ def serve(
     log_format: str,
     options: DaemonOptions,
     registry_options: Mapping[str, Any],
+    otel: bool = False,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT, logging in `log_format` (configured by the
-    CLI): a console banner first for "console"."""
+    CLI): a console banner first for "console". `otel`: set up OpenTelemetry's SDK from
+    the OTEL_* environment first (stageline/_ops_otel.py)."""
     from stageline._daemon_app import AppImportError
     from stageline.daemon import run_daemon
 
+    if otel:
+        from stageline._ops_otel import configure_sdk
+
+        configure_sdk()
     ready = _print_banner(store_url) if log_format == "console" else None
     try:
         run_daemon(app, store_url, options=options, registry_options=registry_options,

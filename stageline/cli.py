@@ -29,7 +29,7 @@ from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
 from stageline._app_path import importable_here
 from stageline._cli_complete import pipeline_ids, run_ids
-from stageline._cli_errors import UserError, user_errors
+from stageline._cli_errors import user_errors
 from stageline._cli_options import (
     duration,
     json_object,
@@ -141,6 +141,8 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> str
 @click.option("--log-format", type=click.Choice(["json", "console"]),
               help="json: one JSON object a line; console: for people. "
               "Default: console on a terminal, else json.")  # fmt: skip
+@click.option("--otel", is_flag=True, help="Export traces and metrics with OpenTelemetry, "
+              "configured from the OTEL_* environment (docs/observability.md).")  # fmt: skip
 @user_errors
 def serve(
     app: str,
@@ -156,6 +158,7 @@ def serve(
     max_recoveries: int,
     log_level: str,
     log_format: str | None,
+    otel: bool,
 ) -> None:
     """Run the daemon: APP's pipelines, acting on the store's mailbox.
 
@@ -179,7 +182,7 @@ def serve(
                         "max_recoveries": max_recoveries}  # fmt: skip
     log_format = configure_logging(log_level, log_format)
     serve_app(app, store_url, log_format=log_format, options=options,
-              registry_options=registry_options)  # fmt: skip
+              registry_options=registry_options, otel=otel)  # fmt: skip
 
 
 # --- requests to the daemon ----------------------------------------------------------------
@@ -190,6 +193,9 @@ def serve(
 @click.option("--entry", metavar="STAGE", help="Start at this stage (default: the first).")
 @click.option("--state", "state_json", metavar="JSON", help="Merged over the initial state.")
 @click.option("--run-id", metavar="ID", help="The new run's id (default: a new UUIDv7).")
+@click.option("--if-exists", type=click.Choice(["raise", "attach"]), default="raise",
+              show_default=True,
+              help="When --run-id is already stored: fail, or print that run.")  # fmt: skip
 @click.option("--follow", "-f", is_flag=True,
               help="Then print the run's log until it ends; exit 0 succeeded, 1 not.")  # fmt: skip
 @store_option
@@ -202,6 +208,7 @@ def start(
     entry: str | None,
     state_json: str | None,
     run_id: str | None,
+    if_exists: str,
     follow: bool,
     store_url: str | None,
     wait: bool,
@@ -216,7 +223,10 @@ def start(
     if run_id is None:
         run_id = post.new_id()
     elif post.exists(store, run_id):
-        raise UserError(f"run {run_id!r} already exists in this store; choose another --run-id")
+        post.existing_run(store, run_id, pipeline, attach=if_exists == "attach", as_json=as_json)
+        if follow:
+            following.follow(store, run_id, as_json, following.POLL_SECONDS)
+        return
     args = {"entry": entry, "state": state}
     request = post.make_request(mailbox.START, run_id, args, pipeline_id=pipeline)
     post.send(store, request, wait, timeout, as_json)
@@ -460,3 +470,14 @@ def status(store_url: str | None, as_json: bool) -> None:
     from stageline import _cli_ops as ops
 
     ops.status(open_store(store_url), as_json)
+
+
+@main.command()
+@store_option
+@json_option
+@user_errors
+def schedules(store_url: str | None, as_json: bool) -> None:
+    """List the store's schedules: id, pipeline, spec, overlap, last and next fire time."""
+    from stageline._cli_schedules import list_schedules
+
+    list_schedules(open_store(store_url), as_json)

@@ -48,15 +48,17 @@ from typing import Any
 from stageline import _retention as retention
 from stageline._answers import Answers
 from stageline._daemon_app import _factories as _factories  # re-exported
-from stageline._daemon_app import bind_factories, load_app
+from stageline._daemon_app import bind_factories, load_app_parts
 from stageline._ops_heartbeat import Heartbeat
+from stageline._ops_otel import watch_mailbox
+from stageline._ops_schedules import served_schedules
 from stageline.actors.context import RunContext
 from stageline.actors.factory import PipelineFactory
 from stageline.actors.logs import library_logger
 from stageline.actors.registry import Registry
 from stageline.core import mailbox
 from stageline.core.clock import Clock, iso_utc
-from stageline.core.errors import RunStateError, StagelineError, StoreError
+from stageline.core.errors import RunExistsError, RunStateError, StagelineError, StoreError
 from stageline.core.mailbox import Request
 from stageline.core.store import Store
 
@@ -114,8 +116,10 @@ class Daemon:
 
     `on_start(context)` is called with every RunContext the daemon starts, resumes or
     retries (for an application embedding the daemon: metrics, tests). `clock` is the
-    registry's (see the module's docstring).
+    registry's (see the module's docstring). `schedules`: the APP's, fired once started.
     """
+
+    schedules: tuple[Any, ...] = ()
 
     def __init__(
         self,
@@ -352,9 +356,16 @@ class Daemon:
         return self._factory(record.pipeline_id, request.run_id)
 
     def _start(self, request: Request) -> None:
+        """Prepare and start the run; a start of a run id already stored makes no second
+        run: done (logged "request:attached") if it is this pipeline's, else failed."""
         factory = self._factory(str(request.pipeline_id), request.run_id)
         args = request.args
-        context = factory.prepare(args.get("entry"), request.run_id, state=args.get("state"))
+        try:
+            context = factory.prepare(args.get("entry"), request.run_id, state=args.get("state"))
+        except RunExistsError:  # posted twice, or raced: one run; attaching checks its pipeline
+            factory.prepare(run_id=request.run_id, if_exists="attach")
+            self.log.info("request:attached", request_id=request.request_id, run_id=request.run_id)
+            return
         self._started(context, context.start())
 
     def _resume(self, request: Request) -> None:
@@ -425,18 +436,21 @@ def run_daemon(
     import signal
 
     options = options or DaemonOptions()
-    factories = load_app(app)
+    factories, schedules = load_app_parts(app)
     registry = Registry(**(registry_options or {}))
     store = _store_of(store_url, registry)
     stop = threading.Event()
     try:
         daemon = Daemon(bind_factories(factories, store, registry), store, registry, options)
+        daemon.schedules = tuple(schedules)
+        watch_mailbox(store)  # stageline.mailbox.pending, when a meter provider is set
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, frame: _set_later(stop))
         if on_ready is not None:
             on_ready(daemon)
         daemon.start()
-        daemon.serve(stop)
+        with served_schedules(daemon):
+            daemon.serve(stop)
         daemon.log.info("daemon:stopping", timeout=options.stop_timeout)
     finally:
         registry.stop(options.stop_timeout)

@@ -69,7 +69,7 @@ def claimable(record: RunRecord, owner: str, now: float) -> bool:
 
 RUN_COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until, wake_at"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until, wake_at, trace"
 )
 
 
@@ -97,7 +97,7 @@ def run_values(record: RunRecord, state: bytes) -> tuple[Any, ...]:
         record.run_id, record.pipeline_id, record.pipeline_version, record.status,
         record.stage, state, record.checkpoint, maybe_encode(record.error), record.version,
         record.last_seq, record.stage_runs, record.created_at, record.updated_at,
-        record.owner, record.lease_until, record.wake_at,
+        record.owner, record.lease_until, record.wake_at, record.trace,
     )  # fmt: skip
 
 

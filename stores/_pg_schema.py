@@ -17,12 +17,12 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
 # 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`),
-# 6 time: `wake_at` on runs and the `schedules` table.
+# 6 time: `wake_at` on runs and the `schedules` table, 7 `trace` on runs (SPEC 18).
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -74,6 +74,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX runs_waking ON {s}.runs (wake_at) WHERE wake_at IS NOT NULL",
         SCHEDULES_TABLE,
     ),
+    7: ("ALTER TABLE {s}.runs ADD COLUMN trace text",),
 }
 
 _META: Final = (

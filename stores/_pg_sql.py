@@ -24,7 +24,7 @@ ABORT: Final = "abort"
 
 INSERT_RUN: Final = (
     f"INSERT INTO {{s}}.runs ({RUN_COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id) DO NOTHING"
 )
 LOAD_RUN: Final = f"SELECT {RUN_COLUMNS} FROM {{s}}.runs WHERE run_id = %s"
@@ -50,6 +50,7 @@ SET_CHECKPOINT: Final = (
     "UPDATE {s}.runs SET checkpoint = %s WHERE run_id = %s "
     f"AND (NOT %s OR status = '{lifecycle.PAUSED}') AND (%s::bigint IS NULL OR version = %s)"
 )
+SET_TRACE: Final = "UPDATE {s}.runs SET trace = %s WHERE run_id = %s"
 RENEW_LEASES: Final = (
     "UPDATE {s}.runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s) RETURNING run_id"
 )

@@ -47,6 +47,7 @@ _RUN_TYPES: Final[tuple[tuple[str, tuple[type, ...] | None, bool], ...]] = (
     ("owner", _TEXT, True),
     ("lease time", _NUMBER, True),
     ("wake time", _NUMBER, True),
+    ("trace", _TEXT, True),
 )
 
 
@@ -113,6 +114,7 @@ def _record(row: Sequence[Any], max_bytes: int) -> RunRecord:
         owner=row[13],
         lease_until=row[14],
         wake_at=row[15],
+        trace=row[16],
     )
 
 

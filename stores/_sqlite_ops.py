@@ -34,6 +34,7 @@ SET_CHECKPOINT: Final = (
     "UPDATE runs SET checkpoint = ? WHERE run_id = ? "
     f"AND (? = 0 OR status = '{lifecycle.PAUSED}') AND (? IS NULL OR version = ?)"
 )
+SET_TRACE: Final = "UPDATE runs SET trace = ? WHERE run_id = ?"
 CLAIM_RUN: Final = (
     "UPDATE runs SET owner = ?1, lease_until = ?2 WHERE run_id = ?3 "
     f"AND status IN {lifecycle.sql_list(lifecycle.ACTIVE)} "

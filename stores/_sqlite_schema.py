@@ -19,7 +19,7 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 WAL_AUTOCHECKPOINT_PAGES = 256
 """Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
@@ -36,6 +36,7 @@ _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value 
 # 3: the mailbox (`requests`). 4: the abort flag (`abort_requested`, `abort_reason`).
 # 5: the daemons' heartbeats (`daemons`, stores/_fleet.py). 6: time (SPEC 15): `wake_at`
 # on runs (sleeping runs, pause expiries) and the `schedules` table (stores/_schedules.py).
+# 7: `trace` on runs (the span context of a run's last segment, SPEC 18).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -92,6 +93,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS runs_waking ON runs (wake_at) WHERE wake_at IS NOT NULL",
         SCHEDULES_TABLE.replace("{s}.", ""),
     ),
+    7: ("ALTER TABLE runs ADD COLUMN trace TEXT",),
 }
 
 

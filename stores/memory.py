@@ -24,6 +24,7 @@ from ._common import (
     run_not_found,
 )
 from ._fleet import CANCELLED, heartbeat_from_row, heartbeat_values, request_statuses
+from ._schedules import DEFINITION_FIELDS, SCHEDULE_FIELDS, definition_values
 
 
 class MemoryStore:
@@ -41,6 +42,7 @@ class MemoryStore:
         self._aborts: dict[str, str | None] = {}  # run_id -> reason: the abort flags set
         self._mailbox_version = 0
         self._heartbeats: dict[str, dict[str, Any]] = {}  # owner -> the daemon's last heartbeat
+        self._schedules: dict[str, dict[str, Any]] = {}  # schedule_id -> its row
 
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -58,21 +60,25 @@ class MemoryStore:
 
     def commit(self, commit: Commit) -> int:
         with self._lock:
-            current = self._runs.get(commit.run_id)
-            if current is None or current.version != commit.expected_version:
-                found = None if current is None else current.version
-                raise conflict(commit.run_id, commit.expected_version, found)
-            version = commit.expected_version + 1
-            self._runs[commit.run_id] = current.applied(commit, version)
-            if commit.status not in lifecycle.ACTIVE:
-                self._aborts.pop(commit.run_id, None)  # the run ended: its flag with it
-            journal = self._journal[commit.run_id]
-            for event in commit.events:
-                if is_journaled(event.name):  # a copy, as a durable store keeps
-                    if event.results is not None:
-                        event = replace(event, results=copy_state(event.results))
-                    journal.append(event)
-            return int(version)
+            return self._apply(commit)
+
+    def _apply(self, commit: Commit) -> int:
+        """Apply `commit` (the lock held); ConflictError on a version mismatch."""
+        current = self._runs.get(commit.run_id)
+        if current is None or current.version != commit.expected_version:
+            found = None if current is None else current.version
+            raise conflict(commit.run_id, commit.expected_version, found)
+        version = commit.expected_version + 1
+        self._runs[commit.run_id] = current.applied(commit, version)
+        if commit.status not in lifecycle.ACTIVE:
+            self._aborts.pop(commit.run_id, None)  # the run ended: its flag with it
+        journal = self._journal[commit.run_id]
+        for event in commit.events:
+            if is_journaled(event.name):  # a copy, as a durable store keeps
+                if event.results is not None:
+                    event = replace(event, results=copy_state(event.results))
+                journal.append(event)
+        return int(version)
 
     def set_checkpoint(
         self,
@@ -92,6 +98,13 @@ class MemoryStore:
                 return False
             self._runs[run_id] = replace(current, checkpoint=checkpoint)
             return True
+
+    def set_trace(self, run_id: str, trace: str) -> None:
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is None:
+                raise run_not_found(run_id)
+            self._runs[run_id] = replace(current, trace=trace)
 
     def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
         with self._lock:
@@ -258,6 +271,34 @@ class MemoryStore:
     def list_heartbeats(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(self._heartbeats[owner]) for owner in sorted(self._heartbeats)]
+
+    def save_schedule(self, entry: Mapping[str, Any]) -> None:
+        *definition, next_fire = definition_values(entry)
+        with self._lock:
+            row = self._schedules.setdefault(definition[0], dict.fromkeys(SCHEDULE_FIELDS))
+            row.update(zip(DEFINITION_FIELDS, definition, strict=True))
+            row["next_fire"] = row["next_fire"] if next_fire is None else next_fire
+            row["updated_at"] = float(self.clock.wall())
+
+    def mark_fired(
+        self, schedule_id: str, fire_time: float, run_id: str | None, next_fire: float | None
+    ) -> bool:
+        with self._lock:
+            row = self._schedules.get(schedule_id)
+            if row is None:
+                return False
+            if row["last_fire"] is not None and row["last_fire"] >= fire_time:
+                if run_id is not None:  # a buffered fire time started late: the last run
+                    row["last_run_id"], row["updated_at"] = run_id, float(self.clock.wall())
+                return False
+            row["last_fire"], row["next_fire"] = float(fire_time), next_fire
+            row["last_run_id"] = row["last_run_id"] if run_id is None else run_id
+            row["updated_at"] = float(self.clock.wall())
+            return True
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(self._schedules[key]) for key in sorted(self._schedules)]
 
     def close(self) -> None:
         """Nothing to release."""

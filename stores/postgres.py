@@ -86,6 +86,7 @@ from ._pg_pool import Connections, PoolLimits
 from ._pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from ._pg_text import MAX_ID_BYTES, check_id, check_text, unstorable
 from ._rows import info_from_row, listed_info, record_from_row
+from ._schedules import SqlSchedules
 
 if TYPE_CHECKING:
     from ._pg_pool import Connection
@@ -93,7 +94,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ID_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 
-class PostgresStore(SqlFleet):
+class PostgresStore(SqlFleet, SqlSchedules):
     """A Store in a PostgreSQL database, shared by any number of processes.
 
     `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
@@ -210,6 +211,10 @@ class PostgresStore(SqlFleet):
         return self._update_run(
             f"writing the checkpoint of run {run_id!r}", run_id, sql.SET_CHECKPOINT, params
         )
+
+    def set_trace(self, run_id: str, trace: str) -> None:
+        what = f"writing the trace of run {run_id!r}"
+        self._update_run(what, run_id, sql.SET_TRACE, (trace, run_id))
 
     def _update_run(self, what: str, run_id: str, statement: str, params: tuple[Any, ...]) -> bool:
         """Run an UPDATE of run `run_id`: True if it changed the row, False if the run is

@@ -47,6 +47,7 @@ from ._rows import (
     record_from_row,
     request_from_row,
 )
+from ._schedules import SqlSchedules
 from ._sqlite_ops import VACUUM_PAGES
 from ._sqlite_schema import (
     MIGRATIONS,
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 
-class SqliteStore(SqlFleet):
+class SqliteStore(SqlFleet, SqlSchedules):
     """A Store in one SQLite file.
 
     `path` is a file path, never a SQLite URI (`file:x.db` is a file of that name). A new
@@ -173,7 +174,7 @@ class SqliteStore(SqlFleet):
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 run_values(record, state),
             )
 
@@ -220,6 +221,11 @@ class SqliteStore(SqlFleet):
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise run_not_found(run_id)
             return False
+
+    def set_trace(self, run_id: str, trace: str) -> None:
+        with self._transaction(f"writing the trace of run {run_id!r}") as db:
+            if db.execute(ops.SET_TRACE, (trace, run_id)).rowcount != 1:
+                raise run_not_found(run_id)
 
     def claim_run(self, run_id: str, owner: str, lease_until: float, *, now: float) -> bool:
         with self._transaction(f"claiming run {run_id!r}") as db:

@@ -97,7 +97,7 @@ def test_errors_name_the_run_and_what_is_wrong(served):
         ("resume", "done", {}, "run 'done' is not paused (status succeeded); cannot resume it"),
         ("retry", "done", {}, "run 'done' is not failed or quarantined (status succeeded)"),
         ("abort", "done", {}, "run 'done' is not pending, running or paused (status succeeded)"),
-        ("start", "done", {"pipeline_id": "quick"}, "run 'done' already exists"),
+        ("start", "done", {"pipeline_id": "approval"}, "run 'done' already exists"),
         ("start", "new", {"pipeline_id": "nope"}, "pipeline 'nope' is not served"),
         ("start", "new", {"pipeline_id": "quick", "args": {"entry": "zz"}}, "entry 'zz'"),
     ]

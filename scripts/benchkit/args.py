@@ -45,6 +45,12 @@ def build_parser(names: Sequence[str]) -> argparse.ArgumentParser:
         "--plot-only", action="store_true", help="with --plot: run the sweeps, not the cases"
     )
     parser.add_argument(PROBE_FLAG, type=int, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--time",
+        action="store_true",
+        help="instead of the cases: the durable-time figures (wake-up latency, daemon start "
+        "with 10,000 sleeping runs), stageline alone; `--time --help` lists their flags",
+    )
     return parser
 
 

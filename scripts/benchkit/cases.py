@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ours, peers
+from . import otel, ours, peers
 from .cold import lg_cold_resume, sl_cold_resume
 from .floor import sqlite_commit_floor
 from .probe import sl_paused_memory, sl_paused_threads
@@ -65,7 +65,10 @@ CASES: tuple[Case, ...] = (
         "100 one-step stages, in memory; time per stage",
         ours.sl_linear,
         peers.lg_linear,
-        variants=(Variant("langgraph no checkpointer", peers.lg_linear_no_checkpointer),),
+        variants=(
+            Variant("langgraph no checkpointer", peers.lg_linear_no_checkpointer),
+            *otel.variants(Variant),
+        ),
         target=Target("ratio", 0.25),
     ),
     Case(
