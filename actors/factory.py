@@ -26,6 +26,7 @@ from stageline.stores.checkpoints import checkpoint_of
 
 from . import run_seed as seed
 from . import telemetry
+from .admission import claims_for, take_slot
 from .attached import attach
 from .container import Container
 from .context import RunContext
@@ -42,6 +43,15 @@ RAISE = "raise"
 ATTACH = "attach"
 IF_EXISTS = (RAISE, ATTACH)
 """The words `prepare(if_exists=...)` takes."""
+
+
+def _check_prepare(if_exists: str, priority: int) -> None:
+    if if_exists not in IF_EXISTS:
+        raise StagelineError(
+            f"if_exists must be one of {', '.join(map(repr, IF_EXISTS))}, got {if_exists!r}"
+        )
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise StagelineError(f"priority must be an integer, got {priority!r}")
 
 
 class _StaleCopy(Exception):
@@ -122,6 +132,7 @@ class PipelineFactory:
         *,
         state: Mapping[str, Any] | None = None,
         if_exists: str = RAISE,
+        priority: int = 0,
     ) -> RunContext:
         """A new run starting at stage `entry` (default: the first); nothing runs yet.
 
@@ -134,19 +145,17 @@ class PipelineFactory:
         stops. When this factory's registry drives the run (started in this process),
         that run's own RunContext comes back. Without a `run_id` there is nothing to
         attach to: a new run is prepared. Of racing attaching prepares (threads or
-        processes) exactly one creates the run; the others attach to it.
+        processes) exactly one creates the run; the others attach to it. `priority`: of
+        runs queued for the pipeline's limits, higher ones are admitted first (SPEC 20).
         """
-        if if_exists not in IF_EXISTS:
-            raise StagelineError(
-                f"if_exists must be one of {', '.join(map(repr, IF_EXISTS))}, got {if_exists!r}"
-            )
+        _check_prepare(if_exists, priority)
         entry = seed.entry_of(self.pipeline, entry)
         run_id = seed.new_run_id(run_id)
         attached = self._attached(run_id) if if_exists == ATTACH else None
         if attached is not None:
             return attached
         try:
-            return self._prepare_new(entry, run_id, state)
+            return self._prepare_new(entry, run_id, state, priority)
         except RunExistsError:
             # Lost the race to create it (another thread or process): one run, watched.
             attached = self._attached(run_id) if if_exists == ATTACH else None
@@ -154,10 +163,14 @@ class PipelineFactory:
                 raise
             return attached
 
-    def _prepare_new(self, entry: str, run_id: str, state: Mapping[str, Any] | None) -> RunContext:
+    def _prepare_new(
+        self, entry: str, run_id: str, state: Mapping[str, Any] | None, priority: int
+    ) -> RunContext:
         """Create the run in the store (RunExistsError if its id is taken) and hold it."""
         initial = seed.initial_state(self.initial_state)
         patch = check_patch(state, f"initial state patch for run {run_id!r}")
+        initial = merge(initial, patch) if patch else initial
+        claims_for(self.pipeline, initial, run_id)  # a failing key function: refused now
         now = self.clock.wall()
         lease = self._lease()
         record = RunRecord(
@@ -165,7 +178,8 @@ class PipelineFactory:
             pipeline_id=self.pipeline.id,
             pipeline_version=self.pipeline.version,
             status=lifecycle.PENDING,
-            state=merge(initial, patch) if patch else initial,
+            state=initial,
+            priority=priority,
             stage=entry,
             created_at=now,
             updated_at=now,
@@ -247,19 +261,20 @@ class PipelineFactory:
         """paused -> running with the patch, in one compare-and-set on the run's version."""
         state = None if migrate is None else seed.migrated(record, migrate)
         now = self.clock.wall()
+        lease = self._lease()
         if record.status == lifecycle.SLEEPING:  # woken early
-            commit = tr.wake(record, now, self._lease(), patch=patch, state=state)
+            commit = tr.wake(record, now, lease, patch=patch, state=state)
         else:
-            commit = tr.resume(record, now, patch=patch, state=state, lease=self._lease())
-        try:
-            version = store.commit(commit)
+            commit = tr.resume(record, now, patch=patch, state=state, lease=lease)
+        try:  # through the pipeline's limits: "queued" if they have no slot for it now
+            claimed, _ = take_slot(store, self.pipeline, record, commit, lease, now)
         except ConflictError as exc:
             if fast and store.load_run(record.run_id).status == lifecycle.PAUSED:
                 raise _StaleCopy(record.run_id) from exc
             raise RunNotPaused(
-                f"run {record.run_id!r} is no longer paused: another resume won the race"
+                f"run {record.run_id!r} is no longer {record.status}: another resume, or its "
+                "registry (a wake-up, a deadline), moved it on first"
             ) from exc
-        claimed = record.applied(commit, version)
         if claimed.pipeline_version == self.pipeline.version:
             return claimed
         return replace(claimed, pipeline_version=self.pipeline.version)  # migrated
@@ -270,12 +285,12 @@ class PipelineFactory:
         """Abort a run known only by its id.
 
         A run this factory's registry holds is aborted through its RunContext (promptly,
-        as `RunContext.abort`). A paused run only the store holds is aborted there, in one
-        compare-and-set (no actor starts). A pending or running run another process
-        drives gets the store's durable abort flag: its owner aborts it at its next lease
-        renewal (a recovery aborts it instead of resuming it), so this returns before the
-        run has ended; watch its status. RunNotFound if absent, RunStateError if it has
-        ended.
+        as `RunContext.abort`). A paused, sleeping or queued run only the store holds is
+        aborted there, in one compare-and-set (no actor starts). A pending or running run
+        another process drives gets the store's durable abort flag: its owner aborts it at
+        its next lease renewal (a recovery aborts it instead of resuming it), so this
+        returns before the run has ended; watch its status. RunNotFound if absent,
+        RunStateError if it has ended.
         """
         live = None if self._supervisor is None else self._supervisor.lookup(run_id)
         if live is not None:  # no store read: a live run is aborted even if the store is down
@@ -287,7 +302,7 @@ class PipelineFactory:
         if live is not None:
             live.context.abort(reason)
             return
-        if record.status in lifecycle.WAITING:
+        if record.status in lifecycle.WAITING or record.status == lifecycle.QUEUED:
             entry = record.stage or str(self.pipeline.first_stage.id)
             paused = self.live_run(store, record, entry, Container(run_id), resumed=True)
             paused.context.abort(reason)

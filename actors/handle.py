@@ -120,6 +120,12 @@ class SupervisorLink(Protocol):
     def track(self, run: RunHandle) -> None:
         """The run starts a segment: hold it (and renew its lease)."""
 
+    def queue(self, run: RunHandle) -> None:
+        """The run is queued (its limits did not admit it): hold it until a slot frees."""
+
+    def lease(self) -> Any:
+        """The lease a commit that takes a run for this registry carries."""
+
     def ended(
         self, run: RunHandle, result: RunResult | None, pause: Any, error: BaseException | None
     ) -> bool:

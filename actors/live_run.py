@@ -23,6 +23,7 @@ from stageline.core.patch import public_state
 from stageline.core.results import RunResult
 from stageline.core.store import RunRecord, Store
 
+from .admission import take_slot
 from .container import Container
 from .context import RunContext
 from .deps import RunDeps
@@ -85,13 +86,34 @@ class LiveRun:
     def start(self) -> concurrent.futures.Future[RunResult]:
         with self.lock:
             self._check_startable()
-            self.future = _running_future()
-            self.actor = RunActor.start(self.deps, self.record)
-            future = self.future
+            self.future = future = _running_future()
+            if self.status == lifecycle.PENDING and self.pipeline.limits:
+                self._take_slot()  # its start commits now, or it is queued
+            if self.status == lifecycle.QUEUED:
+                actor = None
+            else:
+                self.actor = actor = RunActor.start(self.deps, self.record)
+        if actor is None:
+            self._queue()
+            return future
         if self.supervisor is not None and not self.held:
             self.supervisor.track(self)
-        self.actor.tell(Begin(self.entry, resumed=self.resumed))
+        actor.tell(Begin(self.entry, resumed=self.resumed))
         return future
+
+    def _take_slot(self) -> None:
+        """A first start through the pipeline's limits (called with `lock` held)."""
+        lease = None if self.supervisor is None else self.supervisor.lease()
+        now = self.deps.clock.wall()
+        commit = tr.start(self.record, self.entry, now)
+        self.record, _ = take_slot(self.store, self.pipeline, self.record, commit, lease, now)
+        self.status = self.record.status
+        self.resumed = True  # the start commit carried its pipeline:start
+
+    def _queue(self) -> None:
+        """Hand a queued run to the registry: it starts it when a slot frees."""
+        if self.supervisor is not None:
+            self.supervisor.queue(self)
 
     def hold(self) -> None:
         """Hand the run to its registry now, before it starts (no second notice then)."""
@@ -105,7 +127,7 @@ class LiveRun:
                 f"run {self.run_id!r} was already started (status {self.status!r}); "
                 "a RunContext runs once: prepare a new run, or resume a paused one"
             )
-        if self.status != lifecycle.PENDING and not self.resumed:
+        if self.status not in (lifecycle.PENDING, lifecycle.QUEUED) and not self.resumed:
             raise RunStateError(f"run {self.run_id!r} is {self.status!r} and cannot start")
         if self.supervisor is not None and self.supervisor.stopped:
             raise RunStateError(
@@ -131,7 +153,7 @@ class LiveRun:
             self.supervisor.cancel_restart(self.run_id)
             return
         with self.lock:
-            if self.status in lifecycle.WAITING:
+            if self.status in lifecycle.WAITING or self.status == lifecycle.QUEUED:
                 event, result = self._abort_paused(reason)
             else:
                 event = result = None
@@ -140,6 +162,7 @@ class LiveRun:
             self.deps.emitter.emit(event)
             if self.supervisor is not None:
                 self.supervisor.ended(self, result, None, None)
+            _resolve(self.future, result, None)  # a queued run's start() waits on it
             return
         if actor is not None:
             try:
@@ -148,6 +171,9 @@ class LiveRun:
                 pass  # already ended
 
     def abort_running(self, reason: str | None) -> None:
+        if self.status == lifecycle.QUEUED:  # no actor: one compare-and-set
+            self.abort(reason)
+            return
         with self.lock:
             if self.status not in lifecycle.ACTIVE:
                 return

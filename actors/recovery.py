@@ -24,6 +24,7 @@ from stageline.core.errors import (
 from stageline.core.store import RunRecord, Store
 from stageline.core.supervision import is_orphaned, over_recoveries, recoveries
 
+from .admission import take_slot
 from .container import Container
 from .handle import FactoryLink
 from .registry_messages import ArmWakes, Counted
@@ -100,8 +101,8 @@ def claim(
         commit = tr.retry(record, now, lease, patch=patch)
     else:
         commit = tr.recover(record, now, lease)
-    try:
-        claimed = record.applied(commit, store.commit(commit))
+    try:  # through the pipeline's limits: it may wait "queued" for a slot
+        claimed, _ = take_slot(store, factory.pipeline, record, commit, lease, now)
     except ConflictError:
         return None
     container = Container(record.run_id, _artifacts(factory, record))
@@ -121,6 +122,7 @@ def recover(supervisor: Supervisor, factory: FactoryLink) -> list[Any]:
     found = [
         *store.list_runs(lifecycle.RUNNING, factory.pipeline.id),
         *store.list_runs(lifecycle.PENDING, factory.pipeline.id),
+        *store.list_runs(lifecycle.QUEUED, factory.pipeline.id),
     ]
     for info in found:
         if info.run_id in supervisor.live:
@@ -176,6 +178,11 @@ def _take_over(
         return None
     if record.status == lifecycle.PENDING:  # never started: start it as planned
         run = factory.live_run(store, record, str(record.stage), Container(record.run_id))
+        run.start()
+        return run.context
+    if record.status == lifecycle.QUEUED:  # its registry died: wait for a slot here
+        container = Container(record.run_id, _artifacts(factory, record))
+        run = factory.live_run(store, record, str(record.stage), container, resumed=True)
         run.start()
         return run.context
     if record.status == lifecycle.RUNNING:

@@ -146,9 +146,28 @@ class Registry:
         """Counts: live, running, paused_live, pause_windows, retrying (failed, waiting for
         a restart), paused, exported, expired, ended, failed (stayed failed), restarts,
         crashed (actors that died of a runtime bug), recovered, quarantined (recovered too
-        often without progress), resumed_fast."""
+        often without progress), resumed_fast; slept, woken and wake_timers (SPEC 15);
+        queued (runs this registry holds until a slot frees), admitted, and for each limit
+        (and key) of its factories' pipelines with runs, `limit:NAME[:KEY]:running` and
+        `limit:NAME[:KEY]:queued`, read from their stores (SPEC 20)."""
         stats: Any = self._actor.ask(msg.Stats())
-        return {**stats, "resumed_fast": self.supervisor.fast_resumes}
+        return {**stats, "resumed_fast": self.supervisor.fast_resumes, **self._limit_stats()}
+
+    def _limit_stats(self) -> dict[str, int]:
+        """`limit:NAME[:KEY]:running` and `...:queued` for each limit and key with runs,
+        read from the stores of this registry's factories whose pipelines have limits."""
+        stores = {
+            id(f.store): f.store
+            for f in self.supervisor.known_factories()
+            if f.pipeline.limits and f.store is not None
+        }
+        now, counts = self.supervisor.config.clock.wall(), {}
+        for store in stores.values():
+            for row in store.limit_usage(now):
+                name = f"limit:{row['limit']}" + (f":{row['key']}" if row["key"] else "")
+                counts[f"{name}:running"] = row["running"]
+                counts[f"{name}:queued"] = row["queued"]
+        return counts
 
     def failed_runs(self) -> list[RunInfo]:
         """The failed runs in the stores of this registry's factories, oldest first.

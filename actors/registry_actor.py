@@ -18,6 +18,7 @@ from stageline.core import lifecycle
 from stageline.core.store import Store
 
 from . import registry_messages as msg
+from .admissions import Admissions
 from .base import StagelineActor
 from .handle import RunHandle
 from .pause_windows import PauseWindows
@@ -32,7 +33,7 @@ ABORT_CHECK_DELAY = 0.1
 
 _COUNTS = (
     "paused", "exported", "expired", "ended", "failed", "restarts", "crashed", "recovered",
-    "quarantined", "slept", "woken",
+    "quarantined", "slept", "woken", "admitted",
 )  # fmt: skip
 
 
@@ -47,6 +48,7 @@ class RegistryActor(StagelineActor):
         self.windows = PauseWindows(supervisor, self._tell, self.counts)
         self.restarts = Restarts(supervisor, self._tell, self.counts, self._drop)
         self.wakes = Wakes(supervisor, self._tell, self.counts, self._let_go)
+        self.admissions = Admissions(supervisor, self._tell, self.counts)
         self.renewing = False
         self.abort_check_armed = False
 
@@ -64,6 +66,8 @@ class RegistryActor(StagelineActor):
             self.windows.cancel(message.run.run_id)
             self.live[message.run.run_id] = message.run
             self._arm_renewal()
+            if message.run.status == lifecycle.QUEUED:  # resumed (or recovered) into the queue
+                self.admissions.add(message.run)
         elif isinstance(message, msg.Ended):
             return self._on_ended(message)
         elif isinstance(message, msg.Renew):
@@ -104,6 +108,11 @@ class RegistryActor(StagelineActor):
             self.wakes.cancel_all()
         elif isinstance(message, msg.WakeDue):
             self.wakes.on_due(message)
+        elif isinstance(message, msg.Queued):
+            self.admissions.add(message.run)
+            self._arm_renewal()
+        elif isinstance(message, msg.AdmitDue):
+            self.admissions.on_due()
         elif isinstance(message, msg.ArmWakes):
             self.wakes.arm_all(message.waking)
         return None
@@ -118,6 +127,12 @@ class RegistryActor(StagelineActor):
 
     def _on_ended(self, message: msg.Ended) -> bool:
         """Returns True when the registry will restart the run (its future waits)."""
+        try:
+            return self._segment_ended(message)
+        finally:
+            self.admissions.run_pass()  # a slot may have freed
+
+    def _segment_ended(self, message: msg.Ended) -> bool:
         run = message.run
         with run.lock:
             if message.segment != run.segment:
@@ -219,11 +234,12 @@ class RegistryActor(StagelineActor):
         windows = self.supervisor.windows.values()
         return {
             "live": len(self.live),
-            "running": sum(statuses.count(status) for status in lifecycle.ACTIVE),
+            "running": statuses.count(lifecycle.RUNNING) + statuses.count(lifecycle.PENDING),
             "paused_live": statuses.count(lifecycle.PAUSED),
             "pause_windows": sum(1 for _, timer in windows if timer is None or not timer.cancelled),
             "retrying": len(self.restarts.waiting),
             "wake_timers": len(self.wakes.armed),
+            "queued": statuses.count(lifecycle.QUEUED),
             **self.counts,
         }
 

@@ -86,6 +86,17 @@ class ArmWakes:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """A run its limits did not admit: hold it until a slot frees."""
+
+    run: RunHandle
+
+
+class AdmitDue:
+    """Time for another admission pass (runs wait for slots)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Forget:
     """Drop a live copy found stale, unless it was resumed since `segment`."""
 

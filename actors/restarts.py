@@ -17,8 +17,9 @@ from stageline.core import transitions as tr
 from stageline.core.errors import ConflictError, StoreError
 from stageline.core.supervision import RetryPolicy, restarts
 
+from .admission import take_slot
 from .handle import RunHandle
-from .registry_messages import RestartDue
+from .registry_messages import Queued, RestartDue
 from .supervisor import Supervisor
 from .timers import TimerHandle
 
@@ -135,9 +136,10 @@ class Restarts:
     ) -> bool:
         """failed -> running in one compare-and-set, then a new segment on the same run."""
         record, now = run.record, self.supervisor.config.clock.wall()
-        commit = tr.retry(record, now, self.supervisor.lease(), patch=patch)
-        try:
-            claimed = record.applied(commit, run.store.commit(commit))
+        lease = self.supervisor.lease()
+        commit = tr.retry(record, now, lease, patch=patch)
+        try:  # through the pipeline's limits: it may wait "queued" for a slot
+            claimed, admitted = take_slot(run.store, run.pipeline, record, commit, lease, now)
         except Exception as exc:
             if not isinstance(exc, ConflictError):
                 _log.exception("stageline registry: restarting run %r failed", record.run_id)
@@ -147,7 +149,11 @@ class Restarts:
             run.give_up(crash)
             return False
         self.counts["restarts"] += 1
-        run.restart(claimed)
+        if admitted:
+            run.restart(claimed)
+        else:
+            run.committed(claimed)
+            self.tell(Queued(run))
         return True
 
     def cancel(self, run_id: str) -> None:

@@ -22,7 +22,7 @@ from stageline.core.supervision import RetryPolicy
 from stageline.core.transitions import Lease
 
 from .handle import FactoryLink, RunHandle
-from .registry_messages import CancelRestart, CheckAborts, Ended, Forget, Stats, Track
+from .registry_messages import CancelRestart, CheckAborts, Ended, Forget, Queued, Stats, Track
 from .runtime import Runtime
 from .timers import TimerHandle, TimerService
 from .workers import shared_workers
@@ -102,6 +102,13 @@ class Supervisor:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
         return False
+
+    def queue(self, run: RunHandle) -> None:
+        """Hold a queued run (its limits did not admit it) until a slot frees."""
+        try:
+            self.actor.tell(Queued(run))
+        except pykka.ActorDeadError:
+            pass  # the registry was stopped: the run stays queued in the store
 
     def check_aborts(self) -> None:
         """Look for abort flags other processes set on the runs this registry drives

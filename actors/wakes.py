@@ -24,6 +24,7 @@ from stageline.core.errors import ConflictError, RunNotFound, StagelineError, St
 from stageline.core.store import RunRecord, Store, Waking
 from stageline.stores.checkpoints import checkpoint_of
 
+from .admission import commit_lease, take_slot
 from .container import Container
 from .handle import FactoryLink
 from .registry_messages import WakeDue
@@ -159,8 +160,10 @@ class Wakes:
         """Claim the run with `commit` and start it at `entry`; False if another process
         (a resume, another registry) moved it first."""
         artifacts = bundle_artifacts(checkpoint, factory.max_bundle_bytes)  # before the claim
-        try:
-            claimed = record.applied(commit, store.commit(commit))
+        try:  # through the pipeline's limits: it may wait "queued" for a slot
+            claimed, _ = take_slot(
+                store, factory.pipeline, record, commit, commit_lease(commit), commit.updated_at
+            )
         except ConflictError:
             return False
         claimed = replace(claimed, pipeline_version=factory.pipeline.version)  # if migrated

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .admission import Limit, limits_problems
 from .errors import DefinitionError, RoutingError
 from .text import is_utf8
 
@@ -188,6 +189,8 @@ class Pipeline:
     label: str | None = None
     version: int = 1
     max_stage_runs: int = 10_000
+    limits: tuple[Limit, ...] = ()
+    """Admission limits (SPEC section 20): a run takes a slot of each before it runs."""
     _by_id: Mapping[str, Stage] = field(init=False, repr=False, compare=False)
     _next: Mapping[str, str | None] = field(init=False, repr=False, compare=False)
 
@@ -199,9 +202,12 @@ class Pipeline:
         label: str | None = None,
         version: int = 1,
         max_stage_runs: int = 10_000,
+        limits: Iterable[Limit] = (),
     ) -> None:
         stage_list = list(stages) if isinstance(stages, Iterable) else stages
+        limit_list = list(limits) if isinstance(limits, Iterable) else [limits]
         problems = _pipeline_problems(id, stage_list, version, max_stage_runs)
+        problems += limits_problems(limit_list)
         if problems:
             raise DefinitionError(id, problems)
         ordered = tuple(sorted(stage_list, key=lambda s: s.order))
@@ -210,6 +216,7 @@ class Pipeline:
         object.__setattr__(self, "label", label if label is not None else id)
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "max_stage_runs", max_stage_runs)
+        object.__setattr__(self, "limits", tuple(limit_list))
         object.__setattr__(self, "_by_id", {s.id: s for s in ordered})
         following = [s.id for s in ordered[1:]] + [None]
         object.__setattr__(

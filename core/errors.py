@@ -17,12 +17,12 @@ class DefinitionError(StagelineError):
 
     kind = "definition"
 
-    def __init__(self, pipeline_id: object, problems: list[str]) -> None:
+    def __init__(self, pipeline_id: object, problems: list[str], *, what: str = "pipeline") -> None:
         self.pipeline_id = pipeline_id
         self.problems = tuple(problems)
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(
-            f"pipeline {pipeline_id!r} is invalid ({len(problems)} problem(s)); "
+            f"{what} {pipeline_id!r} is invalid ({len(problems)} problem(s)); "
             f"fix these and construct it again:\n{lines}"
         )
 

@@ -18,6 +18,9 @@ the actors only carry it out. A pair missing from `TRANSITIONS` is illegal and r
     running -> sleeping (a router's Sleep) -> running (wake: its time came, or a resume)
     sleeping -> aborted (abort_paused: no actor starts)
     paused  -> running (expire_on: Pause.expires_in ran out, on to Pause.on_expiry)
+    pending | paused | sleeping | failed | quarantined | running -> queued (queue: a start,
+        resume, wake, retry or recovery its pipeline's limits do not admit yet)
+    queued  -> running (admit: a slot freed) | aborted (abort, abort_paused)
 
 A new lifecycle event (sleep and wake, expiry routes, quarantine, queue and admit) is a
 row in each table and one function in `transitions`.
@@ -57,8 +60,9 @@ TERMINAL: Final = frozenset({SUCCEEDED, ABORTED, EXPIRED})
 FINISHED: Final = frozenset({SUCCEEDED, FAILED, ABORTED, EXPIRED})
 """Statuses of runs that have ended (retention may delete them)."""
 
-ACTIVE: Final = frozenset({PENDING, RUNNING})
-"""Statuses of runs a process drives and holds a lease on."""
+ACTIVE: Final = frozenset({PENDING, QUEUED, RUNNING})
+"""Statuses of runs a process drives and holds a lease on (a queued run's registry holds
+it until a slot frees, and renews its lease meanwhile)."""
 
 STOPPED: Final = frozenset({*FINISHED, PAUSED, QUARANTINED})
 """Statuses where a run waits for nobody's process (a follower of its log may stop)."""
@@ -81,6 +85,8 @@ QUARANTINE: Final = "quarantine"
 SLEEP: Final = "sleep"
 WAKE: Final = "wake"
 EXPIRE_ON: Final = "expire_on"
+QUEUE: Final = "queue"
+ADMIT: Final = "admit"
 
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (PENDING, START): RUNNING,
@@ -102,6 +108,15 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (SLEEPING, WAKE): RUNNING,
     (SLEEPING, ABORT_PAUSED): ABORTED,
     (PAUSED, EXPIRE_ON): RUNNING,
+    (PENDING, QUEUE): QUEUED,
+    (PAUSED, QUEUE): QUEUED,
+    (SLEEPING, QUEUE): QUEUED,
+    (FAILED, QUEUE): QUEUED,
+    (QUARANTINED, QUEUE): QUEUED,
+    (RUNNING, QUEUE): QUEUED,
+    (QUEUED, ADMIT): RUNNING,
+    (QUEUED, ABORT): ABORTED,
+    (QUEUED, ABORT_PAUSED): ABORTED,
 }
 
 EVENTS: Final = frozenset(event for _, event in TRANSITIONS)
@@ -142,6 +157,8 @@ EFFECTS: Final[dict[str, Effects]] = {
     SLEEP: Effects(checkpoint=SET, error=CLEAR, lease=KEEP),
     WAKE: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
     EXPIRE_ON: Effects(checkpoint=KEEP, error=KEEP, lease=SET),
+    QUEUE: Effects(checkpoint=KEEP, error=CLEAR, lease=SET),
+    ADMIT: Effects(checkpoint=KEEP, error=CLEAR, lease=SET),
 }
 """The checkpoint stays while a run is paused or running again after a resume, and is
 cleared in the transaction that ends the run (SPEC section 7). A sleeping run has one

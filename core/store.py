@@ -20,6 +20,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .admission import Claim
 from .checkpoint import checkpoint_from_bytes
 from .errors import CheckpointCorrupt
 from .events import Event
@@ -54,6 +55,8 @@ class RunRecord:
     trace: str | None = None
     """The span context of the run's last segment, as W3C traceparent text, when
     OpenTelemetry traced it (`Store.set_trace`); commits keep it."""
+    priority: int = 0
+    """`prepare(..., priority=)`: a queued run with a higher one is admitted first."""
 
     def applied(self, commit: Commit, version: int) -> RunRecord:
         """This record as it is after `commit` was stored at `version`.
@@ -79,6 +82,7 @@ class RunRecord:
             lease_until=commit.lease_until if taken else self.lease_until,
             wake_at=commit.wake_at,
             trace=self.trace,
+            priority=self.priority,
         )
 
     def info(self) -> RunInfo:
@@ -102,6 +106,7 @@ class RunRecord:
             wake_at=None
             if self.wake_at is None
             else _dt.datetime.fromtimestamp(self.wake_at, _dt.UTC),
+            priority=self.priority,
         )
 
 
@@ -127,6 +132,8 @@ class RunInfo:
     wake_at: _dt.datetime | None = None
     """When a sleeping run wakes, or a paused run's `Pause.expires_in` runs out (an aware
     UTC datetime); None for every other run."""
+    priority: int = 0
+    """The run's `prepare(..., priority=)`: queued runs with a higher one go first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +373,29 @@ class Store(Protocol):
         """Keep the span context of the run's current segment (W3C traceparent text), so
         the next segment, in any process, links to it (SPEC section 18). No version
         change; RunNotFound if the run is absent."""
+
+    def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
+        """Apply `commit` (a run going on to "running") only if each of `claims` admits
+        it at `now`, all in one transaction; whether it did (False: nothing written).
+
+        A claim admits when fewer than its `max_running` other runs hold a slot of its
+        (limit, key) (holding: running, with a lease not run out at `now`), when no
+        queued run is ahead of this one for it (higher priority, or as high and older),
+        and, with a `rate=(n, seconds)`, when fewer than `n` runs were admitted to it in
+        the `seconds` before `now`. Admitted, the run holds a slot of each claim until it
+        leaves "running" or its lease runs out (SPEC section 20). ConflictError as
+        `commit` on a version mismatch.
+        """
+        ...
+
+    def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
+        """Apply `commit` (the run goes "queued") and record its `claims`, so that it
+        counts as waiting for them (`admit`'s order, `limit_usage`), in one transaction."""
+
+    def limit_usage(self, now: float) -> list[dict[str, Any]]:
+        """Each (limit, key) with runs holding or waiting for it: `limit`, `key`,
+        `running` (slots held at `now`) and `queued` (runs waiting), by limit then key."""
+        ...
 
 
 RunStore = Store

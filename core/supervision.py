@@ -161,11 +161,12 @@ def is_orphaned(record: RunRecord, now: float) -> bool:
 
     A running run with no owner (driven without a registry) or whose owner's lease ended
     by `now`; a pending run only if a registry created it and its lease ended (a run
-    prepared without a registry may still be started by whoever prepared it).
+    prepared without a registry may still be started by whoever prepared it); a queued
+    run whose registry's lease ended (it waits for a slot in the taker's registry).
     """
     expired = record.lease_until is None or record.lease_until <= now
     if record.status == lifecycle.RUNNING:
         return record.owner is None or expired
-    if record.status == lifecycle.PENDING:
+    if record.status in (lifecycle.PENDING, lifecycle.QUEUED):
         return record.owner is not None and expired
     return False

@@ -152,6 +152,23 @@ def recover(record: RunRecord, now: float, lease: Lease | None = None) -> Commit
     return _commit(record, lifecycle.RECOVER, now, lease, events=(opening,), state=state)
 
 
+def queue(record: RunRecord, refused: Commit, now: float, lease: Lease | None = None) -> Commit:
+    """-> queued: the run's limits did not admit `refused` (the start, resume, wake, retry,
+    recovery or expiry commit it was to make). The run waits with that commit's state and
+    stage (a resume's patch is in it), and no event: its segment opens when admitted."""
+    return _commit(
+        record, lifecycle.QUEUE, now, lease, stage=refused.stage, state=refused.state,
+        last_seq=record.last_seq, events=(),
+    )  # fmt: skip
+
+
+def admit(record: RunRecord, now: float, lease: Lease | None = None) -> Commit:
+    """queued -> running at its stage: a slot freed. pipeline:start opens the segment
+    (`resumed` unless the run never ran)."""
+    opening = _opening(record, record.stage, now, resumed=record.last_seq > 0)
+    return _commit(record, lifecycle.ADMIT, now, lease, events=(opening,))
+
+
 def quarantine(record: RunRecord, now: float, error: BaseException) -> Commit:
     """running -> quarantined: recovered too often without committing a stage.
 
@@ -162,11 +179,11 @@ def quarantine(record: RunRecord, now: float, error: BaseException) -> Commit:
 
 
 def claimed_opening(record: RunRecord, entry: str) -> Event:
-    """The pipeline:start that a resume's, retry's or recovery's claim committed (the
-    record's last event), as the segment's actor delivers it."""
+    """The pipeline:start that a resume's, retry's, recovery's or admission's claim
+    committed (the record's last event), as the segment's actor delivers it."""
     return ev.root_event(
         ev.PIPELINE_START, record.run_id, record.pipeline_id, record.last_seq,
-        record.updated_at, entry=entry, resumed=True,
+        record.updated_at, entry=entry, resumed=record.last_seq > 1,
     )  # fmt: skip
 
 

@@ -40,7 +40,9 @@ checkpoints in its InMemorySaver; `--quick` stops both sweeps at 1,000.
 `--time` runs only the durable-time figures instead (stageline alone, absolute figures
 beside their targets, no LangGraph needed): wake-up latency of a sleeping run with 10,000
 others sleeping, and the start of a daemon with 10,000 sleeping runs, on SQLite and
-PostgreSQL; see benchkit/time_cases.py for its own flags.
+PostgreSQL; see benchkit/time_cases.py for its own flags. `--admission` runs only the
+admission figures (a start with a limit against one without; stage commits of a running
+run with 5,000 runs queued on its limit): see benchkit/admission_cases.py.
 
 Needs the `bench` extra: pip install -e '.[bench]'
 
@@ -61,7 +63,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported by path (the tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import peers, time_cases
+from benchkit import admission_cases, peers, time_cases
 from benchkit.args import parse_args
 from benchkit.cases import CASES
 from benchkit.plot import load_pyplot, plot_sweeps, sweep_title
@@ -91,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if time_cases.FLAG in argv:  # the durable-time figures: opt-in, stageline only
         argv.remove(time_cases.FLAG)
         return time_cases.main(argv)
+    if admission_cases.FLAG in argv:  # the admission figures: opt-in, stageline only
+        argv.remove(admission_cases.FLAG)
+        return admission_cases.main(argv)
     args = parse_args(argv)
     if args.probe_paused_memory is not None:  # the child process of live_paused_runs_memory
         print(json.dumps(paused_memory_probe(args.probe_paused_memory)))

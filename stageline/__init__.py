@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time the names load on first
     from stageline.actors.context import RunContext
     from stageline.actors.factory import PipelineFactory
     from stageline.actors.registry import Registry
+    from stageline.core.admission import Limit
     from stageline.core.checkpoint import Checkpoint
     from stageline.core.clock import ManualClock, SystemClock
     from stageline.core.definition import DELETE, TERMINATE, Pause, Pipeline, Sleep, Stage, Step
@@ -67,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "SystemClock": "stageline.core.clock",
     "DELETE": "stageline.core.definition",
     "TERMINATE": "stageline.core.definition",
+    "Limit": "stageline.core.admission",
     "Pause": "stageline.core.definition",
     "Sleep": "stageline.core.definition",
     "Pipeline": "stageline.core.definition",
@@ -140,6 +142,7 @@ __all__ = [
     "ChildResult",
     "DefinitionError",
     "Event",
+    "Limit",
     "ManualClock",
     "PathNode",
     "Pause",

@@ -125,6 +125,10 @@ def run_fields(info: RunInfo) -> list[tuple[str, str]]:
         until = info.lease_until
         fields.append(("owner", f"{info.owner} (lease until {times.local(until)}, "
                                 f"{times.ago(until)})"))  # fmt: skip
+    if info.status == lifecycle.QUEUED:
+        fields.append(("priority", f"{info.priority} (waits for a slot: `stageline limits`)"))
+    elif info.priority:
+        fields.append(("priority", str(info.priority)))
     checkpoint = info.checkpoint
     if checkpoint is not None and info.status != lifecycle.SLEEPING:  # it has "wakes"
         paused = times.human(paused_on(checkpoint))
@@ -195,6 +199,7 @@ def run_dict(info: RunInfo, *, full: bool) -> dict[str, Any]:
     if full:
         data["owner"] = info.owner
         data["lease_until"] = times.iso(info.lease_until)
+        data["priority"] = info.priority
         data["error"] = info.error
         data["checkpoint"] = checkpoint_dict(info.checkpoint)
         data["state"] = info.state

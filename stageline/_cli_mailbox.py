@@ -95,6 +95,15 @@ def send(store: Store, request: Request, wait: bool, timeout: float, as_json: bo
     report(request, wait, timeout, as_json)
 
 
+def start_args(entry: str | None, state: dict[str, Any] | None, priority: int) -> dict[str, Any]:
+    """A start request's args; `priority` only when not 0 (a daemon reads a missing one
+    as 0, so a request without it means the same to older and newer daemons)."""
+    args: dict[str, Any] = {"entry": entry, "state": state}
+    if priority:
+        args["priority"] = priority
+    return args
+
+
 def make_request(
     kind: str, run_id: str, args: dict[str, Any], pipeline_id: str | None = None
 ) -> Request:

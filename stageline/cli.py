@@ -198,6 +198,8 @@ def serve(
               help="When --run-id is already stored: fail, or print that run.")  # fmt: skip
 @click.option("--follow", "-f", is_flag=True,
               help="Then print the run's log until it ends; exit 0 succeeded, 1 not.")  # fmt: skip
+@click.option("--priority", type=int, default=0, show_default=True, metavar="N",
+              help="When it queues for a limit: higher goes first.")  # fmt: skip
 @store_option
 @wait_options
 @json_option
@@ -210,6 +212,7 @@ def start(
     run_id: str | None,
     if_exists: str,
     follow: bool,
+    priority: int,
     store_url: str | None,
     wait: bool,
     timeout: float,
@@ -227,7 +230,7 @@ def start(
         if follow:
             following.follow(store, run_id, as_json, following.POLL_SECONDS)
         return
-    args = {"entry": entry, "state": state}
+    args = post.start_args(entry, state, priority)
     request = post.make_request(mailbox.START, run_id, args, pipeline_id=pipeline)
     post.send(store, request, wait, timeout, as_json)
     if follow:
@@ -481,3 +484,14 @@ def schedules(store_url: str | None, as_json: bool) -> None:
     from stageline._cli_schedules import list_schedules
 
     list_schedules(open_store(store_url), as_json)
+
+
+@main.command()
+@store_option
+@json_option
+@user_errors
+def limits(store_url: str | None, as_json: bool) -> None:
+    """List each limit and key with runs: how many hold a slot, and how many wait queued."""
+    from stageline._cli_limits import list_limits
+
+    list_limits(open_store(store_url), as_json)

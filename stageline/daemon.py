@@ -9,7 +9,7 @@ LISTEN/NOTIFY) is blocked on, so a request wakes the daemon at once and an idle 
 sends no queries; on the others (SQLite, memory) the daemon polls the cheap
 `mailbox_version()` every `poll_interval` seconds. Then:
 
-    start  -> factory.prepare(entry, run_id, state=...).start()
+    start  -> factory.prepare(entry, run_id, state=..., priority=...).start()
     resume -> factory.resume(run_id, patch).start()
     retry  -> registry.retry(run_id)
     abort  -> factory.abort(run_id, reason)   (the live run, a paused run in the store, or
@@ -361,7 +361,10 @@ class Daemon:
         factory = self._factory(str(request.pipeline_id), request.run_id)
         args = request.args
         try:
-            context = factory.prepare(args.get("entry"), request.run_id, state=args.get("state"))
+            priority = args.get("priority") or 0  # prepare() refuses one that is no int
+            context = factory.prepare(
+                args.get("entry"), request.run_id, state=args.get("state"), priority=priority
+            )
         except RunExistsError:  # posted twice, or raced: one run; attaching checks its pipeline
             factory.prepare(run_id=request.run_id, if_exists="attach")
             self.log.info("request:attached", request_id=request.request_id, run_id=request.run_id)

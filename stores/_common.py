@@ -69,7 +69,8 @@ def claimable(record: RunRecord, owner: str, now: float) -> bool:
 
 RUN_COLUMNS = (
     "run_id, pipeline_id, pipeline_version, status, stage, state, checkpoint, error, "
-    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until, wake_at, trace"
+    "version, last_seq, stage_runs, created_at, updated_at, owner, lease_until, wake_at, trace, "
+    "priority"
 )
 
 
@@ -97,8 +98,18 @@ def run_values(record: RunRecord, state: bytes) -> tuple[Any, ...]:
         record.run_id, record.pipeline_id, record.pipeline_version, record.status,
         record.stage, state, record.checkpoint, maybe_encode(record.error), record.version,
         record.last_seq, record.stage_runs, record.created_at, record.updated_at,
-        record.owner, record.lease_until, record.wake_at, record.trace,
+        record.owner, record.lease_until, record.wake_at, record.trace, record.priority,
     )  # fmt: skip
+
+
+def usage_from_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """`limit_usage`'s answer from rows of (limit, key, running, queued): those with a
+    run holding or waiting, by limit then key (code point order, as MemoryStore's)."""
+    return [
+        {"limit": limit, "key": key, "running": int(running), "queued": int(queued)}
+        for limit, key, running, queued in sorted(rows, key=lambda row: (row[0], row[1]))
+        if running or queued
+    ]
 
 
 def maybe_encode(value: Any) -> bytes | None:

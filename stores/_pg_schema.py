@@ -17,12 +17,13 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
 # 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`),
-# 6 time: `wake_at` on runs and the `schedules` table, 7 `trace` on runs (SPEC 18).
+# 6 time: `wake_at` on runs and the `schedules` table, 7 `trace` on runs (SPEC 18),
+# 8 admission (SPEC 20): `priority` on runs, the `claims` and `admissions` tables.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -75,6 +76,27 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         SCHEDULES_TABLE,
     ),
     7: ("ALTER TABLE {s}.runs ADD COLUMN trace text",),
+    8: (
+        "ALTER TABLE {s}.runs ADD COLUMN priority bigint NOT NULL DEFAULT 0",
+        """CREATE TABLE {s}.claims (
+            run_id text NOT NULL,
+            limit_name text NOT NULL,
+            key text NOT NULL,
+            max_running bigint NOT NULL,
+            holding boolean NOT NULL,
+            rank bigint NOT NULL,
+            created_at double precision NOT NULL,
+            PRIMARY KEY (run_id, limit_name, key)
+        )""",
+        "CREATE INDEX claims_line ON {s}.claims "
+        '(limit_name, key, holding, rank, created_at, run_id COLLATE "C")',
+        """CREATE TABLE {s}.admissions (
+            limit_name text NOT NULL,
+            key text NOT NULL,
+            at double precision NOT NULL
+        )""",
+        "CREATE INDEX admissions_slot ON {s}.admissions (limit_name, key, at)",
+    ),
 }
 
 _META: Final = (

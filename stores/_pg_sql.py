@@ -24,7 +24,7 @@ ABORT: Final = "abort"
 
 INSERT_RUN: Final = (
     f"INSERT INTO {{s}}.runs ({RUN_COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id) DO NOTHING"
 )
 LOAD_RUN: Final = f"SELECT {RUN_COLUMNS} FROM {{s}}.runs WHERE run_id = %s"
@@ -73,7 +73,10 @@ COMMIT_WITH_EVENTS: Final = (
     "journal AS (INSERT INTO {s}.events (run_id, seq, name, data) "
     "SELECT %s, e.seq, e.name, e.data "
     "FROM unnest(%s::bigint[], %s::text[], %s::bytea[]) AS e(seq, name, data) "
-    "WHERE EXISTS (SELECT 1 FROM updated)) "
+    "WHERE EXISTS (SELECT 1 FROM updated)), "
+    # a run that leaves running or queued (it ends, pauses, sleeps) holds no slot any more
+    "released AS (DELETE FROM {s}.claims WHERE run_id = %s AND %s::boolean "
+    "AND EXISTS (SELECT 1 FROM updated)) "
     "SELECT version FROM updated"
 )
 # A claim skips a row another transaction holds (its owner committing, or another
@@ -95,12 +98,13 @@ ABORT_REQUESTS: Final = (
     "SELECT run_id, abort_reason FROM {s}.runs WHERE run_id = ANY(%s) AND abort_requested"
 )
 # Retention: the rows are locked (a run being retried at this moment is skipped, and one
-# changed since the snapshot is checked again), then the journal and the runs go in the
-# same statement, so in one transaction.
+# changed since the snapshot is checked again), then the journal, the admission claims and
+# the runs go in the same statement, so in one transaction.
 DELETE_FINISHED: Final = (
     "WITH doomed AS MATERIALIZED (SELECT run_id FROM {s}.runs "
     "WHERE status = ANY(%s) AND updated_at < %s LIMIT %s FOR UPDATE SKIP LOCKED), "
     "journal AS (DELETE FROM {s}.events e USING doomed WHERE e.run_id = doomed.run_id), "
+    "claimed AS (DELETE FROM {s}.claims c USING doomed WHERE c.run_id = doomed.run_id), "
     "gone AS (DELETE FROM {s}.runs r USING doomed WHERE r.run_id = doomed.run_id "
     "RETURNING 1) SELECT count(*) FROM gone"
 )

@@ -48,6 +48,7 @@ _RUN_TYPES: Final[tuple[tuple[str, tuple[type, ...] | None, bool], ...]] = (
     ("lease time", _NUMBER, True),
     ("wake time", _NUMBER, True),
     ("trace", _TEXT, True),
+    ("priority", _INT, False),
 )
 
 
@@ -115,6 +116,7 @@ def _record(row: Sequence[Any], max_bytes: int) -> RunRecord:
         lease_until=row[14],
         wake_at=row[15],
         trace=row[16],
+        priority=row[17],
     )
 
 

@@ -7,15 +7,17 @@ Every function here takes the store's connection inside a transaction the store 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from stageline.core import lifecycle
+from stageline.core.codec import encode_trusted
+from stageline.core.events import is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, FAILED, PENDING, Request
 from stageline.core.store import Commit
 from stageline.core.text import is_utf8
 
-from ._common import PRUNE_SQL, maybe_encode
+from ._common import PRUNE_SQL, conflict, maybe_encode
 from ._rows import REQUEST_COLUMNS, claimed_requests
 
 # A commit keeps the abort flag only while the run stays pending or running: the commit
@@ -55,6 +57,46 @@ _ABORT_REQUESTS: Final = (
 )
 _IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
 _FINISHED: Final = "SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?"
+
+
+Encoded = tuple[bytes, list[tuple[str, int, str, bytes]]]
+"""A commit's encoded state and journal rows (run id, seq, name, record)."""
+
+
+def encoded(commit: Commit, fits: Callable[[str, str, bytes], bytes]) -> Encoded:
+    """The commit's state and journaled events encoded, each checked by `fits(run_id,
+    what, data)` (the store's size bound), before any transaction opens."""
+    state = fits(commit.run_id, "state", encode_trusted(commit.state))
+    events = [
+        (
+            commit.run_id,
+            e.seq,
+            e.name,
+            fits(commit.run_id, e.name, encode_trusted(journal_record(e))),
+        )
+        for e in commit.events
+        if is_journaled(e.name)
+    ]
+    return state, events
+
+
+_HOLDING: Final = frozenset({lifecycle.RUNNING, lifecycle.QUEUED})
+
+
+def apply_commit(db: sqlite3.Connection, commit: Commit, data: Encoded) -> int:
+    """Apply `commit` (its `encoded` data) in the open transaction: the run's row with
+    compare-and-set on version, and its journal; ConflictError on a mismatch. The run's
+    new version."""
+    state, events = data
+    if update_run(db, commit, state) != 1:
+        found = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
+        row = found.fetchone()
+        raise conflict(commit.run_id, commit.expected_version, row and row[0])
+    if events:
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
+        if commit.status not in _HOLDING:  # it ends, pauses or sleeps: no slot held any more
+            db.execute("DELETE FROM claims WHERE run_id = ?", (commit.run_id,))
+    return int(commit.expected_version) + 1
 
 
 def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
@@ -124,13 +166,14 @@ def abort_requests(db: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, 
 def delete_finished(
     db: sqlite3.Connection, updated_before: float, statuses: Sequence[str], limit: int
 ) -> int:
-    """Delete up to `limit` runs of `statuses` updated before `updated_before`, and their
-    journals; how many runs."""
+    """Delete up to `limit` runs of `statuses` updated before `updated_before`, their
+    journals and their admission claims; how many runs."""
     if not statuses:
         return 0
     found = _FINISHED.format(marks=", ".join("?" * len(statuses)))
     doomed = [(row[0],) for row in db.execute(found, (*statuses, updated_before, limit))]
     db.executemany("DELETE FROM events WHERE run_id = ?", doomed)
+    db.executemany("DELETE FROM claims WHERE run_id = ?", doomed)
     db.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
     return len(doomed)
 

@@ -19,7 +19,7 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 WAL_AUTOCHECKPOINT_PAGES = 256
 """Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
@@ -36,7 +36,9 @@ _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value 
 # 3: the mailbox (`requests`). 4: the abort flag (`abort_requested`, `abort_reason`).
 # 5: the daemons' heartbeats (`daemons`, stores/_fleet.py). 6: time (SPEC 15): `wake_at`
 # on runs (sleeping runs, pause expiries) and the `schedules` table (stores/_schedules.py).
-# 7: `trace` on runs (the span context of a run's last segment, SPEC 18).
+# 7: `trace` on runs (the span context of a run's last segment, SPEC 18). 8: admission
+# (SPEC 20): `priority` on runs, each run's `claims` (held or waited for) and the
+# `admissions` of rated limits (stores/_sqlite_admission.py).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -94,6 +96,27 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         SCHEDULES_TABLE.replace("{s}.", ""),
     ),
     7: ("ALTER TABLE runs ADD COLUMN trace TEXT",),
+    8: (
+        "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE IF NOT EXISTS claims (
+            run_id TEXT NOT NULL,
+            limit_name TEXT NOT NULL,
+            key TEXT NOT NULL,
+            max_running INTEGER NOT NULL,
+            holding INTEGER NOT NULL,
+            rank INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, limit_name, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS claims_line ON claims "
+        "(limit_name, key, holding, rank, created_at, run_id)",
+        """CREATE TABLE IF NOT EXISTS admissions (
+            limit_name TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS admissions_slot ON admissions (limit_name, key, at)",
+    ),
 }
 
 

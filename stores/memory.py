@@ -8,12 +8,14 @@ from dataclasses import replace
 from typing import Any
 
 from stageline.core import lifecycle
+from stageline.core.admission import Claim
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.events import Event, is_journaled
 from stageline.core.mailbox import ANSWERED, PENDING, Request
 from stageline.core.patch import copy_state
 from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 
+from ._admission import Ledger
 from ._common import (
     claimable,
     conflict,
@@ -43,6 +45,7 @@ class MemoryStore:
         self._mailbox_version = 0
         self._heartbeats: dict[str, dict[str, Any]] = {}  # owner -> the daemon's last heartbeat
         self._schedules: dict[str, dict[str, Any]] = {}  # schedule_id -> its row
+        self._ledger = Ledger()  # admissions: claims, slots held, recent starts
 
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -62,6 +65,27 @@ class MemoryStore:
         with self._lock:
             return self._apply(commit)
 
+    def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
+        with self._lock:
+            current = self._runs.get(commit.run_id)
+            if current is None or current.version != commit.expected_version:
+                found = None if current is None else current.version
+                raise conflict(commit.run_id, commit.expected_version, found)
+            if not self._ledger.admits(self._runs, current, claims, now):
+                return False
+            self._apply(commit)
+            self._ledger.admitted(commit.run_id, claims, now)
+            return True
+
+    def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
+        with self._lock:
+            self._apply(commit)
+            self._ledger.queued(self._runs[commit.run_id], claims)
+
+    def limit_usage(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._ledger.usage(self._runs, now)
+
     def _apply(self, commit: Commit) -> int:
         """Apply `commit` (the lock held); ConflictError on a version mismatch."""
         current = self._runs.get(commit.run_id)
@@ -72,6 +96,8 @@ class MemoryStore:
         self._runs[commit.run_id] = current.applied(commit, version)
         if commit.status not in lifecycle.ACTIVE:
             self._aborts.pop(commit.run_id, None)  # the run ended: its flag with it
+        if commit.status not in (lifecycle.RUNNING, lifecycle.QUEUED) and commit.events:
+            self._ledger.forget(commit.run_id)  # it ends, pauses or sleeps: no slot held
         journal = self._journal[commit.run_id]
         for event in commit.events:
             if is_journaled(event.name):  # a copy, as a durable store keeps
@@ -155,6 +181,7 @@ class MemoryStore:
             for run_id in doomed:
                 del self._runs[run_id], self._journal[run_id]
                 self._aborts.pop(run_id, None)
+                self._ledger.forget(run_id)
             return len(doomed)
 
     def reclaim_space(self) -> None:

@@ -46,27 +46,32 @@ Decisions where the spec is silent:
   LISTENs on one extra connection (opened on first use): `mailbox_version()` counts the
   notifications without a round trip, `wait_for_requests(timeout)` blocks on them. An
   answer's NUL characters are written as the two characters `\\0`.
+- Admission (`admit`, `queue`, `limit_usage`): see stores/_pg_admission.py; `admit`
+  takes an advisory lock per claimed (limit, key) in its transaction before counting.
 - Time: an answered request's time is the store's `clock.wall()` (`clock=`, default the
   system clock); the pool's and the listener's timers use the process's monotonic time.
 - Abort flags: `request_abort` sets the flag and NOTIFYs the mailbox channel in one
   statement, so a daemon in `wait_for_requests` wakes (even with `answers=False`).
-- Retention: `delete_finished` is one statement (runs locked `FOR UPDATE SKIP LOCKED`,
-  journal and runs deleted together); `reclaim_space` runs a plain VACUUM (see there).
+- Retention: `delete_finished` is one statement (runs locked `FOR UPDATE SKIP LOCKED`;
+  journal, admission claims and runs deleted together); `reclaim_space` runs a plain
+  VACUUM (see there).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stageline.core import lifecycle
+from stageline.core.admission import Claim
 from stageline.core.clock import Clock, SystemClock
 from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
 from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
 from stageline.core.mailbox import Request
 from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 
+from . import _pg_admission as admission
 from . import _pg_sql as sql
 from ._common import (
     conflict,
@@ -76,6 +81,7 @@ from ._common import (
     run_exists,
     run_not_found,
     run_values,
+    usage_from_rows,
     waking_from_rows,
 )
 from ._fleet import SqlFleet
@@ -87,9 +93,6 @@ from ._pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from ._pg_text import MAX_ID_BYTES, check_id, check_text, unstorable
 from ._rows import info_from_row, listed_info, record_from_row
 from ._schedules import SqlSchedules
-
-if TYPE_CHECKING:
-    from ._pg_pool import Connection
 
 __all__ = ["MAX_ID_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -151,18 +154,33 @@ class PostgresStore(SqlFleet, SqlSchedules):
                 raise run_exists(record.run_id)
 
     def commit(self, commit: Commit) -> int:
+        statement = self._checked_statement(commit)
+        with self._db.connection(f"committing run {commit.run_id!r}", refusing=True) as conn:
+            return admission.apply_commit(conn, self._db.sql, commit, statement)
+
+    def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
+        statement = self._checked_statement(commit)
+        with self._db.connection(f"admitting run {commit.run_id!r}", refusing=True) as conn:
+            return admission.admit(conn, self._db.sql, commit, statement, claims, now, self.schema)
+
+    def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
+        statement = self._checked_statement(commit)
+        with self._db.connection(f"queueing run {commit.run_id!r}", refusing=True) as conn:
+            admission.queue(conn, self._db.sql, commit, statement, claims)
+
+    def limit_usage(self, now: float) -> list[dict[str, Any]]:
+        return usage_from_rows(self._db.query("reading the limits' usage", admission.USAGE, (now,)))
+
+    def _checked_statement(self, commit: Commit) -> tuple[str, tuple[Any, ...]]:
+        """The commit's statement and parameters; CommitRefused for text PostgreSQL cannot
+        hold, ConflictError for a run id no stored run can have."""
         for value, what in ((commit.stage, "stage id"), (commit.status, "status")):
             check_text(value, what, commit.run_id, refusing=True)
         check_text(commit.owner, "owner", commit.run_id, refusing=True)
-        statement, values = self._commit_statement(commit)
+        statement = self._commit_statement(commit)
         if unstorable(commit.run_id):
             raise conflict(commit.run_id, commit.expected_version, None)
-        with self._db.connection(f"committing run {commit.run_id!r}", refusing=True) as conn:
-            row = conn.execute(self._db.sql(statement), values).fetchone()
-            if row is None:
-                found = _version_of(conn, self._db.sql(sql.VERSION_OF), commit.run_id)
-                raise conflict(commit.run_id, commit.expected_version, found)
-        return int(row[0])
+        return statement
 
     def _commit_statement(self, commit: Commit) -> tuple[str, tuple[Any, ...]]:
         """The commit's statement (with its journal events, if any) and its parameters."""
@@ -187,7 +205,9 @@ class PostgresStore(SqlFleet, SqlSchedules):
         journaled = [e for e in commit.events if is_journaled(e.name)]
         if not journaled:
             return sql.COMMIT, values
-        return sql.COMMIT_WITH_EVENTS, (*values, *self._journal_arrays(commit, journaled))
+        leaves = commit.status not in (lifecycle.RUNNING, lifecycle.QUEUED)
+        arrays = self._journal_arrays(commit, journaled)
+        return sql.COMMIT_WITH_EVENTS, (*values, *arrays, commit.run_id, leaves)
 
     def _journal_arrays(self, commit: Commit, journaled: list[Event]) -> tuple[Any, ...]:
         """The run id and the events' seqs, names and records, as `unnest` takes them."""
@@ -402,9 +422,3 @@ class PostgresStore(SqlFleet, SqlSchedules):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where})"
-
-
-def _version_of(conn: Connection, statement: str, run_id: str) -> int | None:
-    """The run's version as stored now (None: no such run)."""
-    found = conn.execute(statement, (run_id,)).fetchone()
-    return None if found is None else found[0]

@@ -14,21 +14,22 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from stageline.core.admission import Claim
 from stageline.core.clock import Clock, SystemClock
-from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode, encode_trusted
+from stageline.core.codec import DEFAULT_MAX_BYTES, decode, encode
 from stageline.core.errors import StoreError
-from stageline.core.events import Event, event_from_journal, is_journaled, journal_record
+from stageline.core.events import Event, event_from_journal
 from stageline.core.mailbox import DONE, FAILED, PENDING, Request
 from stageline.core.store import Commit, RunInfo, RunRecord, Waking
 from stageline.core.text import unencodable_part
 
+from . import _sqlite_admission as admission
 from . import _sqlite_ops as ops
 from ._common import (
     RUN_COLUMNS,
     WAKING_WHERE,
     args_fitting,
     commit_refused,
-    conflict,
     finished_statuses,
     fitting,
     in_batches,
@@ -37,6 +38,7 @@ from ._common import (
     run_exists,
     run_not_found,
     run_values,
+    usage_from_rows,
     waking_from_rows,
 )
 from ._fleet import SqlFleet
@@ -174,7 +176,7 @@ class SqliteStore(SqlFleet, SqlSchedules):
             if exists.fetchone() is not None:
                 raise run_exists(record.run_id)
             db.execute(
-                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 run_values(record, state),
             )
 
@@ -182,26 +184,22 @@ class SqliteStore(SqlFleet, SqlSchedules):
         return record_from_row(self._run_row(run_id), self.max_state_bytes)
 
     def commit(self, commit: Commit) -> int:
-        fits = self._fits
-        state = fits(commit.run_id, "state", encode_trusted(commit.state))
-        events = [
-            (
-                commit.run_id,
-                e.seq,
-                e.name,
-                fits(commit.run_id, e.name, encode_trusted(journal_record(e))),
-            )
-            for e in commit.events
-            if is_journaled(e.name)
-        ]
+        data = ops.encoded(commit, self._fits)
         with self._transaction(f"committing run {commit.run_id!r}", refusing=True) as db:
-            if ops.update_run(db, commit, state) != 1:
-                row = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
-                found = row.fetchone()
-                raise conflict(commit.run_id, commit.expected_version, found and found[0])
-            if events:
-                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
-        return int(commit.expected_version) + 1
+            return ops.apply_commit(db, commit, data)
+
+    def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
+        data = ops.encoded(commit, self._fits)
+        with self._transaction(f"admitting run {commit.run_id!r}", refusing=True) as db:
+            return admission.admit(db, commit, data, claims, now)
+
+    def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
+        data = ops.encoded(commit, self._fits)
+        with self._transaction(f"queueing run {commit.run_id!r}", refusing=True) as db:
+            admission.queue(db, commit, data, claims)
+
+    def limit_usage(self, now: float) -> list[dict[str, Any]]:
+        return usage_from_rows(self._query(admission.USAGE, (now,)))
 
     def set_checkpoint(
         self,

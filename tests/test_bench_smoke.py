@@ -174,3 +174,24 @@ def test_time_figures_run_at_a_small_size(tmp_path: Path) -> None:
     assert any(w.startswith("wake-up latency, median") for w in sqlite), sqlite
     assert any(w.startswith("daemon start to ready, 50 sleeping") for w in sqlite), sqlite
     assert "wake-up latency" in proc.stdout and "< 5 ms" in proc.stdout
+
+
+def test_admission_figures_run_at_a_small_size(tmp_path: Path) -> None:
+    """`bench.py --admission` (stageline only) with 20 queued runs, on MemoryStore and
+    SQLite: every figure is there, positive, beside its target where it has one."""
+    out = tmp_path / "admission.json"
+    args = ["--admission", "--reps", "5", "--queued", "20", "--busy-reps", "2",
+            "--stores", "memory,sqlite", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, BENCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    figures = json.loads(out.read_text())
+    assert {f["store"] for f in figures} == {"memory", "sqlite"}, figures
+    for figure in figures:  # a difference of medians of 5 may be below 0; the rest not
+        assert figure["unit"] in ("ms", "x"), figure
+        assert figure["value"] > 0 or figure["what"].startswith("added by"), figure
+    sqlite = {f["what"]: f for f in figures if f["store"] == "sqlite"}
+    assert sqlite["added by admission (difference of the medians)"]["target"] == 0.5
+    assert any(w.startswith("ratio: with 20 queued") for w in sqlite), sqlite
+    assert "added by admission" in proc.stdout and "< 1.1 x" in proc.stdout

@@ -222,7 +222,8 @@ def test_schema_is_created_once_by_processes_starting_together(pg_dsn, schema, a
         (schema,),
     ).fetchall()
     assert [t[0] for t in tables] == [
-        "daemons", "events", "requests", "runs", "schedules", "stageline_meta"
+        "admissions", "claims", "daemons", "events", "requests", "runs", "schedules",
+        "stageline_meta",
     ]  # fmt: skip
     meta = sql.SQL("SELECT key, value FROM {}.stageline_meta").format(sql.Identifier(schema))
     assert admin.execute(meta).fetchall() == [("schema_version", str(SCHEMA_VERSION))]

@@ -33,6 +33,7 @@ from stageline.core.lifecycle import (
     ABORT,
     ABORT_PAUSED,
     ABORTED,
+    ADMIT,
     CLEAR,
     COMMIT,
     CRASH,
@@ -49,6 +50,7 @@ from stageline.core.lifecycle import (
     PENDING,
     QUARANTINE,
     QUARANTINED,
+    QUEUE,
     RECOVER,
     RESUME,
     RETRY,
@@ -101,8 +103,10 @@ EVENT_OF: dict[str, str] = {
     "sleep": SLEEP,
     "wake": WAKE,
     "expire_on": EXPIRE_ON,
+    "queue": QUEUE,
+    "admit": ADMIT,
 }
-OPENERS = {START, RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON}
+OPENERS = {START, RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON, ADMIT}
 # The pipeline-level event that closes each kind of commit (None: no closing event).
 CLOSING: dict[str, str | None] = {
     "start": None,
@@ -121,6 +125,8 @@ CLOSING: dict[str, str | None] = {
     "sleep": ev.PIPELINE_SLEEPING,
     "wake": None,
     "expire_on": None,
+    "queue": None,
+    "admit": None,
 }
 ENDED_WITH_ERROR = {FAILED, ABORTED, QUARANTINED}
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -214,7 +220,18 @@ def calls(now: float, lease: tr.Lease | None = None) -> dict[str, Callable[[RunR
         ),
         "wake": lambda r: tr.wake(r, now, lease, patch={"n": 3}),
         "expire_on": lambda r: tr.expire_on(r, now, "a", lease),
+        "queue": lambda r: tr.queue(r, refused(r, now), now, lease),
+        "admit": lambda r: tr.admit(r, now, lease),
     }
+
+
+def refused(record: RunRecord, now: float) -> Commit:
+    """A commit taking `record` on to running that its limits did not admit."""
+    return Commit(
+        run_id=record.run_id, expected_version=record.version, status=RUNNING,
+        stage=record.stage, state=merge(record.state, {"refused": True}),
+        last_seq=record.last_seq, stage_runs=record.stage_runs, updated_at=now,
+    )  # fmt: skip
 
 
 def progressed(state: dict[str, Any]) -> dict[str, Any]:
@@ -289,8 +306,10 @@ EXPECTED_EFFECTS = {
     SLEEP: (SET, CLEAR, KEEP),
     WAKE: (KEEP, KEEP, SET),
     EXPIRE_ON: (KEEP, KEEP, SET),
+    QUEUE: (KEEP, CLEAR, SET),
+    ADMIT: (KEEP, CLEAR, SET),
 }
-LEASE_TAKERS = {RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON}
+LEASE_TAKERS = {RESUME, RETRY, RECOVER, WAKE, EXPIRE_ON, QUEUE, ADMIT}
 
 
 def test_effects_table_is_the_documented_one():
@@ -572,6 +591,27 @@ class Lifecycle:
 
         self.attempt("wake", lambda r: tr.wake(r, self.now, lease, patch=patch), dt, lease, check)
 
+    def queue(self, draw: Draw) -> None:
+        dt = draw(dts)
+        lease = draw(leases)
+
+        def check(old, commit, new):
+            assert commit.events == () and new.last_seq == old.last_seq
+            assert new.state["refused"] is True and commit.stage == old.stage
+
+        self.attempt("queue", lambda r: tr.queue(r, refused(r, self.now), self.now, lease), dt,
+                     lease, check)  # fmt: skip
+
+    def admit(self, draw: Draw) -> None:
+        dt = draw(dts)
+        lease = draw(leases)
+
+        def check(old, commit, new):
+            assert new.error is None and commit.stage == old.stage
+            assert public_state(new.state) == public_state(old.state)
+
+        self.attempt("admit", lambda r: tr.admit(r, self.now, lease), dt, lease, check)
+
     def expire_on(self, draw: Draw) -> None:
         dt = draw(dts)
         lease = draw(leases)
@@ -822,10 +862,10 @@ def check_commit(
     if event in OPENERS:
         assert len(starts) == 1
         assert commit.events[0] is starts[0]
-        assert starts[0].resumed is (event != START)
         assert starts[0].entry == commit.stage
         if event not in (START, EXPIRE_ON):
             assert commit.stage == old.stage
+        assert starts[0].resumed is (event != START and (event != ADMIT or old.last_seq > 0))
     else:
         assert starts == []
     closing = CLOSING[name]
@@ -844,6 +884,7 @@ def check_commit(
 ALL_CALLS = (
     "start", "stage_committed", "pause", "resume", "retry", "recover", "fail", "crash",
     "succeed", "expire", "abort", "abort_paused", "quarantine", "sleep", "wake", "expire_on",
+    "queue", "admit",
 )  # fmt: skip
 
 

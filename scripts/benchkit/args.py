@@ -51,6 +51,12 @@ def build_parser(names: Sequence[str]) -> argparse.ArgumentParser:
         help="instead of the cases: the durable-time figures (wake-up latency, daemon start "
         "with 10,000 sleeping runs), stageline alone; `--time --help` lists their flags",
     )
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="instead of the cases: what admission costs (a start with a limit, stage "
+        "commits with 5,000 runs queued), stageline alone; `--admission --help` lists flags",
+    )
     return parser
 
 
