@@ -76,10 +76,15 @@ class Admissions:
     def run_pass(self) -> None:
         try:
             for slot in list(self.lines):
-                self._serve_line(slot)
-        except StoreError:  # the store may recover: the next pass tries again
-            _log.warning("stageline registry: admitting queued runs failed", exc_info=True)
-        self._arm()
+                try:
+                    self._serve_line(slot)
+                except StoreError:  # the store may recover: the next pass tries again
+                    _log.warning(
+                        "stageline registry: admitting runs waiting for %r failed", slot,
+                        exc_info=True,
+                    )  # fmt: skip
+        finally:
+            self._arm()
 
     def _serve_line(self, slot: tuple[str, str]) -> None:
         """Admit the runs first in this line until one is refused (or none is left)."""
@@ -98,6 +103,11 @@ class Admissions:
 
     def _admit(self, run: RunHandle, claims: tuple[Claim, ...]) -> bool:
         """Try one run; False when it has to wait on (its limits refused it)."""
+        flagged = run.store.abort_requests([run.run_id])
+        if run.run_id in flagged:  # aborted by another process while it waited
+            self.waiting.pop(run.run_id, None)
+            run.abort_running(flagged[run.run_id])
+            return True
         now = self.supervisor.config.clock.wall()
         commit = tr.admit(run.record, now, self.supervisor.lease())
         try:

@@ -45,13 +45,22 @@ IF_EXISTS = (RAISE, ATTACH)
 """The words `prepare(if_exists=...)` takes."""
 
 
+def _orphaned_in_queue(record: RunRecord, now: float) -> bool:
+    """A queued run no live registry holds (its lease ran out): nobody would see a flag."""
+    if record.status != lifecycle.QUEUED:
+        return False
+    return record.owner is None or record.lease_until is None or record.lease_until <= now
+
+
 def _check_prepare(if_exists: str, priority: int) -> None:
     if if_exists not in IF_EXISTS:
         raise StagelineError(
             f"if_exists must be one of {', '.join(map(repr, IF_EXISTS))}, got {if_exists!r}"
         )
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise StagelineError(f"priority must be an integer, got {priority!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) >= 2**63:
+        raise StagelineError(
+            f"priority must be an integer between -(2**63 - 1) and 2**63 - 1, got {priority!r}"
+        )
 
 
 class _StaleCopy(Exception):
@@ -285,12 +294,12 @@ class PipelineFactory:
         """Abort a run known only by its id.
 
         A run this factory's registry holds is aborted through its RunContext (promptly,
-        as `RunContext.abort`). A paused, sleeping or queued run only the store holds is
-        aborted there, in one compare-and-set (no actor starts). A pending or running run
-        another process drives gets the store's durable abort flag: its owner aborts it at
-        its next lease renewal (a recovery aborts it instead of resuming it), so this
-        returns before the run has ended; watch its status. RunNotFound if absent,
-        RunStateError if it has ended.
+        as `RunContext.abort`). A paused or sleeping run only the store holds (or a queued
+        one whose registry's lease ran out) is aborted there, in one compare-and-set (no
+        actor starts). A pending, queued or running run another process drives gets the
+        store's durable abort flag: its owner aborts it at its next lease renewal (a
+        recovery aborts it instead of resuming it), so this returns before the run has
+        ended; watch its status. RunNotFound if absent, RunStateError if it has ended.
         """
         live = None if self._supervisor is None else self._supervisor.lookup(run_id)
         if live is not None:  # no store read: a live run is aborted even if the store is down
@@ -302,7 +311,7 @@ class PipelineFactory:
         if live is not None:
             live.context.abort(reason)
             return
-        if record.status in lifecycle.WAITING or record.status == lifecycle.QUEUED:
+        if record.status in lifecycle.WAITING or _orphaned_in_queue(record, self.clock.wall()):
             entry = record.stage or str(self.pipeline.first_stage.id)
             paused = self.live_run(store, record, entry, Container(run_id), resumed=True)
             paused.context.abort(reason)

@@ -86,9 +86,9 @@ class LiveRun:
     def start(self) -> concurrent.futures.Future[RunResult]:
         with self.lock:
             self._check_startable()
-            self.future = future = _running_future()
             if self.status == lifecycle.PENDING and self.pipeline.limits:
-                self._take_slot()  # its start commits now, or it is queued
+                self._take_slot()  # its start commits now, or it is queued (raises: no start)
+            self.future = future = _running_future()
             if self.status == lifecycle.QUEUED:
                 actor = None
             else:

@@ -50,6 +50,8 @@ class RegistryActor(StagelineActor):
         self.wakes = Wakes(supervisor, self._tell, self.counts, self._let_go)
         self.admissions = Admissions(supervisor, self._tell, self.counts)
         self.renewing = False
+        self.leases: tuple[float, set[str]] | None = None
+        """When the leases written by the last renewal run out, and of which runs."""
         self.abort_check_armed = False
 
     def on_receive(self, message: Any) -> Any:
@@ -66,8 +68,6 @@ class RegistryActor(StagelineActor):
             self.windows.cancel(message.run.run_id)
             self.live[message.run.run_id] = message.run
             self._arm_renewal()
-            if message.run.status == lifecycle.QUEUED:  # resumed (or recovered) into the queue
-                self.admissions.add(message.run)
         elif isinstance(message, msg.Ended):
             return self._on_ended(message)
         elif isinstance(message, msg.Renew):
@@ -197,15 +197,40 @@ class RegistryActor(StagelineActor):
         """Extend the lease of every running run this registry drives, one write per store."""
         self.renewing = False
         config = self.supervisor.config
-        until = config.clock.wall() + config.lease_ttl
-        for store, run_ids in running_by_store(self.live.values()):
-            try:
-                store.renew_leases(config.owner, run_ids, until)
-            except Exception:
-                _log.exception("stageline registry: renewing leases failed")
-        self._check_aborts()
-        if self.live:
-            self._arm_renewal()
+        now = config.clock.wall()
+        try:
+            self._let_lapsed_go(now)
+            renewed = set()
+            for store, run_ids in running_by_store(self.live.values()):
+                try:
+                    store.renew_leases(config.owner, run_ids, now + config.lease_ttl)
+                    renewed.update(run_ids)
+                except Exception:
+                    _log.exception("stageline registry: renewing leases failed")
+            self.leases = (now + config.lease_ttl, renewed)
+            self._check_aborts()
+        finally:
+            if self.live:
+                self._arm_renewal()
+            else:
+                self.leases = None
+
+    def _let_lapsed_go(self, now: float) -> None:
+        """Stop the limited runs whose lease ran out before this renewal (this process was
+        stalled longer than its lease): their slots may be another run's now, so they must
+        not go on; they stay "running" at their last commit, for a recovery to admit again."""
+        if self.leases is None or now <= self.leases[0]:
+            return
+        for run_id in self.leases[1]:
+            run = self.live.get(run_id)
+            if run is not None and run.status == lifecycle.RUNNING and run.pipeline.limits:
+                _log.warning(
+                    "stageline registry: the lease of run %r ran out %.1fs ago (this process "
+                    "stalled); its slots may be taken: stopped, to be recovered",
+                    run_id, now - self.leases[0],
+                )  # fmt: skip
+                self.live.pop(run_id, None)
+                run.force_stop()
 
     def _arm_abort_check(self) -> None:
         """One abort check for a burst of wake-ups (each posted request wakes a daemon)."""
@@ -225,9 +250,13 @@ class RegistryActor(StagelineActor):
                 continue
             for run_id, reason in requested.items():
                 run = self.live.get(run_id)
-                if run is not None:
-                    _log.info("stageline registry: run %r aborted by request", run_id)
+                if run is None:
+                    continue
+                _log.info("stageline registry: run %r aborted by request", run_id)
+                try:
                     run.abort_running(reason)
+                except Exception:  # e.g. it moved on meanwhile: the others still go on
+                    _log.exception("stageline registry: aborting run %r failed", run_id)
 
     def _stats(self) -> dict[str, int]:
         statuses = [run.status for run in self.live.values()]

@@ -363,6 +363,11 @@ def _children_problems(where: str, pipelines: tuple[Pipeline, ...]) -> list[str]
             )
         elif child.id in seen:
             problems.append(f"{where}: duplicate child pipeline id {child.id!r}")
+        elif child.limits:
+            problems.append(
+                f"{where}: child pipeline {child.id!r} has limits, which only a run's "
+                "top-level pipeline may have (admission is per run): move them there"
+            )
         else:
             seen.add(child.id)
     return problems

@@ -60,9 +60,11 @@ class Ledger:
         """The run first in line for `slot` (None: nobody waits)."""
         line = self.lines.get(slot, [])
         while line:
-            run = runs.get(line[0][2])
+            run_id = line[0][2]
+            run = runs.get(run_id)
+            claims = {(c.limit, c.key) for c in self.claims.get(run_id, ())}
             waiting = run is not None and run.status == lifecycle.QUEUED
-            if waiting and run is not None and run.run_id not in self.holding:
+            if waiting and run is not None and run_id not in self.holding and slot in claims:
                 return run
             heapq.heappop(line)
         return None

@@ -313,3 +313,98 @@ def test_ten_customers_a_busy_one_never_delays_the_others_first_runs(store, regi
     assert {f.result(120).status for f in [*busy, *futures]} == {"succeeded"}
     assert all(peak <= 2 for peak in tracker.peak.values())
     assert tracker.peak["c0"] == 2
+
+
+def test_a_queued_run_resumed_from_the_store_runs_once_when_started(store, registry):
+    tracker = Tracker()
+    pipeline = Pipeline("api", [
+        Stage("ask", 1, router=lambda state, results: None if state.get("ok") else Pause("ask")),
+        Stage("call", 2, steps=[Step("call", tracker.step())]),
+    ], limits=[Limit("api", 1)])  # fmt: skip
+    factory = PipelineFactory(pipeline, store=store, registry=registry, clock=None)
+    paused = factory.prepare()
+    paused.run(timeout=30)
+    registry.supervisor.forget(registry.supervisor.lookup(paused.run_id))  # the slow path
+    registry.stats()
+    tracker.gate.clear()
+    busy = factory.prepare(state={"ok": True})
+    busy_future = busy.start()
+    wait_for_status(store, busy.run_id, "running")
+    resumed = factory.resume(paused.run_id, patch={"ok": True})
+    assert store.get_run(paused.run_id).status == "queued"
+    tracker.gate.set()
+    assert busy_future.result(30).status == "succeeded"
+    assert resumed.run(timeout=30).status == "succeeded"
+    assert tracker.entered.count(paused.run_id) == 1 and tracker.peak["all"] == 1
+
+
+def test_a_start_that_cannot_take_its_slot_can_be_started_again(store, registry):
+    class Refusing:
+        def __init__(self, inner):
+            self.inner, self.fail = inner, True
+
+        def admit(self, *args):
+            if self.fail:
+                self.fail = False
+                from stageline import StoreError
+
+                raise StoreError("the database is locked")
+            return self.inner.admit(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    tracker = Tracker()
+    refusing = Refusing(store)
+    factory = PipelineFactory(limited(tracker, Limit("api", 1)), store=refusing,
+                              registry=registry)  # fmt: skip
+    run = factory.prepare()
+    with pytest.raises(StagelineError, match="locked"):
+        run.start()
+    assert run.run(timeout=30).status == "succeeded"
+
+
+def test_a_queued_run_another_process_aborts_ends_aborted_in_its_registry(store):
+    tracker = Tracker()
+    tracker.gate.clear()
+    with Registry() as holder, Registry() as other:
+        factory = PipelineFactory(limited(tracker, Limit("api", 1)), store=store,
+                                  registry=holder)  # fmt: skip
+        first = factory.prepare()
+        first_future = first.start()
+        queued = factory.prepare()
+        queued_future = queued.start()
+        wait_for_stats(holder, queued=1)
+        elsewhere = PipelineFactory(limited(tracker, Limit("api", 1)), store=store,
+                                    registry=other)  # fmt: skip
+        elsewhere.abort(queued.run_id, "cancelled")  # the flag: its holder aborts it
+        tracker.gate.set()
+        assert first_future.result(30).status == "succeeded"
+        assert queued_future.result(30).status == "aborted"
+    assert tracker.entered == [first.run_id]
+
+
+def test_a_registry_stalled_past_its_lease_stops_its_limited_runs(store):
+    clock = ManualClock()
+    tracker = Tracker()
+    tracker.gate.clear()
+    with Registry(clock=clock, lease_ttl=30.0) as registry:
+        factory = PipelineFactory(limited(tracker, Limit("api", 1)), store=store,
+                                  registry=registry)  # fmt: skip
+        run = factory.prepare()
+        future = run.start()
+        wait_for_status(store, run.run_id, "running")
+        for _ in range(3):  # renewals every 10 s: its lease runs 30 s past the last one
+            advance(clock, 10.0, registry)
+        advance(clock, 100.0, registry)  # stalled: the next renewal comes after the lease
+        with pytest.raises(StagelineError, match="stopped"):
+            future.result(10)
+        assert store.get_run(run.run_id).status == "running"  # left for a recovery
+        assert registry.stats()["live"] == 0
+        tracker.gate.set()
+
+
+def test_a_child_pipeline_with_limits_is_refused():
+    child = Pipeline("kid", [Stage("k", 1, router=lambda s, r: None)], limits=[Limit("api", 1)])
+    with pytest.raises(DefinitionError, match="child pipeline 'kid' has limits"):
+        Pipeline("parent", [Stage("fan", 1, pipelines=[child])])

@@ -25,11 +25,8 @@ skipped, with a note, when it does not answer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,8 +38,8 @@ from stageline import Limit, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.testing import wait_for_stats
 
 from .ours import pg_unavailable
-from .time_cases import Figure, Place, postgres_place, sqlite_place
-from .timing import BenchError, check
+from .time_cases import Figure, Place, postgres_place, run_figures, sqlite_place
+from .timing import check
 
 FLAG = "--admission"
 STAGES = 20
@@ -208,27 +205,5 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def format_figures(figures: Sequence[Figure]) -> str:
-    from .report import aligned
-
-    header = ("figure", "store", "value", "target", "")
-    out = aligned(header, [f.line() for f in figures])
-    out.append("Absolute figures (no peer admits runs): stageline alone, beside its targets.")
-    return "\n".join(out)
-
-
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    print(f"admission, stageline only; {os.cpu_count()} CPUs", flush=True)
-    figures: list[Figure] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="stageline-admission-", dir=args.tmpdir) as tmp:
-            for name in args.stores:
-                figures += measure_place(name, args, Path(tmp))
-    except BenchError as exc:
-        print(f"admission: {exc}", file=sys.stderr)
-        return 1
-    print(format_figures(figures), flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps([f.record() for f in figures], indent=2) + "\n")
-    return 0
+    return run_figures(parse_args(argv), "admission", "admits runs", measure_place)

@@ -309,29 +309,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def format_figures(figures: Sequence[Figure]) -> str:
+def format_figures(figures: Sequence[Figure], peerless: str) -> str:
     from .report import aligned
 
     header = ("figure", "store", "value", "target", "")
     out = aligned(header, [f.line() for f in figures])
-    out.append(
-        "Absolute figures (no peer does durable sleep): stageline alone, beside its targets."
-    )
+    out.append(f"Absolute figures (no peer {peerless}): stageline alone, beside its targets.")
     return "\n".join(out)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    print(f"durable time, stageline only; {os.cpu_count()} CPUs", flush=True)
+def run_figures(
+    args: argparse.Namespace,
+    title: str,
+    peerless: str,
+    measure: Callable[[str, argparse.Namespace, Path], list[Figure]],
+) -> int:
+    """Measure `measure(store name, args, tmp)` on each of `args.stores`, print the figures
+    (and write them as JSON with `--json`): the `main` of each absolute-figure mode."""
+    print(f"{title}, stageline only; {os.cpu_count()} CPUs", flush=True)
     figures: list[Figure] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="stageline-time-", dir=args.tmpdir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="stageline-bench-", dir=args.tmpdir) as tmp:
             for name in args.stores:
-                figures += measure_place(name, args, Path(tmp))
+                figures += measure(name, args, Path(tmp))
     except BenchError as exc:
-        print(f"time: {exc}", file=sys.stderr)
+        print(f"{title}: {exc}", file=sys.stderr)
         return 1
-    print(format_figures(figures), flush=True)
+    print(format_figures(figures, peerless), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps([f.record() for f in figures], indent=2) + "\n")
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_figures(parse_args(argv), "durable time", "does durable sleep", measure_place)
