@@ -21,7 +21,8 @@ from stageline.core.store import RunRecord, Waking
 
 def run_exists(run_id: str) -> RunExistsError:
     return RunExistsError(
-        f"run {run_id!r} already exists in this store; use a new run_id or resume it"
+        f"run {run_id!r} already exists in this store; use a new run_id, resume it, or "
+        "prepare it with if_exists='attach' to wait for the run already there"
     )
 
 
