@@ -140,12 +140,24 @@ def journal_count(store: PostgresStore, run_id: str, name: str) -> Counter[str |
     return Counter(e.stage_id for e in store.read_events(run_id) if e.name == name)
 
 
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the kernel shows process `pid` stopped (SIGSTOP is delivered
+    asynchronously); polls /proc with a short backoff."""
+    deadline, delay = time.monotonic() + timeout, 0.0005
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(delay)  # the kernel's state, not an event we could wait on
+        delay = min(delay * 2, 0.01)
+
+
 def claim_alone(daemons: list[Daemon], daemon: Daemon, store: PostgresStore, run_id: str) -> str:
     """Post a start of `run_id` while every daemon but `daemon` is stopped (SIGSTOP), so
     that `daemon` must claim and run it; its request id. The others go on (SIGCONT) after."""
     others = [d for d in daemons if d is not daemon]
     for other in others:
         other.proc.send_signal(signal.SIGSTOP)
+    for other in others:  # stopped for sure: one still running could claim the request
+        wait_stopped(other.proc.pid)  # and be stopped holding its row (skipped by the rest)
     try:
         request_id = post(store, "start", run_id, pipeline_id="short")
         expect_each([daemon], "request:done", [request_id], key="request_id")
