@@ -162,15 +162,22 @@ def usage(store: Any) -> dict[str, int]:
     return {"running": rows[0]["running"], "queued": rows[0]["queued"]} if rows else {}
 
 
-def wait_for_usage(store: Any, timeout: float = 60.0, **expected: int) -> None:
-    """Poll the store's limit usage until it shows `expected` (runs driven elsewhere)."""
+def poll(done: Callable[[], bool], timeout: float, failure: Callable[[], str]) -> None:
+    """Poll a store other processes write until `done()`; AssertionError(`failure()`)
+    after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     delay = 0.001
-    while usage(store) != expected:
+    while not done():
         if time.monotonic() > deadline:
-            raise AssertionError(f"limit usage {usage(store)} never became {expected}")
+            raise AssertionError(failure())
         time.sleep(delay)  # polling a store other processes write: a backoff, not a wait
         delay = min(delay * 2, 0.05)
+
+
+def wait_for_usage(store: Any, timeout: float = 60.0, **expected: int) -> None:
+    """Poll the store's limit usage until it shows `expected` (runs driven elsewhere)."""
+    poll(lambda: usage(store) == expected, timeout,
+         lambda: f"limit usage {usage(store)} never became {expected}")  # fmt: skip
 
 
 def queue_key(info: Any) -> tuple[int, float, str]:
@@ -271,12 +278,11 @@ def test_a_rate_holds_across_daemons_in_real_time(fleet: Any, tmp_path: Path) ->
         request = Request(str(uuid.uuid4()), "start", run_id, time.time(), "rated",
                           {"entry": None, "state": None})  # fmt: skip
         store.post_request(request)
-    deadline = time.monotonic() + 60
-    delay = 0.001
-    while len(store.list_runs(status="succeeded", pipeline_id="rated")) < len(run_ids):
-        assert time.monotonic() < deadline, "the rated runs did not all succeed in 60 s"
-        time.sleep(delay)  # polling a store other processes write: a backoff, not a wait
-        delay = min(delay * 2, 0.05)
+    poll(
+        lambda: len(store.list_runs(status="succeeded", pipeline_id="rated")) == len(run_ids),
+        60.0,
+        lambda: "the rated runs did not all succeed in 60 s",
+    )
     starts = sorted(
         event.ts for run_id in run_ids for event in store.read_events(run_id)
         if event.name == "pipeline:start"
