@@ -380,6 +380,8 @@ class PipelineFactory:
 
     def _deps(self, live: LiveRun, store: Store, container: Container) -> RunDeps:
         emitter = Emitter(EventLogger(self.logger))
+        for tap in () if self._supervisor is None else self._supervisor.event_taps:
+            emitter.on("*", tap)
         return RunDeps(
             pipeline=self.pipeline,
             store=store,

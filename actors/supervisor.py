@@ -10,6 +10,7 @@ other threads only read them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,8 @@ class Supervisor:
         self.stopped = False
         self.actor: Any = None
         """The registry's actor (set by the Registry once started)."""
+        self.event_taps: tuple[Callable[[Any], Any], ...] = ()
+        """Observers of every run's events (actors/taps.py)."""
 
     # --- SupervisorLink: what runs tell it ---------------------------------------------
 

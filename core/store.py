@@ -2,7 +2,8 @@
 
 A store serves many runs. Its write side is small: create a run, load it, and commit a
 stage as one transaction guarded by compare-and-set on the run's `version`. Its public
-read side (`get_run`, `list_runs`, `read_events`, `close`) is the same on every store.
+read side (`get_run`, `list_runs`, `page_runs`, `read_events`, `close`) is the same on
+every store, and `journal_version`/`wait_journal` tell a journal's reader when to read.
 Its mailbox (`post_request`, `claim_requests`, `answer_request`, `get_request`,
 `mailbox_version`) carries requests from any process to a daemon (core/mailbox.py).
 
@@ -218,8 +219,37 @@ class Store(Protocol):
         """
         ...
 
+    def page_runs(
+        self,
+        status: str | None = None,
+        pipeline_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[RunInfo], str | None]:
+        """Runs newest first (by created_at, then run_id, both descending), at most `limit`;
+        and the cursor of the next page (None when this page is the last).
+
+        `before` is a cursor returned by an earlier call: the page starts right after it.
+        A cursor is opaque text; one this store did not give is ValueError, as is a
+        `limit` outside 1..1000. Filters combine as in `list_runs`, and a damaged row is
+        listed with status `lifecycle.CORRUPT` as there. Keyset pagination: any page costs
+        what the first does.
+        """
+        ...
+
     def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         """The run's journal after `after_seq`, in seq order."""
+        ...
+
+    def journal_version(self) -> int:
+        """A number that changes whenever any run's journal may have grown (cheap; may
+        change for other writes too). Compare two readings; never decreases within one
+        store object. A commit by this object moves it before `commit` returns."""
+        ...
+
+    def wait_journal(self, seen: int, timeout: float) -> int:
+        """Block until `journal_version()` != `seen` or `timeout` seconds pass; return
+        `journal_version()`. (SQLite polls every 10 ms; PostgreSQL waits on a NOTIFY.)"""
         ...
 
     def post_request(self, request: Request) -> None:

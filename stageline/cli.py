@@ -29,6 +29,7 @@ from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
 from stageline._app_path import importable_here
 from stageline._cli_complete import pipeline_ids, run_ids
+from stageline._cli_console import checked_bind, console, http_options
 from stageline._cli_errors import user_errors
 from stageline._cli_options import (
     duration,
@@ -90,29 +91,12 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> str
               help="How long a paused run stays live when its Pause gave no timeout.")  # fmt: skip
 @click.option("--stop-timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long running stages get to commit.")  # fmt: skip
-@click.option(
-    "--max-restarts",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Restart a failed run up to this many times (0: failed runs stay failed).",
-)
-@click.option(
-    "--restart-backoff",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Wait before the first restart; doubles each time (at most 60 s).",
-)
-@click.option(
-    "--lease-ttl",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How soon the runs of a dead daemon can be recovered by another.",
-)
+@click.option("--max-restarts", type=int, default=0, show_default=True,
+              help="Restart a failed run up to N times (0: failed runs stay failed).")  # fmt: skip
+@click.option("--restart-backoff", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="Wait before the first restart; doubles each time (at most 60 s).")  # fmt: skip
+@click.option("--lease-ttl", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="How soon the runs of a dead daemon can be recovered by another.")  # fmt: skip
 @click.option(
     "--keep-answered",
     type=click.FloatRange(min=0),
@@ -143,6 +127,7 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> str
               "Default: console on a terminal, else json.")  # fmt: skip
 @click.option("--otel", is_flag=True, help="Export traces and metrics with OpenTelemetry, "
               "configured from the OTEL_* environment (docs/observability.md).")  # fmt: skip
+@http_options
 @user_errors
 def serve(
     app: str,
@@ -159,13 +144,13 @@ def serve(
     log_level: str,
     log_format: str | None,
     otel: bool,
+    http: str | None,
+    http_token: str | None,
 ) -> None:
     """Run the daemon: APP's pipelines, acting on the store's mailbox.
 
     APP is "module:attribute" naming a PipelineFactory, a Pipeline, a list of them or a
-    callable returning them.
-
-    Logs to stdout (JSON lines, or a console); stops on SIGTERM or SIGINT (exit 0).
+    callable returning them. Logs to stdout; stops on SIGTERM or SIGINT (exit 0).
     """
     importable_here()  # before the imports below: nothing in the current folder shadows them
     from stageline._ops_serve import serve as serve_app
@@ -180,9 +165,10 @@ def serve(
     registry_options = {"default_pause_timeout": pause_timeout, "lease_ttl": lease_ttl,
                         "supervision": policy if max_restarts > 0 else None,
                         "max_recoveries": max_recoveries}  # fmt: skip
-    log_format = configure_logging(log_level, log_format)
-    serve_app(app, store_url, log_format=log_format, options=options,
-              registry_options=registry_options, otel=otel)  # fmt: skip
+    bind = None if http is None else checked_bind(http, http_token)
+    serve_app(app, store_url, log_format=configure_logging(log_level, log_format), otel=otel,
+              options=options, registry_options=registry_options,
+              http=(bind, http_token))  # fmt: skip
 
 
 # --- requests to the daemon ----------------------------------------------------------------
@@ -495,3 +481,6 @@ def limits(store_url: str | None, as_json: bool) -> None:
     from stageline._cli_limits import list_limits
 
     list_limits(open_store(store_url), as_json)
+
+
+main.add_command(console)

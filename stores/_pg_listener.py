@@ -1,4 +1,7 @@
-"""The LISTEN connection of a PostgresStore: mailbox NOTIFYs, counted and waited for.
+"""A LISTEN connection of a PostgresStore: one channel's NOTIFYs, counted and waited for.
+
+A store has one for its mailbox and, once a journal is watched, one for its journals
+(stores/_versions.py).
 
 Opened on first use. A lost connection is reopened on the next call, which then reports a
 change (notifications may have been missed while it was down); if reopening fails, the
@@ -29,8 +32,11 @@ class Listener:
     SLICE: Final = 0.2
     RETRY: Final = 1.0  # seconds between attempts to reopen a connection that failed
 
-    def __init__(self, psycopg: Any, connect: Callable[[], Any], channel: str) -> None:
+    def __init__(
+        self, psycopg: Any, connect: Callable[[], Any], channel: str, what: str = "mailbox requests"
+    ) -> None:
         self._psycopg = psycopg
+        self._what = what  # what the channel announces, for an error message
         self._connect = connect
         self._channel = channel
         self._lock = threading.Lock()  # held while using the connection (and waiting)
@@ -103,7 +109,7 @@ class Listener:
             self._drop()
             self._retry_at = time.monotonic() + self.RETRY
             raise StoreError(
-                f"listening for mailbox requests in the PostgreSQL store {where} failed: "
+                f"listening for {self._what} in the PostgreSQL store {where} failed: "
                 f"{reason(exc)}; check that the server is reachable (retried after "
                 f"{self.RETRY:g} s)"
             ) from exc

@@ -17,13 +17,18 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 # MIGRATIONS[n] takes a schema from version n - 1 to n. `{s}` is the schema. The same
 # steps as SQLite's: 1 runs and journal, 2 leases (`owner`, `lease_until`), 3 the mailbox,
 # 4 the abort flag (`abort_requested`, `abort_reason`), 5 the daemons' heartbeats (`daemons`),
 # 6 time: `wake_at` on runs and the `schedules` table, 7 `trace` on runs (SPEC 18),
-# 8 admission (SPEC 20): `priority` on runs, the `claims` and `admissions` tables.
+# 8 admission (SPEC 20): `priority` on runs, the `claims` and `admissions` tables,
+# 9 pages of runs, newest first (stores/_pages.py): an index per filter ending in
+# (created_at, run_id) (`runs_created` has been there since 1); `runs_status_created`
+# replaces `runs_status` (status, pipeline_id), serving every lookup by status. The
+# indexes are built inside the migration's transaction: writes to `runs` wait meanwhile
+# (seconds per million runs).
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """CREATE TABLE {s}.runs (
@@ -96,6 +101,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             at double precision NOT NULL
         )""",
         "CREATE INDEX admissions_slot ON {s}.admissions (limit_name, key, at)",
+    ),
+    9: (
+        "DROP INDEX IF EXISTS {s}.runs_status",
+        'CREATE INDEX runs_status_created ON {s}.runs (status, created_at, run_id COLLATE "C")',
+        "CREATE INDEX runs_pipeline_created ON {s}.runs "
+        '(pipeline_id, created_at, run_id COLLATE "C")',
     ),
 }
 

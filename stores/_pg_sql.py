@@ -77,7 +77,8 @@ COMMIT_WITH_EVENTS: Final = (
     # a run that leaves running or queued (it ends, pauses, sleeps) holds no slot any more
     "released AS (DELETE FROM {s}.claims WHERE run_id = %s AND %s::boolean "
     "AND EXISTS (SELECT 1 FROM updated)) "
-    "SELECT version FROM updated"
+    # the journal grew: a NOTIFY on the journal channel (payload: the run id), sent at commit
+    "SELECT version, pg_notify(%s, %s) FROM updated"
 )
 # A claim skips a row another transaction holds (its owner committing, or another
 # claimer): that run is not orphaned, or someone else is taking it.

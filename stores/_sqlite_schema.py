@@ -19,7 +19,7 @@ from ._common import no_store
 from ._fleet import TABLE as FLEET_TABLE
 from ._schedules import TABLE as SCHEDULES_TABLE
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 WAL_AUTOCHECKPOINT_PAGES = 256
 """Checkpoint the WAL once it holds this many pages (SQLite's default is 1000). After a
@@ -38,7 +38,9 @@ _META = "CREATE TABLE IF NOT EXISTS stageline_meta (key TEXT PRIMARY KEY, value 
 # on runs (sleeping runs, pause expiries) and the `schedules` table (stores/_schedules.py).
 # 7: `trace` on runs (the span context of a run's last segment, SPEC 18). 8: admission
 # (SPEC 20): `priority` on runs, each run's `claims` (held or waited for) and the
-# `admissions` of rated limits (stores/_sqlite_admission.py).
+# `admissions` of rated limits (stores/_sqlite_admission.py). 9: pages of runs, newest first
+# (stores/_pages.py): an index per filter ending in (created_at, run_id);
+# `runs_status_created` replaces `runs_status` (status, pipeline_id) for every lookup by status.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS runs (
@@ -116,6 +118,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             at REAL NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS admissions_slot ON admissions (limit_name, key, at)",
+    ),
+    9: (
+        "DROP INDEX IF EXISTS runs_status",
+        "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS runs_pipeline_created ON runs "
+        "(pipeline_id, created_at, run_id)",
     ),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -26,6 +27,7 @@ from ._common import (
     run_not_found,
 )
 from ._fleet import CANCELLED, heartbeat_from_row, heartbeat_values, request_statuses
+from ._pages import Page, checked_limit, cursor_position, page_of
 from ._schedules import DEFINITION_FIELDS, SCHEDULE_FIELDS, definition_values
 
 
@@ -46,6 +48,8 @@ class MemoryStore:
         self._heartbeats: dict[str, dict[str, Any]] = {}  # owner -> the daemon's last heartbeat
         self._schedules: dict[str, dict[str, Any]] = {}  # schedule_id -> its row
         self._ledger = Ledger()  # admissions: claims, slots held, recent starts
+        self._journal_version = 0  # bumped by every commit that carries events
+        self._journal_grew = threading.Condition(self._lock)
 
     def create_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -104,6 +108,9 @@ class MemoryStore:
                 if event.results is not None:
                     event = replace(event, results=copy_state(event.results))
                 journal.append(event)
+        if commit.events:
+            self._journal_version += 1
+            self._journal_grew.notify_all()
         return int(version)
 
     def set_checkpoint(
@@ -199,6 +206,37 @@ class MemoryStore:
             if (status is None or r.status == status)
             and (pipeline_id is None or r.pipeline_id == pipeline_id)
         ]
+
+    def page_runs(
+        self,
+        status: str | None = None,
+        pipeline_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> Page:
+        """Runs newest first, at most `limit`, and the next page's cursor; see
+        `Store.page_runs`."""
+        size = checked_limit(limit)
+        after = None if before is None else cursor_position(before)
+        with self._lock:
+            records = list(self._runs.values())
+        chosen = heapq.nlargest(
+            size + 1,
+            (r for r in records if (status is None or r.status == status)
+             and (pipeline_id is None or r.pipeline_id == pipeline_id)
+             and (after is None or (r.created_at, r.run_id) < after)),
+            key=lambda r: (r.created_at, r.run_id),
+        )  # fmt: skip
+        return page_of(chosen, size, lambda r: (r.created_at, r.run_id), _detached)
+
+    def journal_version(self) -> int:
+        """How many commits with events this store took: moves when a journal grows."""
+        return self._journal_version
+
+    def wait_journal(self, seen: int, timeout: float) -> int:
+        with self._journal_grew:
+            self._journal_grew.wait_for(lambda: self._journal_version != seen, max(timeout, 0.0))
+            return self._journal_version
 
     def list_waking(
         self, pipeline_id: str | None = None, until: float | None = None, limit: int = 100_000

@@ -46,6 +46,12 @@ Decisions where the spec is silent:
   LISTENs on one extra connection (opened on first use): `mailbox_version()` counts the
   notifications without a round trip, `wait_for_requests(timeout)` blocks on them. An
   answer's NUL characters are written as the two characters `\\0`.
+- Journals: a commit that appends journal events NOTIFYs the schema's journal channel
+  (payload: the run id) in the same statement. `journal_version()` counts those NOTIFYs
+  on a LISTEN connection of its own (opened on first use) plus this store's own such
+  commits; `wait_journal` blocks on it (stores/_versions.py says why not the mailbox's).
+- Pages of runs (`page_runs`): keyset over the `(created_at, run_id COLLATE "C")` indexes
+  of schema migration 9 (stores/_pages.py).
 - Admission (`admit`, `queue`, `limit_usage`): see stores/_pg_admission.py; `admit`
   takes an advisory lock per claimed (limit, key) in its transaction before counting.
 - Time: an answered request's time is the store's `clock.wall()` (`clock=`, default the
@@ -85,6 +91,7 @@ from ._common import (
     waking_from_rows,
 )
 from ._fleet import SqlFleet
+from ._pages import SqlPages
 from ._pg_driver import schema_from_url as _schema_from_url  # noqa: F401 (its old home)
 from ._pg_listener import Listener
 from ._pg_mailbox import Mailbox
@@ -93,11 +100,12 @@ from ._pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from ._pg_text import MAX_ID_BYTES, check_id, check_text, unstorable
 from ._rows import info_from_row, listed_info, record_from_row
 from ._schedules import SqlSchedules
+from ._versions import PgJournalVersion
 
 __all__ = ["MAX_ID_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 
-class PostgresStore(SqlFleet, SqlSchedules):
+class PostgresStore(SqlFleet, SqlSchedules, SqlPages, PgJournalVersion):
     """A Store in a PostgreSQL database, shared by any number of processes.
 
     `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
@@ -139,6 +147,7 @@ class PostgresStore(SqlFleet, SqlSchedules):
         self._db.open(lambda conn: migrate(conn, self._db.sql, self.schema, self._where, create))
         self._listener = Listener(self._db.driver, self._db.connect, self.channel)
         self._mailbox = Mailbox(self._db, self._listener, self.channel, max_state_bytes)
+        self._listen_for_journals()
 
     # ----------------------------------------------------------------- writes
 
@@ -156,17 +165,25 @@ class PostgresStore(SqlFleet, SqlSchedules):
     def commit(self, commit: Commit) -> int:
         statement = self._checked_statement(commit)
         with self._db.connection(f"committing run {commit.run_id!r}", refusing=True) as conn:
-            return admission.apply_commit(conn, self._db.sql, commit, statement)
+            version = admission.apply_commit(conn, self._db.sql, commit, statement)
+        self._journal_written(statement)
+        return version
 
     def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
         statement = self._checked_statement(commit)
         with self._db.connection(f"admitting run {commit.run_id!r}", refusing=True) as conn:
-            return admission.admit(conn, self._db.sql, commit, statement, claims, now, self.schema)
+            admitted = admission.admit(
+                conn, self._db.sql, commit, statement, claims, now, self.schema
+            )
+        if admitted:
+            self._journal_written(statement)
+        return admitted
 
     def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
         statement = self._checked_statement(commit)
         with self._db.connection(f"queueing run {commit.run_id!r}", refusing=True) as conn:
             admission.queue(conn, self._db.sql, commit, statement, claims)
+        self._journal_written(statement)
 
     def limit_usage(self, now: float) -> list[dict[str, Any]]:
         return usage_from_rows(self._db.query("reading the limits' usage", admission.USAGE, (now,)))
@@ -207,7 +224,8 @@ class PostgresStore(SqlFleet, SqlSchedules):
             return sql.COMMIT, values
         leaves = commit.status not in (lifecycle.RUNNING, lifecycle.QUEUED)
         arrays = self._journal_arrays(commit, journaled)
-        return sql.COMMIT_WITH_EVENTS, (*values, *arrays, commit.run_id, leaves)
+        notify = (self.journal_channel, commit.run_id)
+        return sql.COMMIT_WITH_EVENTS, (*values, *arrays, commit.run_id, leaves, *notify)
 
     def _journal_arrays(self, commit: Commit, journaled: list[Event]) -> tuple[Any, ...]:
         """The run id and the events' seqs, names and records, as `unnest` takes them."""
@@ -407,6 +425,11 @@ class PostgresStore(SqlFleet, SqlSchedules):
     def _fleet_rows(self, what: str, statement: str, params: tuple[Any, ...]) -> list[Any]:
         return self._db.query(what, statement.replace("?", "%s"), params)
 
+    RUN_ID_ORDER = 'run_id COLLATE "C"'  # pages order run ids in byte order, as list_runs
+
+    def _never_stored(self, text: str | None) -> bool:
+        return unstorable(text)
+
     def _fleet_answered(self) -> None:
         notify = f"SELECT pg_notify(%s, '{sql.ANSWERED}')"
         self._db.query("announcing an answer", notify, (self.channel,))
@@ -419,6 +442,7 @@ class PostgresStore(SqlFleet, SqlSchedules):
         if not self._db.closed:
             self._db.close()
             self._listener.close()
+            self._journal_listener.close()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where})"

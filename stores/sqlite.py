@@ -42,6 +42,7 @@ from ._common import (
     waking_from_rows,
 )
 from ._fleet import SqlFleet
+from ._pages import SqlPages
 from ._rows import (
     REQUEST_COLUMNS,
     info_from_row,
@@ -59,6 +60,7 @@ from ._sqlite_schema import (
     connect,
     migrate,
 )
+from ._versions import SqliteVersions
 
 T = TypeVar("T")
 
@@ -71,7 +73,7 @@ __all__ = [
 ]
 
 
-class SqliteStore(SqlFleet, SqlSchedules):
+class SqliteStore(SqlFleet, SqlSchedules, SqlPages, SqliteVersions):
     """A Store in one SQLite file.
 
     `path` is a file path, never a SQLite URI (`file:x.db` is a file of that name). A new
@@ -115,12 +117,14 @@ class SqliteStore(SqlFleet, SqlSchedules):
             migrate(db, self.path)
 
     @contextmanager
-    def _transaction(self, what: str, refusing: bool = False) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, what: str, refusing: bool = False, journal: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE ... COMMIT` under the store's lock; rolled back on any error.
 
         `refusing` (commits and new runs): what SQLite refuses for good (a constraint, a
         value it cannot hold) is CommitRefused; anything else (locked, full, read-only)
-        is a plain StoreError, which may pass.
+        is a plain StoreError, which may pass. `journal`: committed, it moves `journal_version`.
         """
         with self._lock:
             if self._closed:
@@ -132,6 +136,7 @@ class SqliteStore(SqlFleet, SqlSchedules):
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self._journal_writes += journal
             except BaseException as exc:
                 self._rollback()
                 failure = self._failure(what, exc, refusing)
@@ -185,17 +190,20 @@ class SqliteStore(SqlFleet, SqlSchedules):
 
     def commit(self, commit: Commit) -> int:
         data = ops.encoded(commit, self._fits)
-        with self._transaction(f"committing run {commit.run_id!r}", refusing=True) as db:
+        what = f"committing run {commit.run_id!r}"
+        with self._transaction(what, refusing=True, journal=bool(data[1])) as db:
             return ops.apply_commit(db, commit, data)
 
     def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
         data = ops.encoded(commit, self._fits)
-        with self._transaction(f"admitting run {commit.run_id!r}", refusing=True) as db:
+        what = f"admitting run {commit.run_id!r}"
+        with self._transaction(what, refusing=True, journal=bool(data[1])) as db:
             return admission.admit(db, commit, data, claims, now)
 
     def queue(self, commit: Commit, claims: Sequence[Claim]) -> None:
         data = ops.encoded(commit, self._fits)
-        with self._transaction(f"queueing run {commit.run_id!r}", refusing=True) as db:
+        what = f"queueing run {commit.run_id!r}"
+        with self._transaction(what, refusing=True, journal=bool(data[1])) as db:
             admission.queue(db, commit, data, claims)
 
     def limit_usage(self, now: float) -> list[dict[str, Any]]:
@@ -406,10 +414,7 @@ class SqliteStore(SqlFleet, SqlSchedules):
     def _fleet_answered(self) -> None:
         self._mailbox_writes += 1
 
-    def mailbox_version(self) -> int:
-        """`PRAGMA data_version` (other connections' commits) plus this store's own posts."""
-        rows = self._query("PRAGMA data_version", ())
-        return int(rows[0][0]) + self._mailbox_writes
+    TEXT_TIMES = True  # a hand-edited row may hold text in created_at: it is listed all the same
 
     def close(self) -> None:
         with self._lock:

@@ -177,7 +177,7 @@ def test_an_older_sqlite_file_is_migrated_and_keeps_its_runs(tmp_path, old_versi
     finally:
         store.close()
     row = sqlite3.connect(path).execute("SELECT value FROM stageline_meta").fetchone()
-    assert int(row[0]) == SCHEMA_VERSION == 8
+    assert int(row[0]) == SCHEMA_VERSION == 9
 
 
 def test_pruning_deletes_only_requests_answered_before_the_time(store):
