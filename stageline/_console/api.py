@@ -9,6 +9,7 @@ status allows the request), so a wrong request is refused at once, 404 or 409.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,17 +19,27 @@ from starlette.responses import JSONResponse, Response
 from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
 from stageline.core import lifecycle, mailbox
-from stageline.core.errors import RunNotFound
+from stageline.core.errors import RunNotFound, StoreError
 
 from . import views
-from .bodies import ApiError, json_object, optional_object, optional_text, query_flag, query_int
+from .bodies import (
+    ApiError,
+    damaged,
+    json_object,
+    optional_object,
+    optional_text,
+    query_flag,
+    query_int,
+)
 
 if TYPE_CHECKING:
     from stageline.core.mailbox import Request as MailboxRequest
     from stageline.core.store import Store
 
-STATUS_WORDS = frozenset({*lifecycle.STATUSES, lifecycle.CORRUPT})
+STATUS_WORDS = frozenset(lifecycle.STATUSES)
 MAX_WAIT = 60
+WAIT_POLL = 0.01
+"""Seconds between looks at the mailbox while a request waits for its answer."""
 
 
 class JSON(JSONResponse):
@@ -85,17 +96,28 @@ class Api:
         from stageline.core.children import positions
 
         info = self._info(run_id)
-        try:
-            children = positions(self.store.load_run(run_id).state)
-        except Exception:  # a damaged row: its status says "corrupt" and why
-            children = {}
+        if info is None:  # a damaged row: what it is, and why it cannot be read
+            return views.corrupt_detail(run_id, self._damage(run_id))
+        children = positions(self.store.load_run(run_id).state)
         return views.run_detail(info, children, self.store.read_events(run_id))
 
     def _info(self, run_id: str) -> Any:
+        """The run (None when its row is too damaged to read); 404 when absent."""
         try:
             return self.store.get_run(run_id)
         except RunNotFound:
             raise ApiError(404, f"no run {run_id!r} in this store") from None
+        except StoreError as exc:
+            if damaged(exc):
+                return None
+            raise
+
+    def _damage(self, run_id: str) -> str:
+        try:
+            self.store.get_run(run_id)
+        except StoreError as exc:
+            return str(exc)
+        return "it was repaired meanwhile: read it again"
 
     # --- steering, through the mailbox ------------------------------------------------------
 
@@ -137,28 +159,48 @@ class Api:
         return await self._send(request, message)
 
     def _check(self, kind: str, run_id: str) -> None:
-        problem = mailbox.status_problem(kind, run_id, self._info(run_id).status)
+        info = self._info(run_id)
+        status = lifecycle.CORRUPT if info is None else info.status
+        problem = mailbox.status_problem(kind, run_id, status)
         if problem is not None:
             raise ApiError(409, problem)
 
     async def _send(self, request: Request, message: MailboxRequest) -> Response:
         wait = query_flag(request, "wait")
         timeout = query_int(request, "timeout", 10, 0, MAX_WAIT)
-        answer = await run_in_threadpool(self._post, message, wait, float(timeout))
+        await run_in_threadpool(self.store.post_request, message)
+        answer = request_dict(message)
+        if wait:
+            answer = await self._answer(message, post.CLOCK.monotonic() + timeout)
         return JSON(answer, status_code=200 if answer["status"] in mailbox.ANSWERED else 202)
 
-    def _post(self, message: MailboxRequest, wait: bool, timeout: float) -> dict[str, Any]:
-        self.store.post_request(message)
-        if not wait:
-            return request_dict(message)
-        deadline = post.CLOCK.monotonic() + timeout
-        message = post.await_answer(self.store, message.request_id, timeout)
+    async def _answer(self, message: MailboxRequest, deadline: float) -> dict[str, Any]:
+        """The request once a daemon answered it (an abort: once the run stopped), or as
+        it is at `deadline`. Waits on the event loop, not on a worker thread: each look at
+        the store is a short call, so waiting requests never starve the pool."""
+        seen = None
+        while True:
+            version = await run_in_threadpool(self.store.mailbox_version)
+            if version != seen:
+                seen = version
+                message = await run_in_threadpool(self.store.get_request, message.request_id)
+                if message.answered:
+                    break
+            if post.CLOCK.monotonic() >= deadline:
+                return request_dict(message)
+            await asyncio.sleep(WAIT_POLL)
         answer = request_dict(message)
         if message.kind == mailbox.ABORT and message.status == mailbox.DONE:
-            from stageline._cli_abort import stopped
-
-            answer["run_status"] = stopped(self.store, message.run_id, deadline).status
+            answer["run_status"] = await self._stopped(message.run_id, deadline)
         return answer
+
+    async def _stopped(self, run_id: str, deadline: float) -> str:
+        """The run's status once it has stopped, or at `deadline`."""
+        while True:
+            status = str((await run_in_threadpool(self.store.get_run, run_id)).status)
+            if status in lifecycle.STOPPED or post.CLOCK.monotonic() >= deadline:
+                return status
+            await asyncio.sleep(WAIT_POLL * 5)
 
 
 def request_dict(message: MailboxRequest) -> dict[str, Any]:

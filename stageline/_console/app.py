@@ -19,6 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stageline.core.errors import StoreError
+
 from .api import JSON, Api
 from .auth import Guard
 from .bodies import ApiError
@@ -48,8 +50,8 @@ def build_app(store: Any, *, token: str | None = None, registry: Any = None) -> 
             watch.stop()
 
     app = Starlette(routes=_routes(api, streams, pages), lifespan=lifespan,
-                    exception_handlers={ApiError: _api_error,
-                                        HTTPException: _http_error})  # fmt: skip
+                    exception_handlers={ApiError: _api_error, HTTPException: _http_error,
+                                        StoreError: _store_error})  # fmt: skip
     app.add_middleware(Guard, token=token)
     return app
 
@@ -76,6 +78,12 @@ def _routes(api: Api, streams: EventStreams, pages: Pages) -> list[Any]:
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return JSON({"error": exc.reason}, status_code=exc.status)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    """The store failed (unreachable, locked): 503 with its one line; try again later."""
+    reason = " ".join(str(exc).split())
+    return JSON({"error": f"the store failed: {reason}"}, status_code=503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

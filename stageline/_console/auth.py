@@ -6,6 +6,9 @@ An ASGI middleware in front of every route, so the event stream is guarded like 
 - With a token, every request needs `Authorization: Bearer TOKEN`, or the cookie the
   login form sets (an HMAC of the token, so the cookie is not the token itself). Pages
   without it are sent to `/login`; the API answers 401.
+- Without a token, a request whose `Host` is not a loopback name (127.0.0.1, localhost,
+  [::1]) is refused 403: a page of another site whose DNS name was rebound to 127.0.0.1
+  sends its own name (DNS rebinding), so it can neither read nor steer.
 - A mutation (any POST) whose `Origin` is not this server, or that a browser marks
   `Sec-Fetch-Site: cross-site`, is refused 403 whatever its credentials: a page on
   another site cannot steer runs through a logged-in operator's browser (nor through a
@@ -59,6 +62,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
+        if self.token is None and not loopback_host(headers.get("host", "")):
+            await _refuse(send, 403, "this console has no token, so it answers only to "
+                          "127.0.0.1, localhost or [::1] in the address; give it --http-token "
+                          "to be reached under another name")  # fmt: skip
+            return
         if scope["method"] == "POST" and cross_origin(scope, headers):
             await _refuse(send, 403, "cross-origin requests may not change runs")
             return
@@ -83,7 +91,8 @@ class Guard:
                           "Bearer TOKEN' (the --http-token it was started with)",
                           extra=((b"www-authenticate", b'Bearer realm="stageline"'),))  # fmt: skip
             return
-        target = "/login?next=" + quote(path, safe="/")
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = "/login?next=" + quote(path + (f"?{query}" if query else ""), safe="/")
         await send({"type": "http.response.start", "status": 303,
                     "headers": [(b"location", target.encode()), *SECURITY_HEADERS]})  # fmt: skip
         await send({"type": "http.response.body", "body": b""})
@@ -96,8 +105,25 @@ def cross_origin(scope: Scope, headers: dict[str, str]) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return False  # not a browser's cross-origin request (curl, a script)
-    host = headers.get("host", "")
-    return origin not in {f"http://{host}", f"https://{host}"}
+    host = _without_default_port(headers.get("host", ""))
+    return _without_default_port(origin) not in {f"http://{host}", f"https://{host}"}
+
+
+def _without_default_port(text: str) -> str:
+    for port in (":80", ":443"):
+        if text.endswith(port):
+            return text[: -len(port)]
+    return text
+
+
+def loopback_host(host: str) -> bool:
+    """Does the Host header name this machine's loopback? A console without a token
+    refuses any other name: a page whose DNS name was rebound to 127.0.0.1 sends its own."""
+    if host.startswith("["):
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.lower() in {"localhost", "::1"} or name.startswith("127.")
 
 
 def cookies(header: str) -> dict[str, str]:

@@ -75,5 +75,12 @@ def query_flag(request: Request, key: str) -> bool:
     return request.query_params.get(key, "").lower() in {"1", "true", "yes"}
 
 
+def damaged(exc: BaseException) -> bool:
+    """Is this StoreError a stored run row too damaged to read (not an unreachable store)?"""
+    from stageline.stores._rows import Damaged
+
+    return isinstance(exc.__cause__, Damaged)
+
+
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())

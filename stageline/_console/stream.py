@@ -5,8 +5,9 @@ read from the store after the last seq sent. A client that reconnects with
 `Last-Event-ID: N` (browsers do it by themselves) or `?after=N` gets exactly the events
 after N. New events arrive as soon as the console's journal watch sees a commit
 (watch.py). The stream ends, with a last `event: end`, once the run has ended for good
-(succeeded, failed, aborted, expired, quarantined, corrupt); a paused or sleeping run's
-stream stays open and goes on when the run does. Served by the daemon driving the run,
+(succeeded, failed, aborted, expired, quarantined, corrupt, or deleted), read at every
+wake-up and at least every STATUS_EVERY seconds; a paused or sleeping run's stream stays
+open and goes on when the run does. Served by the daemon driving the run,
 the stream also carries that runtime's live events without an id (live.py). A comment
 line every KEEPALIVE seconds keeps proxies from closing an idle stream.
 """
@@ -14,6 +15,8 @@ line every KEEPALIVE seconds keeps proxies from closing an idle stream.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from stageline import _cli_format as fmt
-from stageline.core import events as ev
 from stageline.core import lifecycle
-from stageline.core.errors import RunNotFound
+from stageline.core.errors import RunNotFound, StoreError
 
-from .bodies import ApiError
+from .bodies import ApiError, damaged
 
 if TYPE_CHECKING:
     from stageline.core.events import Event
@@ -36,9 +38,12 @@ if TYPE_CHECKING:
     from .watch import JournalWatch
 
 KEEPALIVE = 15.0
+"""Seconds of silence after which a stream sends a comment line (proxies close idle ones)."""
+STATUS_EVERY = 2.0
+"""Seconds between reads of the run's status while nothing wakes the stream."""
 ENDED = frozenset({*lifecycle.FINISHED, lifecycle.QUARANTINED, lifecycle.CORRUPT})
-_RUN_ENDS = frozenset({ev.PIPELINE_SUCCESS, ev.PIPELINE_FAILURE})
 END_FRAME = b"event: end\ndata: {}\n\n"
+_log = logging.getLogger("stageline")
 
 
 class EventStreams:
@@ -64,47 +69,56 @@ class EventStreams:
         queue, stop = self.live.watch(run_id) if self.live is not None else (None, None)
         try:
             yield b"retry: 1000\n\n"
-            check_status = True
+            last_write = time.monotonic()
             while True:
                 seen = self.watch.version
                 batch = await run_in_threadpool(self.store.read_events, run_id, after)
                 for event in batch:
                     yield journal_frame(event)
                     after = event.seq
-                if (check_status or any(_ends_run(e) for e in batch)) and await self._ended(run_id):
+                if await self._ended(run_id):
                     for event in await run_in_threadpool(self.store.read_events, run_id, after):
                         yield journal_frame(event)
                     yield END_FRAME
                     return
-                live, woke = await self._next(seen, queue)
-                for data in live:
+                if batch:
+                    last_write = time.monotonic()
+                for data in await self._next(seen, queue):
                     yield live_frame(data)
-                check_status = not woke
-                if not woke:
+                    last_write = time.monotonic()
+                if time.monotonic() - last_write >= KEEPALIVE:
                     yield b": keep-alive\n\n"
+                    last_write = time.monotonic()
+        except StoreError as exc:  # the store went away: end here; the client reconnects
+            _log.warning("console: the event stream of run %s stopped: %s", run_id, exc)
         finally:
             if stop is not None:
                 stop()
 
     async def _next(
         self, seen: int, queue: asyncio.Queue[dict[str, Any]] | None
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Wait for a journal change or a live event: (live events, woke before KEEPALIVE)."""
-        changed = asyncio.ensure_future(self.watch.wait(seen, KEEPALIVE))
-        waiting: set[asyncio.Future[Any]] = {changed}
+    ) -> list[dict[str, Any]]:
+        """Wait for a journal change, a live event or STATUS_EVERY seconds; the live events."""
+        waiting: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(self.watch.wait(seen, STATUS_EVERY))
+        }
         got = None if queue is None else asyncio.ensure_future(queue.get())
         if got is not None:
             waiting.add(got)
-        done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        live = [got.result()] if got is not None and got in done else []
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiting:
+                task.cancel()
+        live = [got.result()] if got is not None and got in done and not got.cancelled() else []
         while queue is not None and not queue.empty():
             live.append(queue.get_nowait())
-        return live, bool(live) or self.watch.version != seen
+        return live
 
     async def _ended(self, run_id: str) -> bool:
-        """Has the run ended for good (or been deleted)?"""
+        """Has the run ended for good (or been deleted)? Read at every wake-up, and every
+        STATUS_EVERY seconds: a run can end by a commit without journal events (a pause
+        that expired with no `on_expiry`, a quarantine) or be deleted by retention."""
         return await run_in_threadpool(self._status, run_id) in (*ENDED, None)
 
     def _status(self, run_id: str) -> str | None:
@@ -112,25 +126,30 @@ class EventStreams:
             return str(self.store.get_run(run_id).status)
         except RunNotFound:
             return None
+        except StoreError as exc:
+            if damaged(exc):
+                return str(lifecycle.CORRUPT)
+            raise
 
 
 def journal_frame(event: Event) -> bytes:
     data = fmt.dumps(fmt.event_dict(event))
-    return f"id: {event.seq}\nevent: {event.name}\ndata: {data}\n\n".encode()
+    return f"id: {event.seq}\nevent: {_one_line(event.name)}\ndata: {data}\n\n".encode()
 
 
 def live_frame(data: dict[str, Any]) -> bytes:
-    return f"event: {data['name']}\ndata: {fmt.dumps(data)}\n\n".encode()
+    return f"event: {_one_line(data['name'])}\ndata: {fmt.dumps(data)}\n\n".encode()
 
 
-def _ends_run(event: Event) -> bool:
-    return event.name in _RUN_ENDS and len(event.path) <= 1
+def _one_line(name: str) -> str:
+    """An event name as one SSE field (a hand-edited journal could hold a line break)."""
+    return " ".join(str(name).split())
 
 
 def _after(request: Request) -> int:
     """Where the stream starts: after `Last-Event-ID`, else `?after=`, else the beginning."""
     text = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ApiError(400, f"Last-Event-ID / ?after= must be a journal seq (a whole number), "
                        f"got {text!r}")  # fmt: skip
     return int(text)

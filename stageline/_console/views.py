@@ -41,6 +41,15 @@ def run_detail(info: RunInfo, children: dict[str, Any], journal: Sequence[Event]
     return data
 
 
+def corrupt_detail(run_id: str, why: str) -> dict[str, Any]:
+    """A run whose stored row cannot be read: its id, and why."""
+    return {
+        "run_id": run_id, "pipeline_id": None, "status": lifecycle.CORRUPT, "stage": None,
+        "error": {"kind": "corrupt", "message": why}, "state": {}, "checkpoint": None,
+        "children": [], "timeline": [], "tracebacks": [], "waiting": None,
+    }  # fmt: skip
+
+
 def child_positions(children: dict[str, Any]) -> list[dict[str, Any]]:
     """Where each child pipeline stands, by its key (`checkout/fanout/billing`)."""
     from stageline.core.children import Position

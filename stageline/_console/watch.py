@@ -32,7 +32,7 @@ class JournalWatch:
         """Start watching; called on the event loop (the app's startup)."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        self.version = self._store.journal_version()
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._watch, name="console-journal", daemon=True)
         self._thread.start()
 
@@ -51,10 +51,13 @@ class JournalWatch:
                 return
 
     def _watch(self) -> None:
-        seen = self.version
+        seen: int | None = None  # read here, not on the loop: it may open a connection
         while not self._stopping.is_set():
             try:
-                version = self._store.wait_journal(seen, WAIT_SECONDS)
+                if seen is None:
+                    version = self._store.journal_version()
+                else:
+                    version = self._store.wait_journal(seen, WAIT_SECONDS)
             except Exception:  # the store is unreachable for now: streams keep their place
                 self._stopping.wait(WAIT_SECONDS)
                 continue
