@@ -158,14 +158,18 @@ def cycle_problems() -> list[str]:
 def size_problems() -> list[str]:
     problems: list[str] = []
     lengths: list[int] = []
-    paths = [p for folder in (*PACKAGE_OF, "scripts") for p in sorted((ROOT / folder).rglob("*.py"))]
+    paths = [
+        p for folder in (*PACKAGE_OF, "scripts") for p in sorted((ROOT / folder).rglob("*.py"))
+    ]
     for path in paths:
         where = path.relative_to(ROOT)
         source = path.read_text()
         if source.count("\n") > MAX_MODULE_LINES:
             problems.append(f"{where}: {source.count(chr(10))} lines, over {MAX_MODULE_LINES}")
         for node in ast.walk(ast.parse(source)):
-            size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+            size = (
+                (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+            )
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lengths.append(size)
                 if size > MAX_FUNCTION_LINES:

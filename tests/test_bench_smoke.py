@@ -40,7 +40,11 @@ def test_quick_linear_case_writes_positive_records(tmp_path: Path) -> None:
     by_case = {r["case"]: r for r in records}
     assert CASE in by_case, records
     for record in records:
-        assert set(record) == {"case", "stageline_us", "langgraph_us", "ratio"}
+        assert set(record) == {
+            "case", "stageline_us", "langgraph_us", "dbos_us", "floor_us", "ratio", "ratio_dbos"
+        }  # fmt: skip
+        assert record["dbos_us"] is None and record["ratio_dbos"] is None  # in memory: none
+        assert record["floor_us"] is None
         information = "(otel " in record["case"]  # stageline only, in child processes
         for key in ("stageline_us", "langgraph_us", "ratio"):
             if information and key != "stageline_us":
@@ -121,10 +125,8 @@ def test_sweeps_measure_both_libraries_at_a_small_size() -> None:
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    try:  # not importorskip: a broken install raises ImportError, not ModuleNotFoundError
-        import matplotlib  # noqa: F401
-    except ImportError:
-        pytest.skip("--plot needs matplotlib")
+    import matplotlib  # noqa: F401  (in the bench extra: a missing one fails, not skips)
+
     bench = load_bench()
     points = [
         bench.SweepPoint(sweep.name, size, 100.0 + size / 100, 500.0 + size / 10, 1)
@@ -134,6 +136,46 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "sweeps.png"
     bench.plot_sweeps(bench.load_pyplot(), points, out, bench.sweep_title(True, 3))
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_durable_plot_writes_a_png(tmp_path: Path) -> None:
+    bench = load_bench()
+    points = [
+        bench.DurablePoint(library, n, max(100, 2 * n), 100.0 * k + n / 10)
+        for k, library in enumerate(("stageline", "LangGraph", "DBOS"), start=1)
+        for n in (1, 10, 50)
+    ]
+    table = bench.format_durable_sweep(points)
+    assert "DBOS runs/s" in table and "stageline runs/s" in table
+    out = tmp_path / "durable.png"
+    bench.plot_durable_sweep(bench.load_pyplot(), points, out, bench.durable_title(True))
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+DURABLE_CASES = ("durable_sqlite_stage_commit", "throughput_durable_sqlite", "wait_for_message")
+
+
+@pytest.mark.slow  # about 20 s: three libraries on SQLite
+def test_durable_cases_have_three_libraries_and_a_floor(tmp_path: Path) -> None:
+    pytest.importorskip("dbos", reason="the DBOS column needs the bench extra")
+    out = tmp_path / "bench.json"
+    cases = ",".join(DURABLE_CASES)
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--quick", "--reps", "1", "--cases", cases, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    by_case = {r["case"]: r for r in json.loads(out.read_text())}
+    for name in DURABLE_CASES:
+        record = by_case[name]
+        for key in ("stageline_us", "langgraph_us", "dbos_us", "ratio", "ratio_dbos"):
+            assert record[key] > 0, record
+    for name in DURABLE_CASES[:2]:  # the floor: bare commits of the same rows
+        assert by_case[name]["floor_us"] > 0, by_case[name]
+    assert "runs/s: stageline" in proc.stdout
 
 
 def test_plot_without_matplotlib_exits_2_before_any_work(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from .cases import CASES
 from .probe import PROBE_FLAG
 
+ALIASES = {"durable_postgres_stage_commit": "durable_step_postgres"}  # its former name
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The flags; a wrong one exits with status 2 and argparse's usage line."""
@@ -44,7 +46,21 @@ def build_parser(names: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot-only", action="store_true", help="with --plot: run the sweeps, not the cases"
     )
+    parser.add_argument(
+        "--durable-sweep",
+        type=Path,
+        metavar="FILE.png",
+        help="instead of the cases: durable throughput on SQLite against runs in flight "
+        "(1 to 1,000; 1 to 100 with --quick) for stageline, LangGraph and DBOS, printed and "
+        "plotted into FILE.png (needs matplotlib; about 3 minutes)",
+    )
     parser.add_argument(PROBE_FLAG, type=int, metavar="N", help=argparse.SUPPRESS)
+    add_instead_flags(parser)
+    return parser
+
+
+def add_instead_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that run other figures instead of the cases."""
     parser.add_argument(
         "--time",
         action="store_true",
@@ -57,13 +73,19 @@ def build_parser(names: Sequence[str]) -> argparse.ArgumentParser:
         help="instead of the cases: what admission costs (a start with a limit, stage "
         "commits with 5,000 runs queued), stageline alone; `--admission --help` lists flags",
     )
-    return parser
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="instead of the cases: the console's figures (a page of 100,000 runs, event "
+        "stream latency), stageline alone; `--console --help` lists their flags",
+    )
 
 
 def args_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, or None; `args.cases` becomes a list of names."""
     if args.cases:
-        args.cases = [name.strip() for name in args.cases.split(",") if name.strip()]
+        names = (name.strip() for name in args.cases.split(","))
+        args.cases = [ALIASES.get(name, name) for name in names if name]
         problem = unknown_cases(args.cases)
         if problem is not None:
             return problem
@@ -75,6 +97,8 @@ def args_problem(args: argparse.Namespace) -> str | None:
         return "--plot-only runs no case: drop --cases or --plot-only"
     if args.plot is not None and not args.plot.parent.is_dir():
         return f"--plot: no directory {args.plot.parent}"
+    if args.durable_sweep is not None and not args.durable_sweep.parent.is_dir():
+        return f"--durable-sweep: no directory {args.durable_sweep.parent}"
     return None
 
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import otel, ours, peers
+from . import dbos_peer, durable_cases, otel, ours, peers
 from .cold import lg_cold_resume, sl_cold_resume
-from .floor import sqlite_commit_floor
+from .dbos_peer import measure as dbos
+from .floor import (
+    pg_commit_floor,
+    pg_throughput_floor,
+    sqlite_commit_floor,
+    sqlite_throughput_floor,
+)
+from .pg import pg_unavailable
 from .probe import sl_paused_memory, sl_paused_threads
 from .report import format_value
 from .settings import Settings
@@ -43,6 +50,7 @@ class Variant:
     stageline: Measure | None = None  # None: reuse the case's stageline median
     unit: str | None = None  # None: the case's unit
     target: Target | None = None
+    dbos: Measure | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Case:
     warmup: bool = True  # one untimed sample of each side first
     target: Target | None = None
     unavailable: Callable[[], str | None] | None = None  # why it cannot run here, or None
+    dbos: Measure | None = None  # None: DBOS has no equivalent, or is not installed
+    floor: Measure | None = None  # bare commits of the same rows, no runtime
 
 
 CASES: tuple[Case, ...] = (
@@ -66,6 +76,7 @@ CASES: tuple[Case, ...] = (
         ours.sl_linear,
         peers.lg_linear,
         variants=(
+            Variant("langgraph default durability=async", peers.lg_linear_default),
             Variant("langgraph no checkpointer", peers.lg_linear_no_checkpointer),
             *otel.variants(Variant),
         ),
@@ -89,22 +100,19 @@ CASES: tuple[Case, ...] = (
         "20 one-step stages on SQLite, each committed before the next; time per stage",
         ours.sl_durable,
         peers.lg_durable,
-        variants=(
-            Variant("langgraph default durability=async", peers.lg_durable_default),
-            Variant(
-                "floor: bare sqlite commits, no runtime", peers.lg_durable, sqlite_commit_floor
-            ),
-        ),
+        variants=(Variant("langgraph default durability=async", peers.lg_durable_default),),
         target=Target("ratio", 0.25),
+        dbos=dbos(dbos_peer.db_durable),
+        floor=sqlite_commit_floor,
     ),
     Case(
-        "durable_postgres_stage_commit",
-        "the 20 stages above on PostgreSQL (stageline only; the SQLite figure beside it); "
-        "time per stage",
+        "durable_step_postgres",
+        "the 20 stages above on PostgreSQL, synchronous_commit=on; time per stage",
         ours.sl_durable_pg,
-        None,
-        variants=(Variant("stageline on sqlite synchronous=FULL", None, ours.sl_durable),),
-        unavailable=ours.pg_unavailable,
+        durable_cases.lg_durable_pg,
+        unavailable=pg_unavailable,
+        dbos=dbos(dbos_peer.db_durable_pg),
+        floor=pg_commit_floor,
     ),
     Case(
         "checkpoint_bytes_per_stage",
@@ -123,12 +131,43 @@ CASES: tuple[Case, ...] = (
         target=Target("ratio", 0.25),
     ),
     Case(
+        "throughput_durable_sqlite",
+        "1,000 runs (200 with --quick) of 10 stages, 50 at a time, on SQLite "
+        "(synchronous=FULL); time per run",
+        durable_cases.sl_throughput_sqlite,
+        durable_cases.lg_throughput_sqlite,
+        reps=lambda s: 1,  # one sample of 1,000 runs (10 untimed first), alternated
+        warmup=False,
+        dbos=dbos(dbos_peer.db_throughput_sqlite),
+        floor=sqlite_throughput_floor,
+    ),
+    Case(
+        "throughput_durable_postgres",
+        "the runs above on PostgreSQL (synchronous_commit=on); time per run",
+        durable_cases.sl_throughput_pg,
+        durable_cases.lg_throughput_pg,
+        reps=lambda s: 1,  # one sample of 1,000 runs (10 untimed first), alternated
+        warmup=False,
+        unavailable=pg_unavailable,
+        dbos=dbos(dbos_peer.db_throughput_pg),
+        floor=pg_throughput_floor,
+    ),
+    Case(
         "pause_resume_same_process",
         "resume a paused run in memory (registry fast path) to its next stage and the end; "
         "time per resume",
         ours.sl_pause_resume,
         peers.lg_pause_resume,
+        variants=(Variant("langgraph default durability=async", peers.lg_pause_resume_default),),
         target=Target("ratio", 0.2),
+    ),
+    Case(
+        "wait_for_message",
+        "a run waits for a message on SQLite; another thread sends it: latency from the send "
+        "to the next stage started (median of 20 messages, 10 with --quick)",
+        durable_cases.sl_wait_message,
+        durable_cases.lg_wait_message,
+        dbos=dbos(dbos_peer.db_wait_message),
     ),
     Case(
         "slow_path_resume_sqlite",

@@ -39,6 +39,7 @@ from stageline.core.codec import encode
 
 from .time_cases import PG_DSN, PLACES, Figure, Place, p95, run_figures
 
+FLAG = "--console"
 PAGE_TARGET_MS = 20.0
 STREAM_TARGET_MS = 100.0
 STATUSES = ("succeeded", "failed", "aborted", "expired")

@@ -11,22 +11,24 @@ runs again on resume, which is how LangGraph resumes. Both end with RESUMED_STAT
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.stores import SqliteStore
 
+from .pg import PG_DSN, scratch_schema
 from .settings import (
     DURABLE_STAGES,
     FANOUT_KEYS,
     LINEAR_STAGES,
     RESUMED_STATE,
     THROUGHPUT_STAGES,
+    WARM_RUNS,
     Settings,
 )
 from .timing import check, per, scratch_dir, wal_size
@@ -103,12 +105,12 @@ def sl_durable(s: Settings) -> float:
     with scratch_dir(s) as tmp:
         store = SqliteStore(tmp / "stageline.db")  # synchronous=FULL, WAL
         try:
-            return _sl_durable_runs(store, s)
+            return sl_durable_runs(store, s)
         finally:
             store.close()
 
 
-def _sl_durable_runs(store: Any, s: Settings) -> float:
+def sl_durable_runs(store: Any, s: Settings) -> float:
     """Time per stage of `durable_runs` runs of the 20-stage pipeline on `store`."""
     factory = PipelineFactory(
         sl_linear_pipeline(DURABLE_STAGES), store=store, initial_state={"n": 0}
@@ -119,40 +121,23 @@ def _sl_durable_runs(store: Any, s: Settings) -> float:
     return per(start, s.durable_runs * DURABLE_STAGES)
 
 
-PG_DSN = os.environ.get("STAGELINE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def pg_unavailable() -> str | None:
-    """Why the PostgreSQL case cannot run, or None."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install -e '.[postgres]')"
-    try:
-        psycopg.connect(PG_DSN, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_DSN} does not answer ({str(exc).strip().splitlines()[0]})"
-    return None
-
-
 def sl_durable_pg(s: Settings) -> float:
     """sl_durable on PostgreSQL, in a schema of its own, dropped afterwards."""
-    import uuid
+    with pg_store() as store:
+        return sl_durable_runs(store, s)
 
-    import psycopg
 
+@contextmanager
+def pg_store() -> Iterator[Any]:
+    """A PostgresStore (its default pool of 10) in a scratch schema."""
     from stageline.stores import PostgresStore
 
-    schema = f"stageline_bench_{uuid.uuid4().hex[:12]}"
-    store = PostgresStore(PG_DSN, schema=schema)
-    try:
-        return _sl_durable_runs(store, s)
-    finally:
-        store.close()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(
-                psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(schema))
-            )
+    with scratch_schema("stageline_bench") as schema:
+        store = PostgresStore(PG_DSN, schema=schema)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def _sl_bytes(s: Settings) -> tuple[float, float]:
@@ -195,22 +180,32 @@ def sl_wal_bytes(s: Settings) -> float:
 
 
 def sl_throughput(s: Settings) -> float:
-    factory = PipelineFactory(sl_linear_pipeline(THROUGHPUT_STAGES), initial_state={"n": 0})
-    slots = threading.BoundedSemaphore(s.concurrency)  # at most `concurrency` runs in flight
+    return sl_concurrent(None, s.throughput_runs, s.concurrency)
+
+
+def sl_concurrent(store: Any, runs: int, in_flight: int) -> float:
+    """Time per run of `runs` 10-stage runs, at most `in_flight` at a time, on `store`
+    (None: the default MemoryStore)."""
+    factory = PipelineFactory(
+        sl_linear_pipeline(THROUGHPUT_STAGES), store=store, initial_state={"n": 0}
+    )
+    slots = threading.BoundedSemaphore(in_flight)
+    for _ in range(WARM_RUNS):  # untimed: the store's first commits, the pools' threads
+        sl_run_ok(factory.prepare().run(), THROUGHPUT_STAGES)
 
     def release(_: Any) -> None:
         slots.release()
 
     start = time.perf_counter()
     futures = []
-    for _ in range(s.throughput_runs):
+    for _ in range(runs):
         slots.acquire()
         future = factory.prepare().start()
         future.add_done_callback(release)
         futures.append(future)
     for future in futures:
         sl_run_ok(future.result(), THROUGHPUT_STAGES)
-    return per(start, s.throughput_runs)
+    return per(start, runs)
 
 
 def sl_pause_router(state: dict[str, Any], results: Any) -> Pause:

@@ -1,4 +1,5 @@
-"""The plot of the sweeps: per-stage cost on log-log axes, titled with the setting."""
+"""The plots: the in-memory sweeps (per-stage cost on log-log axes) and the durable
+throughput sweep (runs per second against runs in flight), titled with the setting."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .durable_sweep import LIBRARIES, DurablePoint
 from .sweeps import SWEEP_MIN_STAGES, SWEEPS, Sweep, SweepPoint
 
 
@@ -81,4 +83,42 @@ def sweep_title(quick: bool, reps: int) -> str:
         f"{os.cpu_count()} CPUs{f' ({cpu})' if cpu else ''}{load} at start; each point: the "
         f"median of {reps} samples, or 1 sample where a sample runs over "
         f"{SWEEP_MIN_STAGES:,} stages"
+    )
+
+
+def plot_durable_sweep(plt: Any, points: Sequence[DurablePoint], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    offsets = ((0, 6), (0, 6), (0, -13))  # labels of close points apart: one per library
+    for (name, _), marker, offset in zip(LIBRARIES, "osD", offsets, strict=True):
+        mine = sorted((p for p in points if p.library == name), key=lambda p: p.in_flight)
+        if not mine:
+            continue
+        xs, ys = [p.in_flight for p in mine], [p.runs_per_s for p in mine]
+        ax.plot(xs, ys, marker=marker, label=name)
+        for x, y in zip(xs, ys, strict=True):
+            ax.annotate(f"{y:,.0f}", (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+    sizes = sorted({p.in_flight for p in points})
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("runs in flight")
+    ax.set_ylabel("runs per second (10 durable stages each)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def durable_title(quick: bool) -> str:
+    load = f", load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    cpu = cpu_model()
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("stageline", "langgraph", "dbos")
+    )
+    return (
+        f"Durable throughput on SQLite (WAL, synchronous=FULL): {versions} "
+        f"({'--quick' if quick else 'full'} sweep)\n"
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs{f' ({cpu})' if cpu else ''}{load} at start; one sample a point"
     )

@@ -37,19 +37,31 @@ def aligned(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *(line(c) for c in cells)]
 
 
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    header = ("case", "stageline µs", "LangGraph µs", "ratio")
+    header = ("case", "stageline µs", "LangGraph µs", "DBOS µs", "floor µs", "/LG", "/DBOS")
     cells = [
         (
             row.case,
             format_value(row.stageline, row.unit),
             format_value(row.langgraph, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            format_value(row.dbos, row.unit),
+            format_value(row.floor, row.unit),
+            format_ratio(row.ratio),
+            format_ratio(row.ratio_dbos),
         )
         for row in rows
     ]
     out = aligned(header, cells)
-    out.append("ratio = stageline / LangGraph, lower is better; medians of repetitions.")
+    out.append(
+        "/LG = stageline / LangGraph, /DBOS = stageline / DBOS: lower is better for "
+        "stageline; floor = the store's bare commits of the same rows, no runtime; "
+        "medians of repetitions; - = no figure (no equivalent, or not measured)."
+    )
+    out += rates(rows)
     units = {row.unit for row in rows}
     if "bytes" in units:
         out.append(
@@ -58,12 +70,23 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     if "threads" in units:
         out.append("Rows in threads count threads alive after the runs paused, minus before.")
-    if any(row.langgraph is None for row in rows):
-        out.append("Rows with - in the LangGraph column are stageline-only information rows.")
     targets = [line for line in (row.target_line() for row in rows) if line is not None]
     if targets:
         out += ["targets (a missed target does not fail the bench):", *targets]
     return "\n".join(out)
+
+
+def rates(rows: Sequence[Row]) -> list[str]:
+    """Runs per second of the throughput rows (µs per run), every library and the floor."""
+    lines = []
+    for row in rows:
+        if not row.case.startswith("throughput"):
+            continue
+        figures = [("stageline", row.stageline), ("LangGraph", row.langgraph)]
+        figures += [("DBOS", row.dbos), ("floor", row.floor)]
+        shown = [f"{name} {1e6 / us:,.0f}" for name, us in figures if us]
+        lines.append(f"  {row.case}: runs/s: {', '.join(shown)}")
+    return ["throughput in runs per second (1e6 / µs per run):", *lines] if lines else []
 
 
 def format_sweeps(points: Sequence[SweepPoint]) -> str:
@@ -91,7 +114,15 @@ def environment(settings: Settings, quick: bool) -> str:
     load = f", load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     return (
         f"stageline {metadata.version('stageline')}, langgraph {metadata.version('langgraph')}, "
+        f"dbos {dbos_version()}, "
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} CPUs{load}; {'--quick' if quick else 'full'} run, "
         f"median of {settings.reps} repetitions"
     )
+
+
+def dbos_version() -> str:
+    try:
+        return metadata.version("dbos")
+    except metadata.PackageNotFoundError:
+        return "not installed"

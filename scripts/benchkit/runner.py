@@ -19,18 +19,29 @@ class Row:
     langgraph: float | None  # None: an information row with no LangGraph figure
     unit: str
     target: Target | None = None
+    dbos: float | None = None  # None: no DBOS figure (no equivalent, or not installed)
+    floor: float | None = None  # the store's bare-commit floor, for durable cases
 
     @property
     def ratio(self) -> float | None:
         return None if self.langgraph is None else self.stageline / self.langgraph
 
+    @property
+    def ratio_dbos(self) -> float | None:
+        return None if self.dbos is None else self.stageline / self.dbos
+
     def record(self) -> dict[str, Any]:
-        ratio = self.ratio
+        def rounded(value: float | None, digits: int = 3) -> float | None:
+            return None if value is None else round(value, digits)
+
         return {
             "case": self.case,
             "stageline_us": round(self.stageline, 3),
-            "langgraph_us": None if self.langgraph is None else round(self.langgraph, 3),
-            "ratio": None if ratio is None else round(ratio, 4),
+            "langgraph_us": rounded(self.langgraph),
+            "dbos_us": rounded(self.dbos),
+            "floor_us": rounded(self.floor),
+            "ratio": rounded(self.ratio, 4),
+            "ratio_dbos": rounded(self.ratio_dbos, 4),
         }
 
     def target_line(self) -> str | None:
@@ -57,25 +68,20 @@ def run_case(case: Case, settings: Settings) -> list[Row]:
         measures.append(measure)
         return len(measures) - 1
 
-    langgraph = slot(case.langgraph)
-    variant_slots = [(slot(v.stageline), slot(v.langgraph)) for v in case.variants]
+    main = (slot(case.langgraph), slot(case.dbos), slot(case.floor))
+    variant_slots = [(slot(v.stageline), slot(v.langgraph), slot(v.dbos)) for v in case.variants]
     values = medians(measures, settings, reps, case.warmup)
 
     def value(index: int | None) -> float | None:
         return None if index is None else values[index]
 
-    stageline = values[0]
-    rows = [Row(case.name, stageline, value(langgraph), case.unit, case.target)]
-    for variant, (sl, lg) in zip(case.variants, variant_slots, strict=True):
-        rows.append(
-            Row(
-                f"{case.name} ({variant.label})",
-                stageline if sl is None else values[sl],
-                value(lg),
-                variant.unit or case.unit,
-                variant.target,
-            )
-        )
+    lg, db, floor = (value(index) for index in main)
+    rows = [Row(case.name, values[0], lg, case.unit, case.target, db, floor)]
+    for variant, (sl, lg_slot, db_slot) in zip(case.variants, variant_slots, strict=True):
+        label = f"{case.name} ({variant.label})"
+        stageline = values[0] if sl is None else values[sl]
+        unit = variant.unit or case.unit
+        rows.append(Row(label, stageline, value(lg_slot), unit, variant.target, value(db_slot)))
     return rows
 
 

@@ -45,7 +45,7 @@ from stageline.core import transitions as tr
 from stageline.core.store import RunRecord
 from stageline.testing import wait_for_status
 
-from .ours import PG_DSN, pg_unavailable
+from .pg import PG_DSN, pg_unavailable
 from .timing import BenchError, check
 
 FLAG = "--time"
