@@ -6,8 +6,10 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -74,19 +76,21 @@ PAUSE_CASES = (
 )
 
 
+def quick_records(tmp_path: Path, cases: Sequence[str]) -> tuple[dict[str, dict[str, Any]], str]:
+    """`bench.py --quick --reps 1` of `cases`: its JSON records by case, and its output."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--quick", "--reps", "1", "--cases", ",".join(cases),
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=220,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    return {r["case"]: r for r in json.loads(out.read_text())}, proc.stdout
+
+
 @pytest.mark.slow  # about 15 s: a child process pauses 2,000 runs, and 4 fresh interpreters
 def test_pause_cases_and_the_stageline_only_rows(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    cases = ",".join(PAUSE_CASES)
-    proc = subprocess.run(
-        [sys.executable, BENCH, "--quick", "--reps", "1", "--cases", cases, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    by_case = {r["case"]: r for r in json.loads(out.read_text())}
+    by_case, stdout = quick_records(tmp_path, PAUSE_CASES)
     assert set(PAUSE_CASES) <= set(by_case), by_case
     for name in PAUSE_CASES[:3]:  # compared with LangGraph
         record = by_case[name]
@@ -97,7 +101,7 @@ def test_pause_cases_and_the_stageline_only_rows(tmp_path: Path) -> None:
     assert isinstance(threads["stageline_us"], int | float)  # extra threads (may be 0)
     for record in (memory, threads):  # information rows: no LangGraph figure, no ratio
         assert record["langgraph_us"] is None and record["ratio"] is None, record
-    assert "targets" in proc.stdout and "pause_resume_same_process: ratio <=" in proc.stdout
+    assert "targets" in stdout and "pause_resume_same_process: ratio <=" in stdout
 
 
 def load_bench() -> ModuleType:
@@ -158,24 +162,14 @@ DURABLE_CASES = ("durable_sqlite_stage_commit", "throughput_durable_sqlite", "wa
 @pytest.mark.slow  # about 20 s: three libraries on SQLite
 def test_durable_cases_have_three_libraries_and_a_floor(tmp_path: Path) -> None:
     pytest.importorskip("dbos", reason="the DBOS column needs the bench extra")
-    out = tmp_path / "bench.json"
-    cases = ",".join(DURABLE_CASES)
-    proc = subprocess.run(
-        [sys.executable, BENCH, "--quick", "--reps", "1", "--cases", cases, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    by_case = {r["case"]: r for r in json.loads(out.read_text())}
+    by_case, stdout = quick_records(tmp_path, DURABLE_CASES)
     for name in DURABLE_CASES:
         record = by_case[name]
         for key in ("stageline_us", "langgraph_us", "dbos_us", "ratio", "ratio_dbos"):
             assert record[key] > 0, record
     for name in DURABLE_CASES[:2]:  # the floor: bare commits of the same rows
         assert by_case[name]["floor_us"] > 0, by_case[name]
-    assert "runs/s: stageline" in proc.stdout
+    assert "runs/s: stageline" in stdout
 
 
 def test_plot_without_matplotlib_exits_2_before_any_work(tmp_path: Path) -> None:

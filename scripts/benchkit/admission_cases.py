@@ -37,7 +37,15 @@ from typing import Any
 from stageline import Limit, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.testing import wait_for_stats
 
-from .time_cases import Figure, Place, postgres_place, run_figures, sqlite_place
+from .time_cases import (
+    Figure,
+    Place,
+    add_place_args,
+    parsed_places,
+    postgres_place,
+    run_figures,
+    sqlite_place,
+)
 from .timing import check
 
 FLAG = "--admission"
@@ -187,14 +195,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=300, help="starts timed each way per store")
     parser.add_argument("--queued", type=int, default=5000, help="runs waiting queued")
     parser.add_argument("--busy-reps", type=int, default=10, help="20-stage runs timed each way")
-    parser.add_argument("--stores", default="memory,sqlite,postgres",
-                        help="memory, sqlite, postgres (comma-separated)")  # fmt: skip
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
-    args = parser.parse_args(argv)
-    args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
-    if not args.stores or set(args.stores) - set(PLACES):
-        parser.error(f"--stores: choose among {', '.join(PLACES)}")
+    add_place_args(parser, "memory,sqlite,postgres")
+    args = parsed_places(parser, argv, tuple(PLACES))
     if args.reps < 1 or args.queued < 1 or args.busy_reps < 1:
         parser.error("--reps, --queued and --busy-reps must be >= 1")
     return args

@@ -37,7 +37,16 @@ from typing import Any
 from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
 from stageline.core.codec import encode
 
-from .time_cases import PG_DSN, PLACES, Figure, Place, p95, run_figures
+from .time_cases import (
+    PG_DSN,
+    PLACES,
+    Figure,
+    Place,
+    add_place_args,
+    p95,
+    parsed_places,
+    run_figures,
+)
 
 FLAG = "--console"
 PAGE_TARGET_MS = 20.0
@@ -230,13 +239,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.py --console", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100_000, help="runs in the store")
     parser.add_argument("--streams", type=int, default=100, help="event streams open at once")
-    parser.add_argument("--stores", default="sqlite,postgres", help="sqlite, postgres or both")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
-    args = parser.parse_args(argv)
-    args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
-    if not args.stores or set(args.stores) - set(PLACES):
-        parser.error(f"--stores: choose among {', '.join(PLACES)}")
+    add_place_args(parser)
+    args = parsed_places(parser, argv)
     if args.runs < 1000 or args.streams < 1:
         parser.error("--runs must be >= 1000 and --streams >= 1")
     return args

@@ -288,18 +288,31 @@ def start_figures(place: Place, empty: Place, args: argparse.Namespace, tmp: Pat
 # --- the command ----------------------------------------------------------------------------
 
 
+def add_place_args(parser: argparse.ArgumentParser, stores: str = "sqlite,postgres") -> None:
+    """The flags every absolute-figure mode shares: --stores, --json, --tmpdir."""
+    parser.add_argument("--stores", default=stores, help=f"some of {stores} (comma-separated)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
+
+
+def parsed_places(
+    parser: argparse.ArgumentParser, argv: Sequence[str], places: Sequence[str] = tuple(PLACES)
+) -> argparse.Namespace:
+    """Parse `argv`; `args.stores` becomes the list of store names (each one of `places`)."""
+    args = parser.parse_args(argv)
+    args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
+    if not args.stores or set(args.stores) - set(places):
+        parser.error(f"--stores: choose among {', '.join(places)}")
+    return args
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.py --time", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10_000, help="other sleeping runs")
     parser.add_argument("--reps", type=int, default=20, help="wake-ups measured per store")
     parser.add_argument("--start-reps", type=int, default=3, help="daemon starts per store")
-    parser.add_argument("--stores", default="sqlite,postgres", help="sqlite, postgres or both")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--tmpdir", help="where SQLite files go (default: the system temp)")
-    args = parser.parse_args(argv)
-    args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
-    if not args.stores or set(args.stores) - set(PLACES):
-        parser.error(f"--stores: choose among {', '.join(PLACES)}")
+    add_place_args(parser)
+    args = parsed_places(parser, argv)
     if args.runs < 0 or args.reps < 1 or args.start_reps < 1:
         parser.error("--runs must be >= 0, --reps and --start-reps >= 1")
     return args
