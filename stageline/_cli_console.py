@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from stageline._cli_errors import user_errors
+from stageline._cli_errors import UserError, user_errors
 from stageline._cli_options import store_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,6 +83,11 @@ def console(store_url: str | None, http: str, http_token: str | None) -> None:
     from stageline._console.server import serve_forever
 
     host, port = checked_bind(http, http_token)
+    if store_url == "memory://":
+        raise UserError(
+            "console needs a store other processes can reach; memory:// lives inside one "
+            "process: use sqlite:///runs.db (or postgresql://...)"
+        )
     store = open_store(store_url)
     try:
         click.echo(f"stageline: console on http://{host}:{port}/ (Ctrl-C stops it)", err=True)

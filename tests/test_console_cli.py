@@ -121,6 +121,7 @@ def _wait_listening(http: httpx.Client) -> None:
         (["--http", "0.0.0.0:8099", "--http-token", "short"], "too short"),
         (["--http", "localhost"], "HOST:PORT"),
         (["--http", "127.0.0.1:99999"], "HOST:PORT"),
+        (["--store", "memory://"], "memory://"),
     ],
 )
 def test_an_unsafe_or_bad_bind_is_one_line(tmp_path, env, args, words):
