@@ -51,8 +51,12 @@ SET_CHECKPOINT: Final = (
     f"AND (NOT %s OR status = '{lifecycle.PAUSED}') AND (%s::bigint IS NULL OR version = %s)"
 )
 SET_TRACE: Final = "UPDATE {s}.runs SET trace = %s WHERE run_id = %s"
+# The rows are locked in run id order (code point order, "C"), the order in which a group
+# commit (stores/_pg_group.py) writes its runs, so the two never deadlock.
 RENEW_LEASES: Final = (
-    "UPDATE {s}.runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s) RETURNING run_id"
+    "UPDATE {s}.runs SET lease_until = %s WHERE run_id IN (SELECT run_id FROM {s}.runs "
+    'WHERE owner = %s AND run_id = ANY(%s) ORDER BY run_id COLLATE "C" FOR UPDATE) '
+    "RETURNING run_id"
 )
 
 # A commit with an owner also takes the run's lease; without one the lease is kept. The

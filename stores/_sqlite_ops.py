@@ -18,6 +18,7 @@ from stageline.core.store import Commit
 from stageline.core.text import is_utf8
 
 from ._common import PRUNE_SQL, conflict, maybe_encode
+from ._group import Member
 from ._rows import REQUEST_COLUMNS, claimed_requests
 
 # A commit keeps the abort flag only while the run stays pending or running: the commit
@@ -97,6 +98,27 @@ def apply_commit(db: sqlite3.Connection, commit: Commit, data: Encoded) -> int:
         if commit.status not in _HOLDING:  # it ends, pauses or sleeps: no slot held any more
             db.execute("DELETE FROM claims WHERE run_id = ?", (commit.run_id,))
     return int(commit.expected_version) + 1
+
+
+def apply_group(
+    db: sqlite3.Connection,
+    members: Sequence[Member],
+    refusal: Callable[[Commit, Exception], BaseException],
+) -> None:
+    """Apply each member's commit (its item: the commit and its `encoded` data) in the open
+    transaction, each under a savepoint: one that fails (ConflictError, a value SQLite
+    refuses) is rolled back to its savepoint and given `refusal(commit, exc)`; the others
+    go on. A savepoint that cannot be rolled back (SQLite already rolled the whole
+    transaction back: disk full, I/O error) raises: the whole group fails."""
+    for member in members:
+        commit, data = member.item
+        db.execute("SAVEPOINT member")
+        try:
+            member.succeed(apply_commit(db, commit, data))
+        except Exception as exc:
+            db.execute("ROLLBACK TO member")
+            member.fail(refusal(commit, exc))
+        db.execute("RELEASE member")
 
 
 def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:

@@ -52,6 +52,8 @@ Decisions where the spec is silent:
   commits; `wait_journal` blocks on it (stores/_versions.py says why not the mailbox's).
 - Pages of runs (`page_runs`): keyset over the `(created_at, run_id COLLATE "C")` indexes
   of schema migration 9 (stores/_pages.py).
+- Group commit: stage commits of different runs arriving together share one transaction
+  (stores/_pg_group.py); a lone commit is still one autocommit statement.
 - Admission (`admit`, `queue`, `limit_usage`): see stores/_pg_admission.py; `admit`
   takes an advisory lock per claimed (limit, key) in its transaction before counting.
 - Time: an answered request's time is the store's `clock.wall()` (`clock=`, default the
@@ -91,8 +93,10 @@ from ._common import (
     waking_from_rows,
 )
 from ._fleet import SqlFleet
+from ._group import GroupCommit
 from ._pages import SqlPages
 from ._pg_driver import schema_from_url as _schema_from_url  # noqa: F401 (its old home)
+from ._pg_group import PgGroupCommit
 from ._pg_listener import Listener
 from ._pg_mailbox import Mailbox
 from ._pg_pool import Connections, PoolLimits
@@ -105,7 +109,7 @@ from ._versions import PgJournalVersion
 __all__ = ["MAX_ID_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 
-class PostgresStore(SqlFleet, SqlSchedules, SqlPages, PgJournalVersion):
+class PostgresStore(PgGroupCommit, SqlFleet, SqlSchedules, SqlPages, PgJournalVersion):
     """A Store in a PostgreSQL database, shared by any number of processes.
 
     `dsn` is a libpq connection string or URL (`postgresql://user@host:5432/db`).
@@ -148,6 +152,7 @@ class PostgresStore(SqlFleet, SqlSchedules, SqlPages, PgJournalVersion):
         self._listener = Listener(self._db.driver, self._db.connect, self.channel)
         self._mailbox = Mailbox(self._db, self._listener, self.channel, max_state_bytes)
         self._listen_for_journals()
+        self._group = GroupCommit(self._write_group)
 
     # ----------------------------------------------------------------- writes
 
@@ -163,9 +168,10 @@ class PostgresStore(SqlFleet, SqlSchedules, SqlPages, PgJournalVersion):
                 raise run_exists(record.run_id)
 
     def commit(self, commit: Commit) -> int:
+        """Write the stage commit, with those of other runs arriving at the same moment
+        in one transaction (stores/_pg_group.py); returns once it is durable."""
         statement = self._checked_statement(commit)
-        with self._db.connection(f"committing run {commit.run_id!r}", refusing=True) as conn:
-            version = admission.apply_commit(conn, self._db.sql, commit, statement)
+        version = int(self._group.submit((commit, statement)))
         self._journal_written(statement)
         return version
 

@@ -42,6 +42,7 @@ from ._common import (
     waking_from_rows,
 )
 from ._fleet import SqlFleet
+from ._group import GroupCommit
 from ._pages import SqlPages
 from ._rows import (
     REQUEST_COLUMNS,
@@ -51,6 +52,7 @@ from ._rows import (
     request_from_row,
 )
 from ._schedules import SqlSchedules
+from ._sqlite_group import SqliteGroupCommit
 from ._sqlite_ops import VACUUM_PAGES
 from ._sqlite_schema import (
     MIGRATIONS,
@@ -73,7 +75,7 @@ __all__ = [
 ]
 
 
-class SqliteStore(SqlFleet, SqlSchedules, SqlPages, SqliteVersions):
+class SqliteStore(SqliteGroupCommit, SqlFleet, SqlSchedules, SqlPages, SqliteVersions):
     """A Store in one SQLite file.
 
     `path` is a file path, never a SQLite URI (`file:x.db` is a file of that name). A new
@@ -113,6 +115,7 @@ class SqliteStore(SqlFleet, SqlSchedules, SqlPages, SqliteVersions):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._mailbox_writes = 0  # data_version does not move for this connection's writes
+        self._group = GroupCommit(self._write_group)
         with self._transaction(f"migrating the schema of {self.path!r}") as db:
             migrate(db, self.path)
 
@@ -187,12 +190,6 @@ class SqliteStore(SqlFleet, SqlSchedules, SqlPages, SqliteVersions):
 
     def load_run(self, run_id: str) -> RunRecord:
         return record_from_row(self._run_row(run_id), self.max_state_bytes)
-
-    def commit(self, commit: Commit) -> int:
-        data = ops.encoded(commit, self._fits)
-        what = f"committing run {commit.run_id!r}"
-        with self._transaction(what, refusing=True, journal=bool(data[1])) as db:
-            return ops.apply_commit(db, commit, data)
 
     def admit(self, commit: Commit, claims: Sequence[Claim], now: float) -> bool:
         data = ops.encoded(commit, self._fits)
