@@ -5,6 +5,7 @@ Last-Event-IDs, a login that keeps the page's query."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -128,3 +129,30 @@ def test_the_login_redirect_keeps_the_query():
         assert page.headers["location"] == "/login?next=/%3Fstatus%3Dpaused%26pipeline%3Dgate"
     finally:
         console.close()
+
+
+def test_stopping_the_server_ends_open_streams(caplog):
+    """A stream open on a paused run ends when the console stops (its client would
+    reconnect elsewhere with Last-Event-ID), and the stop does not wait for it."""
+    console = Console(MemoryStore(), daemon=False)
+    run_id = console.paused_run()
+    opened, ended = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with httpx.Client(base_url=console.url, timeout=30) as http:
+            with http.stream("GET", f"/api/runs/{run_id}/events") as stream:
+                for line in stream.iter_lines():
+                    if line == "event: pipeline:paused":
+                        opened.set()
+        ended.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert opened.wait(30)
+    started = time.monotonic()
+    console.close()
+    assert ended.wait(30)
+    assert time.monotonic() - started < 5
+    reader.join(timeout=30)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []  # not cancelled mid-response: it ended by itself

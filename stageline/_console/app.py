@@ -53,6 +53,7 @@ def build_app(store: Any, *, token: str | None = None, registry: Any = None) -> 
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         StoreError: _store_error})  # fmt: skip
     app.add_middleware(Guard, token=token)
+    app.state.watch = watch  # the server ends open streams through it when it stops
     return app
 
 

@@ -82,7 +82,7 @@ def serve_in_thread(
     shown = f"[{host}]" if ":" in host else host
 
     def stop() -> None:
-        server.should_exit = True
+        _stopping(app, server)
         thread.join(timeout=5)
 
     return f"http://{shown}:{bound}", stop
@@ -94,5 +94,14 @@ def serve_forever(app: Any, host: str, port: int) -> None:
 
     server = _server(app, host, port)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: setattr(server, "should_exit", True))
+        signal.signal(signum, lambda number, frame: _stopping(app, server))
     server.run()
+
+
+def _stopping(app: Any, server: Any) -> None:
+    """Stop the server, ending open event streams first (their clients reconnect, with
+    Last-Event-ID, to whichever console serves the store next)."""
+    watch = getattr(getattr(app, "state", None), "watch", None)
+    if watch is not None:
+        watch.close_streams()
+    server.should_exit = True

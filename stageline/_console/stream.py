@@ -86,6 +86,8 @@ class EventStreams:
                 for data in await self._next(seen, queue):
                     yield live_frame(data)
                     last_write = time.monotonic()
+                if self.watch.closing:  # the server is stopping: the client reconnects
+                    return
                 if time.monotonic() - last_write >= KEEPALIVE:
                     yield b": keep-alive\n\n"
                     last_write = time.monotonic()

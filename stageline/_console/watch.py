@@ -27,6 +27,8 @@ class JournalWatch:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.version = 0
+        self.closing = False
+        """Set when the server stops: every stream ends at its next wake-up (now)."""
 
     def start(self) -> None:
         """Start watching; called on the event loop (the app's startup)."""
@@ -35,6 +37,20 @@ class JournalWatch:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._watch, name="console-journal", daemon=True)
         self._thread.start()
+
+    def close_streams(self) -> None:
+        """End every open stream (from any thread): the server is stopping, and uvicorn
+        waits for open responses to end before it shuts down."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._close)
+        except RuntimeError:  # the loop has closed already
+            pass
+
+    def _close(self) -> None:
+        self.closing = True
+        self._bump(self.version + 1)
 
     def stop(self) -> None:
         self._stopping.set()
