@@ -26,7 +26,7 @@ def test_health_and_stats(console):
     stats = console.http.get("/api/stats").json()
     assert stats["mailbox"] == {"pending": 0, "claimed": 0}
     assert isinstance(stats["registry"], dict)
-    assert [d["owner"] for d in stats["daemons"]]
+    assert [d["owner"] for d in stats["daemons"]] and stats["daemons"][0]["gone"] is False
 
 
 def test_runs_are_listed_newest_first_and_paged_with_the_cursor(console):

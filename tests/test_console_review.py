@@ -139,11 +139,13 @@ def test_stopping_the_server_ends_open_streams(caplog):
     opened, ended = threading.Event(), threading.Event()
 
     def read() -> None:
-        with httpx.Client(base_url=console.url, timeout=30) as http:
-            with http.stream("GET", f"/api/runs/{run_id}/events") as stream:
-                for line in stream.iter_lines():
-                    if line == "event: pipeline:paused":
-                        opened.set()
+        with (
+            httpx.Client(base_url=console.url, timeout=30) as http,
+            http.stream("GET", f"/api/runs/{run_id}/events") as stream,
+        ):
+            for line in stream.iter_lines():
+                if line == "event: pipeline:paused":
+                    opened.set()
         ended.set()
 
     reader = threading.Thread(target=read)

@@ -65,12 +65,16 @@ class Api:
         return JSON(await run_in_threadpool(self._stats))
 
     def _stats(self) -> dict[str, Any]:
+        from stageline._cli_mailbox import CLOCK
+        from stageline._cli_ops import daemon_dict
+
+        now = CLOCK.wall()
         pending = self.store.list_requests(mailbox.PENDING, limit=10_000)
         claimed = self.store.list_requests(mailbox.CLAIMED, limit=10_000)
         return {
             "registry": None if self.registry is None else self.registry.stats(),
             "mailbox": {"pending": len(pending), "claimed": len(claimed)},
-            "daemons": self.store.list_heartbeats(),
+            "daemons": [daemon_dict(beat, now) for beat in self.store.list_heartbeats()],
         }
 
     async def runs(self, request: Request) -> Response:

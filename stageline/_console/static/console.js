@@ -217,10 +217,10 @@ export async function showStats() {
   try {
     const { data } = await api("/api/stats");
     const mailbox = (data && data.mailbox) || {};
-    const daemons = (data && data.daemons) || [];
+    const daemons = ((data && data.daemons) || []).filter((d) => !d.gone);
     const word = daemons.length === 1 ? "daemon" : "daemons";
-    node.textContent = `${daemons.length} ${word} · mailbox ${mailbox.pending ?? 0} pending, `
-      + `${mailbox.claimed ?? 0} claimed`;
+    node.textContent = `${daemons.length} ${word} alive · mailbox ${mailbox.pending ?? 0} `
+      + `pending, ${mailbox.claimed ?? 0} claimed`;
   } catch (error) {
     if (error.status !== 401) node.textContent = "";
   }
