@@ -49,7 +49,7 @@ class Member:
             self.fail(exc)
 
     def succeed(self, value: Any) -> None:
-        self.value, self.settled = value, True
+        self.value, self.error, self.settled = value, None, True
 
     def fail(self, error: BaseException) -> None:
         self.error, self.settled = error, True
@@ -90,11 +90,27 @@ class GroupCommit:
             leads = not self._writing
             self._writing = True
         if not leads:
-            member.woken.wait()
+            try:
+                member.woken.wait()
+            except BaseException:  # interrupted while waiting: leave, or pass the lead on
+                self._leave(member)
+                raise
             if not member.leads:
                 return member.verdict()
         self._lead()
         return member.verdict()
+
+    def _leave(self, member: Member) -> None:
+        """A waiting caller gave up (an interrupt): take its commit out of the queue (it is
+        not written) and, if it had been made the next leader, pass the lead on. A commit
+        already taken into a group is written or failed by that group's leader."""
+        with self._lock:
+            if member not in self._queue:
+                return
+            self._queue.remove(member)
+            heir = member.leads
+        if heir:
+            self._pass_on()
 
     def _lead(self) -> None:
         """Write one group (this caller's commit is its first member), then pass on."""
@@ -105,12 +121,21 @@ class GroupCommit:
             self.largest = max(self.largest, len(group))
         try:
             self._write(group)
-        finally:
-            self._pass_on()
+        except BaseException:  # interrupted mid-way: no verdict of this group can be trusted
             for member in group:
-                if not member.settled:
-                    member.fail(StoreError("the group commit holding this commit was not written"))
-                member.woken.set()
+                member.fail(StoreError("the group commit holding this commit was interrupted; "
+                                       "its outcome is unknown: read the run"))  # fmt: skip
+            raise
+        finally:
+            try:
+                for member in group:
+                    if not member.settled:
+                        member.fail(
+                            StoreError("the group commit holding this commit was not written")
+                        )
+                    member.woken.set()
+            finally:
+                self._pass_on()
 
     def _pass_on(self) -> None:
         """Leadership to the first waiter, or none (the queue is empty)."""
@@ -119,7 +144,7 @@ class GroupCommit:
                 self._writing = False
                 return
             heir = self._queue[0]
-        heir.leads = True
+            heir.leads = True  # under the lock: a waiter leaving (_leave) sees it
         heir.woken.set()
 
     def stats(self) -> dict[str, int]:

@@ -110,10 +110,13 @@ class PgGroupCommit:
         """One transaction of `members`: None once it is settled (written, or failed as a
         whole), or the member whose refusal rolled it back."""
         what = f"committing {len(members)} runs together"
+        applied: dict[Member, int] = {}
         try:
             with self._db.connection(what) as conn, conn.transaction():
                 for member in members:
-                    self._apply(conn, member)
+                    self._apply(conn, member, applied)
+            for member, version in applied.items():  # told only once committed
+                member.succeed(version)
         except _Refused as refused:
             culprit: Member = refused.args[0]
             return culprit
@@ -130,11 +133,12 @@ class PgGroupCommit:
             found = None
         return conflict(commit.run_id, commit.expected_version, None if found is None else found[0])
 
-    def _apply(self, conn: Connection, member: Member) -> None:
-        """One member's statement inside the group's transaction."""
+    def _apply(self, conn: Connection, member: Member, applied: dict[Member, int]) -> None:
+        """One member's statement inside the group's transaction (its new version into
+        `applied`; a conflict or refusal settles it now)."""
         commit, statement = member.item
         try:
-            member.succeed(admission.apply_commit(conn, self._db.sql, commit, statement))
+            applied[member] = admission.apply_commit(conn, self._db.sql, commit, statement)
         except ConflictError as exc:
             member.fail(exc)
         except (self._db.driver.DataError, self._db.driver.IntegrityError) as exc:

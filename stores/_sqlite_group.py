@@ -73,16 +73,20 @@ class SqliteGroupCommit:
                 if self._closed:
                     raise StoreError(f"SQLite store {self.path!r} is closed")
                 self._db.execute("BEGIN IMMEDIATE")
-                ops.apply_group(self._db, members, self._refusal)
+                versions = ops.apply_group(self._db, members, self._refusal)
                 self._db.execute("COMMIT")
-            except Exception as exc:
+            except BaseException as exc:  # an interrupt too: never leave BEGIN open
                 self._rollback()
                 error = StoreError(
                     f"committing {len(members)} runs together failed in {self.path!r}: "
                     f"{exc}; none of these commits was written"
                 )
                 fail_unwritten(members, error)
+                if not isinstance(exc, Exception):
+                    raise
                 return
+            for member, version in versions.items():  # told only once durable
+                member.succeed(version)
             self._journal_writes += sum(m.error is None and bool(m.item[1][1]) for m in members)
 
     def _refusal(self, commit: Commit, exc: Exception) -> BaseException:

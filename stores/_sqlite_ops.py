@@ -104,21 +104,24 @@ def apply_group(
     db: sqlite3.Connection,
     members: Sequence[Member],
     refusal: Callable[[Commit, Exception], BaseException],
-) -> None:
+) -> dict[Member, int]:
     """Apply each member's commit (its item: the commit and its `encoded` data) in the open
     transaction, each under a savepoint: one that fails (ConflictError, a value SQLite
     refuses) is rolled back to its savepoint and given `refusal(commit, exc)`; the others
     go on. A savepoint that cannot be rolled back (SQLite already rolled the whole
-    transaction back: disk full, I/O error) raises: the whole group fails."""
+    transaction back: disk full, I/O error) raises: the whole group fails. Returns each
+    applied member's new version: the caller tells them once the transaction commits."""
+    applied: dict[Member, int] = {}
     for member in members:
         commit, data = member.item
         db.execute("SAVEPOINT member")
         try:
-            member.succeed(apply_commit(db, commit, data))
+            applied[member] = apply_commit(db, commit, data)
         except Exception as exc:
             db.execute("ROLLBACK TO member")
             member.fail(refusal(commit, exc))
         db.execute("RELEASE member")
+    return applied
 
 
 def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:

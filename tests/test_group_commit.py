@@ -239,3 +239,74 @@ def _pg_script(store: Any, script: str) -> None:
     dsn, schema = store.test_schema
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(script.replace("{s}", f'"{schema}"'))
+
+
+# --- interrupts (KeyboardInterrupt, SystemExit) ------------------------------------------
+
+
+def test_a_follower_interrupted_while_waiting_does_not_stall_later_commits(monkeypatch):
+    from stageline.stores import _group
+
+    written: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def write(members: list[Any]) -> None:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        for member in members:
+            written.append(member.item)
+            member.succeed(member.item)
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    class InterruptedMember(_group.Member):
+        def __init__(self, item: Any) -> None:
+            super().__init__(item)
+            self.woken = Interrupted()
+
+    group = _group.GroupCommit(write)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        lead = pool.submit(group.submit, "a")
+        assert entered.wait(30)
+        monkeypatch.setattr(_group, "Member", InterruptedMember)
+        with pytest.raises(KeyboardInterrupt):
+            group.submit("b")  # queued behind "a", then interrupted while it waits
+        monkeypatch.undo()
+        release.set()
+        assert lead.result(timeout=30) == "a"
+    assert group.submit("c") == "c"  # no stall: the interrupted waiter left the queue
+    assert written == ["a", "c"]
+
+
+def test_an_interrupt_inside_a_sqlite_group_tells_no_one_it_was_written(tmp_path, monkeypatch):
+    from stageline.stores import _sqlite_ops
+
+    store = SqliteStore(tmp_path / "group.db")
+    ids = [f"run-{i}" for i in range(5)]
+    for run_id in ids:
+        new_run(store, run_id)
+    apply_commit = _sqlite_ops.apply_commit
+
+    def interrupted_at_run_3(db: Any, commit: Commit, data: Any) -> int:
+        if commit.run_id == "run-3":
+            raise KeyboardInterrupt
+        return apply_commit(db, commit, data)
+
+    held = HeldGroups(store, len(ids) - 1, on_second=lambda: monkeypatch.setattr(
+        _sqlite_ops, "apply_commit", interrupted_at_run_3))  # fmt: skip
+    futures = held.run(*_calls(store, [stage_commit(run_id, 0) for run_id in ids]))
+    assert futures[0].result(timeout=30) == 1  # the lone first group, before the interrupt
+    for future in futures[1:]:  # the group's leader sees the interrupt, the others a failure
+        with pytest.raises((StoreError, KeyboardInterrupt)):
+            future.result(timeout=30)
+    monkeypatch.undo()
+    for run_id in ids[1:]:  # none of the group was written, and the store goes on
+        assert store.load_run(run_id).version == 0
+    assert store.commit(stage_commit(ids[2], 0)) == 1
+    other = SqliteStore(tmp_path / "group.db")  # no write transaction left open
+    assert other.commit(stage_commit(ids[3], 0)) == 1
+    other.close()
+    store.close()
