@@ -11,11 +11,12 @@ and `renew_leases` locks its rows in the same order, so two groups (of two daemo
 group and a renewal cannot deadlock. A group the server still picks as a deadlock's
 victim (some other writer) was rolled back whole and is sent again.
 
-No savepoints: a commit's statement reports a conflict by matching no row, which leaves
-the transaction usable, so a conflicting member simply gets its ConflictError. A member
-the server refuses for good (SQLSTATE class 22 or 23) aborts the transaction: it is
-rolled back, the group is written again one statement at a time, that member gets
-CommitRefused and the others are written without it. Any other failure (the connection
+The pipeline has no savepoints: a commit's statement reports a conflict by matching no
+row, which leaves the transaction usable, so a conflicting member simply gets its
+ConflictError. A member the server refuses for good (SQLSTATE class 22 or 23) aborts the
+pipeline's transaction: it is rolled back, and the group is written again one statement
+at a time, each under a savepoint of its own, in one pass: the refused members get
+CommitRefused and the others are written without them. Any other failure (the connection
 lost, the COMMIT failing) fails every member with StoreError; as for a lone commit, a
 connection lost while the server was committing leaves the outcome unknown, and each
 run's version tells.
@@ -40,11 +41,7 @@ if TYPE_CHECKING:
 Statement = tuple[str, tuple[Any, ...]]
 _DEADLOCK_DETECTED = "40P01"
 _DEADLOCK = object()  # the group was a deadlock's victim: rolled back, try it again
-_DEADLOCK_RETRIES = 3  # then write it one statement at a time (failing as a lone one would)
-
-
-class _Refused(Exception):
-    """The server refused one member's statement: the transaction is rolled back."""
+_DEADLOCK_RETRIES = 3  # then one statement at a time, under savepoints (a deadlock there fails it)
 
 
 class PgGroupCommit:
@@ -74,9 +71,7 @@ class PgGroupCommit:
                 return
             if outcome is False:  # a refusal: one statement at a time finds whose
                 break
-        while pending:
-            refused = self._try_group(pending)
-            pending = [member for member in pending if member is not refused] if refused else []
+        self._try_group(pending)
 
     def _try_pipelined(self, members: list[Member]) -> object:
         """The group as one pipeline: BEGIN, the statements and COMMIT in one round trip.
@@ -106,9 +101,9 @@ class PgGroupCommit:
             fail_unwritten(members, StoreError(f"{exc} (none of the group's commits is written)"))
         return True
 
-    def _try_group(self, members: list[Member]) -> Member | None:
-        """One transaction of `members`: None once it is settled (written, or failed as a
-        whole), or the member whose refusal rolled it back."""
+    def _try_group(self, members: list[Member]) -> None:
+        """One transaction of `members`, each statement under a savepoint of its own: a
+        conflict or refusal settles that member alone; the rest are told once committed."""
         what = f"committing {len(members)} runs together"
         applied: dict[Member, int] = {}
         try:
@@ -117,12 +112,8 @@ class PgGroupCommit:
                     self._apply(conn, member, applied)
             for member, version in applied.items():  # told only once committed
                 member.succeed(version)
-        except _Refused as refused:
-            culprit: Member = refused.args[0]
-            return culprit
         except StoreError as exc:
             fail_unwritten(members, StoreError(f"{exc} (none of the group's commits is written)"))
-        return None
 
     def _conflict(self, conn: Connection, commit: Commit) -> ConflictError:
         """The ConflictError of a commit whose statement matched no row (the version
@@ -138,14 +129,14 @@ class PgGroupCommit:
         `applied`; a conflict or refusal settles it now)."""
         commit, statement = member.item
         try:
-            applied[member] = admission.apply_commit(conn, self._db.sql, commit, statement)
+            with conn.transaction():  # a savepoint: a refusal rolls back this member alone
+                applied[member] = admission.apply_commit(conn, self._db.sql, commit, statement)
         except ConflictError as exc:
             member.fail(exc)
         except (self._db.driver.DataError, self._db.driver.IntegrityError) as exc:
             where = f"the PostgreSQL store {self._db.where}"
             what = f"committing run {commit.run_id!r}"
             member.fail(commit_refused(what, where, reason(exc)))
-            raise _Refused(member) from exc
 
 
 __all__ = ["PgGroupCommit"]
