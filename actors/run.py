@@ -157,7 +157,8 @@ class RunActor(StagelineActor):
         self._conclude(run, state, results, decision)
 
     def stage_failed(self, run: StageRun, error: StagelineError) -> None:
-        failure = self.event(ev.STAGE_FAILURE, run.stage.id, label=run.stage.label, error=error)
+        failure = self.event(ev.STAGE_FAILURE, run.stage.id, label=run.stage.label, error=error,
+                             attempt=run.attempts())  # fmt: skip
         self._fail_run(run.stage.id, error, run.journal(failure))
 
     def stage_not_started(self, stage: Stage, error: StagelineError) -> None:
@@ -264,6 +265,7 @@ class RunActor(StagelineActor):
         success = self.event(
             ev.STAGE_SUCCESS, stage.id, label=stage.label,
             results=copy_state(results), routing=decision.routing,  # events never alias state
+            attempt=run.attempts(),
         )  # fmt: skip
         progress = self._progress(*run.journal(success))
         if decision.ends_run:
@@ -299,7 +301,7 @@ class RunActor(StagelineActor):
             return
         closing = self.event(
             ev.STAGE_PAUSED if pausing else ev.STAGE_SUCCESS, stage.id, label=stage.label,
-            results=copy_state(results), routing=decision.routing,
+            results=copy_state(results), routing=decision.routing, attempt=run.attempts(),
             **({"resume_at": answer.resume_at} if pausing else {}),
         )  # fmt: skip
         commit = (tr.pause if pausing else tr.sleep)(

@@ -137,6 +137,12 @@ class StageRun:
     def stop_timer(self) -> None:
         _cancel(self.timer)
 
+    def attempts(self) -> int | None:
+        """The most attempts any of the stage's steps took (1: none was retried); None
+        for a stage without steps. Its closing event carries it as `attempt`, so the
+        journal tells which stages retried a step without a write of their own."""
+        return max((slot.attempt for slot in self.slots.values()), default=None)
+
     def patches(self) -> list[tuple[str, Any]]:
         """The steps' patches in definition order."""
         return [(step.id, self.slots[step.id].patch) for step in self.stage.steps]

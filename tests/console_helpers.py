@@ -73,6 +73,13 @@ def _work(seconds: float, patch: dict[str, Any]) -> Any:
     return step
 
 
+def _check(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    time.sleep(0.025)
+    if ctx.attempt == 1:  # the first call always times out: the timeline marks the retry
+        raise TimeoutError("the fraud service did not answer")
+    return {"valid": True}
+
+
 def _charge(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
     time.sleep(0.08)
     if not state.get("card_ok"):
@@ -87,7 +94,7 @@ def _approval(state: dict[str, Any], results: Any) -> Any:
 SHOP = Pipeline(
     "shop",
     [
-        Stage("validate", 1, steps=[Step("check", _work(0.05, {"valid": True}))]),
+        Stage("validate", 1, steps=[Step("check", _check, retries=1)]),
         Stage("charge", 2, steps=[Step("card", _charge)]),
         Stage("approve", 3, steps=[Step("ask", _work(0.02, {"asked": True}))],
               router=_approval),

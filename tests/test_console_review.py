@@ -158,3 +158,24 @@ def test_stopping_the_server_ends_open_streams(caplog):
     reader.join(timeout=30)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []  # not cancelled mid-response: it ended by itself
+
+
+def test_the_timeline_marks_a_stage_whose_step_was_retried():
+    from stageline import Pipeline, Stage, Step
+
+    def flaky(state, ctx):
+        if ctx.attempt < 3:
+            raise ValueError("the partner timed out")
+        return {"synced": True}
+
+    pipeline = Pipeline("flaky", [
+        Stage("plain", 1, steps=[Step("ok", lambda s, c: {"ok": True})]),
+        Stage("sync", 2, steps=[Step("call", flaky, retries=2)]),
+    ])  # fmt: skip
+    console = Console(MemoryStore(), daemon=False, pipelines=[pipeline])
+    try:
+        assert console.factories["flaky"].prepare(run_id="f").run(timeout=30).status == "succeeded"
+        bars = console.http.get("/api/runs/f").json()["timeline"]
+        assert [(b["stage_id"], b["attempts"]) for b in bars] == [("plain", 1), ("sync", 3)]
+    finally:
+        console.close()

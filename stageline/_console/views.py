@@ -66,7 +66,8 @@ def timeline(journal: Sequence[Event]) -> list[dict[str, Any]]:
     """A bar per stage run of the root pipeline, in order: when it started, how it ended.
 
     A stage that ran before (a retried run, a loop back to it) is marked with its `run`
-    count and `retried`; the last bar of a run still in a stage has outcome "running".
+    count and `retried`; `attempts` is the most attempts any of its steps took (more than
+    1: a step was retried); the last bar of a run still in a stage has outcome "running".
     """
     bars: list[dict[str, Any]] = []
     runs: dict[str, int] = {}
@@ -83,6 +84,7 @@ def timeline(journal: Sequence[Event]) -> list[dict[str, Any]]:
             open_bar["ended_at"] = times.iso(event.ts)
             open_bar["duration"] = max(0.0, event.ts - started)
             open_bar["outcome"] = _OUTCOMES[event.name]
+            open_bar["attempts"] = event.attempt
             open_bar = None
         elif event.name == ev.PIPELINE_SLEEPING and bars and bars[-1]["outcome"] == "succeeded":
             bars[-1]["outcome"] = "sleeping"
@@ -99,6 +101,7 @@ def _bar(start: Event, run: int) -> dict[str, Any]:
         "outcome": "running",
         "run": run,
         "retried": run > 1,
+        "attempts": None,
     }
 
 

@@ -172,7 +172,10 @@ function barRow(bar, length, longest) {
   },
   el("div", { class: "tl-label" }, name,
     again ? el("span", { class: "retry", title: "this stage ran before" }, `↻ run ${bar.run}`)
-      : null),
+      : null,
+    bar.attempts > 1 ? el("span", { class: "retry step-retry",
+      title: `a step of this stage was retried: ${bar.attempts} attempts` },
+    `⟳ ×${bar.attempts}`) : null),
   el("div", { class: "tl-track" }, fillBar),
   el("div", { class: "tl-dur" }, bar.duration === null || bar.duration === undefined
     ? (bar.outcome === "running" ? `${duration(length)}…` : "—") : duration(bar.duration)),
@@ -433,7 +436,8 @@ function detailOf(name, data) {
   const parts = [];
   if (data.entry) parts.push(`entry ${data.entry}`);
   if (data.resumed) parts.push("resumed");
-  if (data.attempt) parts.push(`attempt ${data.attempt}`);
+  // a step's attempt; a stage's most attempts of one step, shown only when a step retried
+  if (data.attempt && (data.step_id || data.attempt > 1)) parts.push(`attempt ${data.attempt}`);
   if (typeof data.duration === "number") parts.push(duration(data.duration));
   if (data.routing) parts.push(`→ ${data.routing}`);
   if (data.resume_at) parts.push(`resumes at ${data.resume_at}`);
