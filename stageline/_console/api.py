@@ -19,17 +19,17 @@ from starlette.responses import JSONResponse, Response
 from stageline import _cli_format as fmt
 from stageline import _cli_mailbox as post
 from stageline.core import lifecycle, mailbox
-from stageline.core.errors import RunNotFound, StoreError
+from stageline.core.errors import RunNotFound
 
 from . import views
 from .bodies import (
     ApiError,
-    damaged,
     json_object,
     optional_object,
     optional_text,
     query_flag,
     query_int,
+    read_run,
 )
 
 if TYPE_CHECKING:
@@ -99,29 +99,18 @@ class Api:
     def _detail(self, run_id: str) -> dict[str, Any]:
         from stageline.core.children import positions
 
-        info = self._info(run_id)
+        info, damage = self._info(run_id)
         if info is None:  # a damaged row: what it is, and why it cannot be read
-            return views.corrupt_detail(run_id, self._damage(run_id))
+            return views.corrupt_detail(run_id, str(damage))
         children = positions(self.store.load_run(run_id).state)
         return views.run_detail(info, children, self.store.read_events(run_id))
 
-    def _info(self, run_id: str) -> Any:
-        """The run (None when its row is too damaged to read); 404 when absent."""
+    def _info(self, run_id: str) -> tuple[Any, str | None]:
+        """`read_run` of `run_id`; 404 when absent."""
         try:
-            return self.store.get_run(run_id)
+            return read_run(self.store, run_id)
         except RunNotFound:
             raise ApiError(404, f"no run {run_id!r} in this store") from None
-        except StoreError as exc:
-            if damaged(exc):
-                return None
-            raise
-
-    def _damage(self, run_id: str) -> str:
-        try:
-            self.store.get_run(run_id)
-        except StoreError as exc:
-            return str(exc)
-        return "it was repaired meanwhile: read it again"
 
     # --- steering, through the mailbox ------------------------------------------------------
 
@@ -163,7 +152,7 @@ class Api:
         return await self._send(request, message)
 
     def _check(self, kind: str, run_id: str) -> None:
-        info = self._info(run_id)
+        info, _ = self._info(run_id)
         status = lifecycle.CORRUPT if info is None else info.status
         problem = mailbox.status_problem(kind, run_id, status)
         if problem is not None:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from stageline._cli_errors import UserError
 from stageline._cli_options import json_object as cli_json_object
+from stageline.core.errors import StoreError
 
 MAX_BODY = 1 << 20
 """The largest request body taken (1 MiB): a patch or a start's state, not a data set."""
@@ -80,6 +81,17 @@ def damaged(exc: BaseException) -> bool:
     from stageline.stores._rows import Damaged
 
     return isinstance(exc.__cause__, Damaged)
+
+
+def read_run(store: Any, run_id: str) -> tuple[Any, str | None]:
+    """The run's RunInfo and None; or None and why its row is too damaged to read.
+    RunNotFound when absent, and any other StoreError, pass through."""
+    try:
+        return store.get_run(run_id), None
+    except StoreError as exc:
+        if damaged(exc):
+            return None, str(exc)
+        raise
 
 
 def one_line(exc: BaseException) -> str:

@@ -57,9 +57,12 @@ class LiveEvents:
             return
         else:
             return
+        if not watchers:
+            return
+        data = live_dict(event)  # built once, for every stream watching the run
         for loop, queue in watchers:
             try:
-                loop.call_soon_threadsafe(_offer, queue, live_dict(event))
+                loop.call_soon_threadsafe(_offer, queue, data)
             except RuntimeError:  # that stream's loop has closed
                 pass
 

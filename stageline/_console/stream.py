@@ -28,7 +28,7 @@ from stageline import _cli_format as fmt
 from stageline.core import lifecycle
 from stageline.core.errors import RunNotFound, StoreError
 
-from .bodies import ApiError, damaged
+from .bodies import ApiError, read_run
 
 if TYPE_CHECKING:
     from stageline.core.events import Event
@@ -125,13 +125,10 @@ class EventStreams:
 
     def _status(self, run_id: str) -> str | None:
         try:
-            return str(self.store.get_run(run_id).status)
+            info, _ = read_run(self.store, run_id)
         except RunNotFound:
             return None
-        except StoreError as exc:
-            if damaged(exc):
-                return str(lifecycle.CORRUPT)
-            raise
+        return str(lifecycle.CORRUPT if info is None else info.status)
 
 
 def journal_frame(event: Event) -> bytes:
