@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from stageline import Pause, Pipeline, PipelineFactory, Registry, Stage, Step
+from stageline import PipelineFactory, Registry
 from stageline.stores import SqliteStore
 
-from .ours import pg_store, sl_concurrent, sl_inc, sl_pause_runs
+from .ours import pg_store, sl_concurrent, sl_pause_pipeline, sl_pause_runs
 from .peers import (
     END,
     START,
@@ -155,27 +155,15 @@ def sl_mark(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"n": state["n"] + 1}
 
 
-def sl_wait_router(state: dict[str, Any], results: Any) -> Pause:
-    return Pause("s3", timeout=300)
-
-
-def sl_wait_pipeline() -> Pipeline:
-    return Pipeline(
-        "wait3",
-        [
-            Stage("s1", order=1, steps=[Step("inc", sl_inc)], router=sl_wait_router),
-            Stage("s2", order=2, steps=[Step("inc", sl_inc)]),
-            Stage("s3", order=3, steps=[Step("mark", sl_mark)]),
-        ],
-    )
-
-
 def sl_wait_message(s: Settings) -> float:
     with scratch_dir(s) as tmp, Registry() as registry:
         store = SqliteStore(tmp / "stageline.db")
         try:
             factory = PipelineFactory(
-                sl_wait_pipeline(), store=store, initial_state={"n": 0}, registry=registry
+                sl_pause_pipeline("wait3", last=sl_mark),
+                store=store,
+                initial_state={"n": 0},
+                registry=registry,
             )
             latencies = []
             for run_id in sl_pause_runs(factory, s.wait_runs):

@@ -212,13 +212,14 @@ def sl_pause_router(state: dict[str, Any], results: Any) -> Pause:
     return Pause("s3", timeout=300)
 
 
-def sl_pause_pipeline() -> Pipeline:
+def sl_pause_pipeline(pipeline_id: str = "pause3", last: Any = sl_inc) -> Pipeline:
+    """s1 pauses, resuming at s3 (s2 is skipped); `last` is s3's step action."""
     return Pipeline(
-        "pause3",
+        pipeline_id,
         [
             Stage("s1", order=1, steps=[Step("inc", sl_inc)], router=sl_pause_router),
             Stage("s2", order=2, steps=[Step("inc", sl_inc)]),
-            Stage("s3", order=3, steps=[Step("inc", sl_inc)]),
+            Stage("s3", order=3, steps=[Step("inc" if last is sl_inc else "mark", last)]),
         ],
     )
 
