@@ -1,12 +1,14 @@
-"""Stage commits of a SqliteStore: alone, or grouped with other runs' in one transaction.
+"""Stage commits and new runs of a SqliteStore: alone, or grouped in one transaction.
 
-The store's `commit` hands its encoded commit to a `GroupCommit` (stores/_group.py): a
-commit with no company runs exactly as a lone `BEGIN IMMEDIATE ... COMMIT` always has;
-commits of different runs arriving while one is being written share the next
-transaction, so one fsync of the WAL (synchronous=FULL) makes all of them durable.
-Inside a group each commit runs under a savepoint of its own, so one run's conflict or
-refusal fails that run alone; a group whose COMMIT fails fails every member with
-StoreError and writes none. Each caller returns only once its own commit is durable.
+The store's `commit` and `create_run` hand their encoded write to a `GroupCommit`
+(stores/_group.py): a write with no company runs exactly as a lone `BEGIN IMMEDIATE ...
+COMMIT` always has; writes arriving while one is being written share the next
+transaction, so one fsync of the WAL (synchronous=FULL) makes all of them durable. A
+daemon starting runs while others commit stages therefore pays no fsync of its own per
+new run. Inside a group each write runs under a savepoint of its own, so one run's
+conflict, refusal or existing id fails that write alone; a group whose COMMIT fails fails
+every member with StoreError and writes none. Each caller returns only once its own
+write is durable.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import AbstractContextManager
+from typing import Any
 
+from stageline.core.codec import encode
 from stageline.core.errors import StoreError
-from stageline.core.store import Commit
+from stageline.core.store import Commit, RunRecord
 
 from . import _sqlite_ops as ops
+from . import _sqlite_writes as writes
 from ._group import GroupCommit, Member, fail_unwritten
 
 
@@ -49,49 +54,66 @@ class SqliteGroupCommit:
     def commit(self, commit: Commit) -> int:
         """Write the stage commit, with those of other runs arriving at the same moment
         in one transaction (stores/_group.py); returns once it is durable."""
-        return int(self._group.submit((commit, ops.encoded(commit, self._fits))))
+        return int(self._group.submit(writes.commit_write(commit, ops.encoded(commit, self._fits))))
+
+    def create_run(self, record: RunRecord) -> None:
+        """Write the new run's record, grouped like a commit; RunExistsError if its id is
+        taken (that write alone fails)."""
+        state = self._fits(record.run_id, "state", encode(record.state))
+        self._group.submit(writes.run_write(record, state))
 
     def group_stats(self) -> dict[str, int]:
         """Group commits so far: transactions ("groups"), commits in them, largest group."""
         return self._group.stats()
 
-    def _commit_alone(self, item: tuple[Commit, ops.Encoded]) -> int:
-        commit, data = item
-        what = f"committing run {commit.run_id!r}"
-        with self._transaction(what, refusing=True, journal=bool(data[1])) as db:
-            return ops.apply_commit(db, commit, data)
+    def _write_alone(self, write: writes.Write) -> Any:
+        with self._transaction(write.what, refusing=True, journal=bool(write.events)) as db:
+            return writes.apply_write(db, write)
 
     def _write_group(self, members: list[Member]) -> None:
-        """Write a group of commits (of different runs): alone as ever, or together in one
-        transaction, each under a savepoint so one's conflict or refusal fails it alone.
+        """Write a group (of different runs): alone as ever, or together in one
+        transaction where one's conflict or refusal fails it alone (stores/_sqlite_writes.py).
         If the transaction fails, none is written and each gets StoreError."""
         if len(members) == 1:
-            members[0].settle(self._commit_alone)
+            members[0].settle(self._write_alone)
             return
         with self._lock:
             try:
                 if self._closed:
                     raise StoreError(f"SQLite store {self.path!r} is closed")
-                self._db.execute("BEGIN IMMEDIATE")
-                versions = ops.apply_group(self._db, members, self._refusal)
+                applied = self._apply_group(members)
                 self._db.execute("COMMIT")
             except BaseException as exc:  # an interrupt too: never leave BEGIN open
                 self._rollback()
                 error = StoreError(
-                    f"committing {len(members)} runs together failed in {self.path!r}: "
-                    f"{exc}; none of these commits was written"
+                    f"writing {len(members)} runs together failed in {self.path!r}: "
+                    f"{exc}; none of these writes was written"
                 )
                 fail_unwritten(members, error)
                 if not isinstance(exc, Exception):
                     raise
                 return
-            for member, version in versions.items():  # told only once durable
-                member.succeed(version)
-            self._journal_writes += sum(m.error is None and bool(m.item[1][1]) for m in members)
+            for member, result in applied.items():  # told only once durable
+                member.succeed(result)
+            self._journal_writes += sum(m.error is None and bool(m.item.events) for m in members)
 
-    def _refusal(self, commit: Commit, exc: Exception) -> BaseException:
+    def _apply_group(self, members: list[Member]) -> dict[Member, Any]:
+        """Open the transaction and apply the group in it, fast or, if a member is
+        refused, carefully (stores/_sqlite_writes.py): each applied member's result."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            applied, wrote_nothing = writes.apply_fast(self._db, members)
+        except Exception:
+            self._rollback()
+            self._db.execute("BEGIN IMMEDIATE")
+            return writes.apply_careful(self._db, members, self._refusal)
+        for member, exc in wrote_nothing.items():
+            member.fail(exc)
+        return applied
+
+    def _refusal(self, what: str, exc: Exception) -> BaseException:
         """What one member's failure inside a group is for its own caller."""
-        return self._failure(f"committing run {commit.run_id!r}", exc, refusing=True) or exc
+        return self._failure(what, exc, refusing=True) or exc
 
 
 __all__ = ["SqliteGroupCommit"]

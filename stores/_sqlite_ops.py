@@ -18,7 +18,6 @@ from stageline.core.store import Commit
 from stageline.core.text import is_utf8
 
 from ._common import PRUNE_SQL, conflict, maybe_encode
-from ._group import Member
 from ._rows import REQUEST_COLUMNS, claimed_requests
 
 # A commit keeps the abort flag only while the run stays pending or running: the commit
@@ -56,11 +55,14 @@ _REQUEST_ABORT: Final = (
 _ABORT_REQUESTS: Final = (
     "SELECT run_id, abort_reason FROM runs WHERE abort_requested = 1 AND run_id IN ({marks})"
 )
+_ROWS_PER_INSERT: Final = 200  # 4 values a row: far under SQLite's 32,766 parameters
 _IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
 _FINISHED: Final = "SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?"
 
 
-Encoded = tuple[bytes, list[tuple[str, int, str, bytes]]]
+JournalRow = tuple[str, int, str, bytes]
+"""A journal row: run id, seq, event name, encoded record."""
+Encoded = tuple[bytes, list[JournalRow]]
 """A commit's encoded state and journal rows (run id, seq, name, record)."""
 
 
@@ -89,39 +91,31 @@ def apply_commit(db: sqlite3.Connection, commit: Commit, data: Encoded) -> int:
     compare-and-set on version, and its journal; ConflictError on a mismatch. The run's
     new version."""
     state, events = data
+    version = update_commit(db, commit, state, journals=bool(events))
+    insert_events(db, events)
+    return version
+
+
+def update_commit(db: sqlite3.Connection, commit: Commit, state: bytes, *, journals: bool) -> int:
+    """The run's row of `commit` (compare-and-set on version; ConflictError, nothing
+    written, on a mismatch), and its admission claims if it journals its end, pause or
+    sleep. The run's new version; its journal rows are the caller's to insert."""
     if update_run(db, commit, state) != 1:
         found = db.execute("SELECT version FROM runs WHERE run_id = ?", (commit.run_id,))
         row = found.fetchone()
         raise conflict(commit.run_id, commit.expected_version, row and row[0])
-    if events:
-        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", events)
-        if commit.status not in _HOLDING:  # it ends, pauses or sleeps: no slot held any more
-            db.execute("DELETE FROM claims WHERE run_id = ?", (commit.run_id,))
+    if journals and commit.status not in _HOLDING:  # no slot held any more
+        db.execute("DELETE FROM claims WHERE run_id = ?", (commit.run_id,))
     return int(commit.expected_version) + 1
 
 
-def apply_group(
-    db: sqlite3.Connection,
-    members: Sequence[Member],
-    refusal: Callable[[Commit, Exception], BaseException],
-) -> dict[Member, int]:
-    """Apply each member's commit (its item: the commit and its `encoded` data) in the open
-    transaction, each under a savepoint: one that fails (ConflictError, a value SQLite
-    refuses) is rolled back to its savepoint and given `refusal(commit, exc)`; the others
-    go on. A savepoint that cannot be rolled back (SQLite already rolled the whole
-    transaction back: disk full, I/O error) raises: the whole group fails. Returns each
-    applied member's new version: the caller tells them once the transaction commits."""
-    applied: dict[Member, int] = {}
-    for member in members:
-        commit, data = member.item
-        db.execute("SAVEPOINT member")
-        try:
-            applied[member] = apply_commit(db, commit, data)
-        except Exception as exc:
-            db.execute("ROLLBACK TO member")
-            member.fail(refusal(commit, exc))
-        db.execute("RELEASE member")
-    return applied
+def insert_events(db: sqlite3.Connection, rows: Sequence[JournalRow]) -> None:
+    """Journal rows, in as few INSERT statements as SQLite's parameter limit allows
+    (each statement releases the GIL: under load, a wait for it)."""
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        marks = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        db.execute(f"INSERT INTO events VALUES {marks}", [v for row in chunk for v in row])
 
 
 def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:

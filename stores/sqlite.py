@@ -35,9 +35,7 @@ from ._common import (
     in_batches,
     request_exists,
     request_not_found,
-    run_exists,
     run_not_found,
-    run_values,
     usage_from_rows,
     waking_from_rows,
 )
@@ -176,17 +174,6 @@ class SqliteStore(SqliteGroupCommit, SqlFleet, SqlSchedules, SqlPages, SqliteVer
 
     def _fits(self, run_id: str, what: str, data: bytes) -> bytes:
         return fitting(run_id, what, data, self.max_state_bytes)
-
-    def create_run(self, record: RunRecord) -> None:
-        state = self._fits(record.run_id, "state", encode(record.state))
-        with self._transaction(f"creating run {record.run_id!r}", refusing=True) as db:
-            exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,))
-            if exists.fetchone() is not None:
-                raise run_exists(record.run_id)
-            db.execute(
-                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                run_values(record, state),
-            )
 
     def load_run(self, run_id: str) -> RunRecord:
         return record_from_row(self._run_row(run_id), self.max_state_bytes)

@@ -69,6 +69,8 @@ class Case:
     floor: Measure | None = None  # bare commits of the same rows, no runtime
 
 
+POOLED = "stageline prepare().run() on 50 threads, as the peers run"
+
 CASES: tuple[Case, ...] = (
     Case(
         "linear_100_stages_per_stage",
@@ -128,6 +130,7 @@ CASES: tuple[Case, ...] = (
         "1,000 runs (200 with --quick) of 10 stages, 50 at a time, in memory; time per run",
         ours.sl_throughput,
         peers.lg_throughput,
+        variants=(Variant(POOLED, None, ours.sl_throughput_pooled),),
         target=Target("ratio", 0.25),
     ),
     Case(
@@ -136,6 +139,7 @@ CASES: tuple[Case, ...] = (
         "(synchronous=FULL); time per run",
         durable_cases.sl_throughput_sqlite,
         durable_cases.lg_throughput_sqlite,
+        variants=(Variant(POOLED, None, durable_cases.sl_pooled_sqlite),),
         reps=lambda s: 1,  # one sample of 1,000 runs (10 untimed first), alternated
         warmup=False,
         dbos=dbos(dbos_peer.db_throughput_sqlite),
@@ -146,6 +150,7 @@ CASES: tuple[Case, ...] = (
         "the runs above on PostgreSQL (synchronous_commit=on); time per run",
         durable_cases.sl_throughput_pg,
         durable_cases.lg_throughput_pg,
+        variants=(Variant(POOLED, None, durable_cases.sl_pooled_pg),),
         reps=lambda s: 1,  # one sample of 1,000 runs (10 untimed first), alternated
         warmup=False,
         unavailable=pg_unavailable,

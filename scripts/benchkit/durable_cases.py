@@ -32,7 +32,7 @@ from typing import Any
 from stageline import PipelineFactory, Registry
 from stageline.stores import SqliteStore
 
-from .ours import pg_store, sl_concurrent, sl_pause_pipeline, sl_pause_runs
+from .ours import pg_store, sl_concurrent, sl_pause_pipeline, sl_pause_runs, sl_pooled
 from .peers import (
     END,
     START,
@@ -69,6 +69,20 @@ def sl_runs_sqlite(s: Settings, runs: int, in_flight: int) -> float:
 def sl_throughput_pg(s: Settings) -> float:
     with pg_store() as store:
         return sl_concurrent(store, s.durable_throughput_runs, s.concurrency)
+
+
+def sl_pooled_sqlite(s: Settings) -> float:
+    with scratch_dir(s) as tmp:
+        store = SqliteStore(tmp / "stageline.db")
+        try:
+            return sl_pooled(store, s.durable_throughput_runs, s.concurrency)
+        finally:
+            store.close()
+
+
+def sl_pooled_pg(s: Settings) -> float:
+    with pg_store() as store:
+        return sl_pooled(store, s.durable_throughput_runs, s.concurrency)
 
 
 @contextmanager

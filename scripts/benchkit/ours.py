@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -181,6 +182,28 @@ def sl_wal_bytes(s: Settings) -> float:
 
 def sl_throughput(s: Settings) -> float:
     return sl_concurrent(None, s.throughput_runs, s.concurrency)
+
+
+def sl_throughput_pooled(s: Settings) -> float:
+    return sl_pooled(None, s.throughput_runs, s.concurrency)
+
+
+def sl_pooled(store: Any, runs: int, in_flight: int) -> float:
+    """Time per run of `runs` 10-stage runs, each `prepare().run()` on one of `in_flight`
+    threads: the peers' shape (each run is created on its own thread, so on a durable
+    store the runs' creations are grouped like their commits, not made one at a time)."""
+    factory = PipelineFactory(
+        sl_linear_pipeline(THROUGHPUT_STAGES), store=store, initial_state={"n": 0}
+    )
+    for _ in range(WARM_RUNS):
+        sl_run_ok(factory.prepare().run(), THROUGHPUT_STAGES)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        results = list(pool.map(lambda _: factory.prepare().run(), range(runs)))
+    elapsed = per(start, runs)
+    for result in results:
+        sl_run_ok(result, THROUGHPUT_STAGES)
+    return elapsed
 
 
 def sl_concurrent(store: Any, runs: int, in_flight: int) -> float:
