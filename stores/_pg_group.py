@@ -13,13 +13,15 @@ victim (some other writer) was rolled back whole and is sent again.
 
 The pipeline has no savepoints: a commit's statement reports a conflict by matching no
 row, which leaves the transaction usable, so a conflicting member simply gets its
-ConflictError. A member the server refuses for good (SQLSTATE class 22 or 23) aborts the
-pipeline's transaction: it is rolled back, and the group is written again one statement
-at a time, each under a savepoint of its own, in one pass: the refused members get
-CommitRefused and the others are written without them. Any other failure (the connection
-lost, the COMMIT failing) fails every member with StoreError; as for a lone commit, a
-connection lost while the server was committing leaves the outcome unknown, and each
-run's version tells.
+ConflictError. Any other error the server gives one statement (a refusal for good,
+SQLSTATE class 22 or 23; a trigger's error; a row lock held by another session for
+longer than GROUP_LOCK_TIMEOUT_MS) aborts the pipeline's transaction: it is rolled back,
+and the group is written again one statement at a time, each under a savepoint of its
+own, in one pass: the refused members get CommitRefused, a member with another error of
+its own StoreError, and the others are written without them. A failure of the whole
+transaction (the connection lost, the COMMIT failing) fails every member with
+StoreError, which says whether none was written or, for a connection lost after the
+group was sent, the outcome is unknown (each run's version tells, as for a lone commit).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ Statement = tuple[str, tuple[Any, ...]]
 _DEADLOCK_DETECTED = "40P01"
 _DEADLOCK = object()  # the group was a deadlock's victim: rolled back, try it again
 _DEADLOCK_RETRIES = 3  # then one statement at a time, under savepoints (a deadlock there fails it)
+GROUP_LOCK_TIMEOUT_MS = 5000
+"""How long a group waits for a row lock another session holds before that member fails."""
 
 
 class PgGroupCommit:
@@ -79,41 +83,62 @@ class PgGroupCommit:
         written: write the group one statement at a time, which finds which); _DEADLOCK
         if the server chose it as a deadlock's victim (nothing written: try again)."""
         what = f"committing {len(members)} runs together"
-        refusals = (self._db.driver.DataError, self._db.driver.IntegrityError)
+        lost = False
         try:
             with self._db.connection(what) as conn:
                 try:
                     with conn.pipeline(), conn.transaction():
-                        sent = [
+                        conn.execute(self._lock_timeout())
+                        cursors = [
                             conn.execute(self._db.sql(m.item[1][0]), m.item[1][1]) for m in members
                         ]
-                except refusals:
-                    return False
-                for member, cursor in zip(members, sent, strict=True):
-                    row = cursor.fetchone()
-                    if row is None:  # matched no row: its conflict (it wrote nothing)
-                        member.fail(self._conflict(conn, member.item[0]))
-                    else:
-                        member.succeed(int(row[0]))
+                except self._db.driver.Error as exc:
+                    if _sqlstate(exc) == _DEADLOCK_DETECTED:
+                        return _DEADLOCK
+                    if _statement_error(conn, exc):  # rolled back: find whose, one at a time
+                        return False
+                    lost = conn.broken
+                    raise
+                self._settle(conn, members, cursors)
         except StoreError as exc:
-            if getattr(exc.__cause__, "sqlstate", None) == _DEADLOCK_DETECTED:
-                return _DEADLOCK
-            fail_unwritten(members, StoreError(f"{exc} (none of the group's commits is written)"))
+            fail_unwritten(members, StoreError(f"{exc} ({_outcome(lost)})"))
         return True
+
+    def _settle(self, conn: Connection, members: list[Member], cursors: list[Any]) -> None:
+        """Each member's verdict from its statement's cursor, once the group committed."""
+        for member, cursor in zip(members, cursors, strict=True):
+            row = cursor.fetchone()
+            if row is None:  # matched no row: its conflict (it wrote nothing)
+                member.fail(self._conflict(conn, member.item[0]))
+            else:
+                member.succeed(int(row[0]))
 
     def _try_group(self, members: list[Member]) -> None:
         """One transaction of `members`, each statement under a savepoint of its own: a
-        conflict or refusal settles that member alone; the rest are told once committed."""
+        conflict, refusal or other error of its own settles that member alone; the rest
+        are told once committed."""
         what = f"committing {len(members)} runs together"
         applied: dict[Member, int] = {}
+        lost = False
         try:
-            with self._db.connection(what) as conn, conn.transaction():
-                for member in members:
-                    self._apply(conn, member, applied)
+            with self._db.connection(what) as conn:
+                try:
+                    with conn.transaction():
+                        conn.execute(self._lock_timeout())
+                        for member in members:
+                            self._apply(conn, member, applied)
+                except self._db.driver.Error:
+                    lost = conn.broken
+                    raise
             for member, version in applied.items():  # told only once committed
                 member.succeed(version)
         except StoreError as exc:
-            fail_unwritten(members, StoreError(f"{exc} (none of the group's commits is written)"))
+            fail_unwritten(members, StoreError(f"{exc} ({_outcome(lost)})"))
+
+    def _lock_timeout(self) -> Any:
+        """`SET LOCAL lock_timeout` for a group's transaction: a run row another session
+        holds locked fails that member (StoreError), not every commit of this process."""
+        return self._db.sql(f"SET LOCAL lock_timeout = '{GROUP_LOCK_TIMEOUT_MS}ms'")
 
     def _conflict(self, conn: Connection, commit: Commit) -> ConflictError:
         """The ConflictError of a commit whose statement matched no row (the version
@@ -126,17 +151,44 @@ class PgGroupCommit:
 
     def _apply(self, conn: Connection, member: Member, applied: dict[Member, int]) -> None:
         """One member's statement inside the group's transaction (its new version into
-        `applied`; a conflict or refusal settles it now)."""
+        `applied`; a conflict, refusal or other error of its statement settles it now)."""
         commit, statement = member.item
         try:
-            with conn.transaction():  # a savepoint: a refusal rolls back this member alone
+            with conn.transaction():  # a savepoint: an error rolls back this member alone
                 applied[member] = admission.apply_commit(conn, self._db.sql, commit, statement)
         except ConflictError as exc:
             member.fail(exc)
-        except (self._db.driver.DataError, self._db.driver.IntegrityError) as exc:
+        except self._db.driver.Error as exc:
+            if not _statement_error(conn, exc):
+                raise  # the connection is gone: the whole group fails
             where = f"the PostgreSQL store {self._db.where}"
             what = f"committing run {commit.run_id!r}"
-            member.fail(commit_refused(what, where, reason(exc)))
+            if isinstance(exc, (self._db.driver.DataError, self._db.driver.IntegrityError)):
+                member.fail(commit_refused(what, where, reason(exc)))
+            else:
+                member.fail(StoreError(f"{what} failed in {where}: {reason(exc)}"))
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None)
+
+
+def _statement_error(conn: Connection, exc: BaseException) -> bool:
+    """Whether `exc` is the server's answer to one statement (a refusal, a trigger's
+    error, a lock timeout), the connection still usable, rather than a lost connection."""
+    return _sqlstate(exc) is not None and not conn.broken
+
+
+def _outcome(lost: bool) -> str:
+    """What a failed group's members are told about their commits: none is written, or,
+    if the connection was lost after the group was sent, nobody knows."""
+    if not lost:
+        return "none of the group's commits is written"
+    return (
+        "the connection was lost after the group was sent, so whether its commits were "
+        "written is unknown: each run's version tells, and a writer that guessed wrong "
+        "gets ConflictError at its next commit"
+    )
 
 
 __all__ = ["PgGroupCommit"]
