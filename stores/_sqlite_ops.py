@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from stageline.core import lifecycle
 from stageline.core.codec import encode_trusted
-from stageline.core.events import is_journaled, journal_record
+from stageline.core.events import PIPELINE_START, is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, FAILED, PENDING, Request
 from stageline.core.store import Commit
 from stageline.core.text import is_utf8
@@ -122,7 +122,9 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
     """Write the commit to its run's row (compare-and-set on version); rows changed.
 
     `status` is indexed: a commit that keeps the status leaves it out of the SET, so a
-    plain stage commit rewrites one row and no index page.
+    plain stage commit rewrites one row and no index page. A commit that most likely
+    moves the run to another status (it starts the run, or ends, pauses or sleeps it)
+    sets it at once: one statement, not a same-status attempt that matches nothing first.
     """
     keeps_flag = commit.status in lifecycle.ACTIVE
     values = (
@@ -142,10 +144,21 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
     if commit.owner is not None:  # a claim: it also takes the lease
         lease = (commit.status, commit.owner, commit.lease_until)
         return int(db.execute(_UPDATE_WITH_LEASE, (*lease, *values)).rowcount)
+    if _moves_status(commit):
+        return int(db.execute(_UPDATE_NEW_STATUS, (commit.status, *values)).rowcount)
     cursor = db.execute(_UPDATE_SAME_STATUS, (*values, commit.status))
     if cursor.rowcount == 0:
         cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
     return int(cursor.rowcount)
+
+
+def _moves_status(commit: Commit) -> bool:
+    """Whether `commit` most likely changes its run's status: a stage commit of a running
+    run keeps "running"; the run's start and any other status are a change. (A guess
+    only saves a statement: setting the status it already has is still correct.)"""
+    if commit.status != lifecycle.RUNNING:
+        return True
+    return any(event.name == PIPELINE_START for event in commit.events)
 
 
 def claim_requests(

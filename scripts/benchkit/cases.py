@@ -14,6 +14,7 @@ from .floor import (
     sqlite_commit_floor,
     sqlite_throughput_floor,
 )
+from .goals import POOLED
 from .pg import pg_unavailable
 from .probe import sl_paused_memory, sl_paused_threads
 from .report import format_value
@@ -68,8 +69,6 @@ class Case:
     dbos: Measure | None = None  # None: DBOS has no equivalent, or is not installed
     floor: Measure | None = None  # bare commits of the same rows, no runtime
 
-
-POOLED = "stageline prepare().run() on 50 threads, as the peers run"
 
 CASES: tuple[Case, ...] = (
     Case(

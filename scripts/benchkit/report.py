@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+from .goals import goal_lines
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def format_table(rows: Sequence[Row]) -> str:
     targets = [line for line in (row.target_line() for row in rows) if line is not None]
     if targets:
         out += ["targets (a missed target does not fail the bench):", *targets]
+    out += goal_lines(rows)
     return "\n".join(out)
 
 
