@@ -55,6 +55,19 @@ _REQUEST_ABORT: Final = (
 _ABORT_REQUESTS: Final = (
     "SELECT run_id, abort_reason FROM runs WHERE abort_requested = 1 AND run_id IN ({marks})"
 )
+# The VALUES rows' columns are column1..column12, in `same_status_row` order (a leading
+# WITH naming them would hide the statement's rowcount from Python's sqlite3).
+_UPDATE_SAME_STATUS_MANY: Final = (
+    "UPDATE runs SET stage = v.column4, state = v.column5, checkpoint = v.column6, "
+    "error = v.column7, version = runs.version + 1, last_seq = v.column8, "
+    "stage_runs = v.column9, updated_at = v.column10, wake_at = v.column11, "
+    "abort_requested = CASE WHEN v.column12 THEN runs.abort_requested END, "
+    "abort_reason = CASE WHEN v.column12 THEN runs.abort_reason END "
+    "FROM (VALUES {marks}) AS v WHERE runs.run_id = v.column1 AND runs.version = v.column2 "
+    "AND runs.status = v.column3"
+)
+_SAME_STATUS_MARKS: Final = "(" + ", ".join(["?"] * 12) + ")"
+_ROWS_PER_UPDATE: Final = 200  # 12 values a row: under SQLite's 32,766 parameters
 _ROWS_PER_INSERT: Final = 200  # 4 values a row: far under SQLite's 32,766 parameters
 _IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
 _FINISHED: Final = "SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?"
@@ -150,6 +163,32 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
     if cursor.rowcount == 0:
         cursor = db.execute(_UPDATE_NEW_STATUS, (commit.status, *values))
     return int(cursor.rowcount)
+
+
+def same_status_row(commit: Commit, state: bytes) -> tuple[Any, ...] | None:
+    """The commit's row for `update_same_status` (one UPDATE for many runs), or None if it
+    cannot go there: it takes a lease or most likely changes its run's status."""
+    if commit.owner is not None or _moves_status(commit):
+        return None
+    return (
+        commit.run_id, commit.expected_version, commit.status, commit.stage, state,
+        commit.checkpoint, maybe_encode(commit.error), commit.last_seq, commit.stage_runs,
+        commit.updated_at, commit.wake_at, commit.status in lifecycle.ACTIVE,
+    )  # fmt: skip
+
+
+def update_same_status(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Stage commits of many runs that keep their status, as few UPDATE statements as
+    the parameter limit allows (rows from `same_status_row`): each row is applied to
+    its run if the stored version and status match. The rows changed: fewer than given
+    if any did not match (the caller then applies them one by one to find which)."""
+    changed = 0
+    for start in range(0, len(rows), _ROWS_PER_UPDATE):
+        chunk = rows[start : start + _ROWS_PER_UPDATE]
+        marks = ", ".join([_SAME_STATUS_MARKS] * len(chunk))
+        params = [value for row in chunk for value in row]
+        changed += db.execute(_UPDATE_SAME_STATUS_MANY.format(marks=marks), params).rowcount
+    return changed
 
 
 def _moves_status(commit: Commit) -> bool:

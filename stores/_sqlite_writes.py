@@ -4,13 +4,17 @@ commits and new runs, and the two ways a group applies them.
 Every statement releases the GIL while SQLite runs it, and under load the daemon's
 other threads take it in between, so a group leader pays a wait per statement: a
 group's cost is its statement count more than its fsync. The **fast pass** therefore
-applies each member's row (a commit's compare-and-set UPDATE, a new run's INSERT) and
-then the whole group's journal in multi-row INSERTs: n members cost about n + 3
-statements, not 5n + 2. A member whose version does not match (ConflictError) or whose
-id is taken (RunExistsError) wrote nothing, so it simply fails. Anything else (a value
-SQLite refuses) makes the caller roll the transaction back and apply the group again in
-the **careful pass**: each member under a savepoint of its own, so a refusal fails that
-member alone.
+writes the stage commits that keep their run's status (most of them: "running" stays
+"running") in one UPDATE of many rows, each row still compare-and-set on its run's
+version and status; the other members' rows one by one (a new run's INSERT, a commit
+that starts, ends, pauses or sleeps its run); then the whole group's journal in one
+multi-row INSERT. A group of n plain stage commits is four statements (BEGIN, UPDATE,
+INSERT, COMMIT), not 5n + 2. A member written one by one whose version does not match
+(ConflictError) or whose id is taken (RunExistsError) wrote nothing, so it simply
+fails. Anything else (the many-row UPDATE matching fewer rows than it was given, which
+a conflict causes; a value SQLite refuses) makes the caller roll the transaction back
+and apply the group again in the **careful pass**: each member under a savepoint of its
+own, so a conflict or refusal fails that member alone.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from stageline.core.store import Commit, RunRecord
 
 from ._common import RUN_COLUMNS, run_exists, run_values
 from ._group import Member
-from ._sqlite_ops import Encoded, JournalRow, insert_events, update_commit
+from ._sqlite_ops import (
+    Encoded,
+    JournalRow,
+    insert_events,
+    same_status_row,
+    update_commit,
+    update_same_status,
+)
 
 _INSERT_RUN: Final = (
     f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
@@ -35,12 +46,14 @@ _NOTHING_WRITTEN: Final = (ConflictError, RunExistsError)
 
 class Write(NamedTuple):
     """One write a group may hold: what it is (for messages), `apply(db)`, which writes
-    its row in the open transaction (its result: a commit's new version), and the
-    journal rows that go with it."""
+    its row in the open transaction (its result: a commit's new version), the journal
+    rows that go with it, and, for a stage commit that keeps its run's status, its row
+    for the fast pass's one UPDATE of many runs (`update_same_status`)."""
 
     what: str
     apply: Callable[[sqlite3.Connection], Any]
     events: list[JournalRow]
+    same_status: tuple[Any, ...] | None = None
 
 
 def commit_write(commit: Commit, data: Encoded) -> Write:
@@ -50,6 +63,7 @@ def commit_write(commit: Commit, data: Encoded) -> Write:
         f"committing run {commit.run_id!r}",
         lambda db: update_commit(db, commit, state, journals=bool(events)),
         events,
+        same_status_row(commit, state),
     )
 
 
@@ -79,13 +93,24 @@ def apply_fast(
     propagates: the caller rolls back and applies the group with `apply_careful`."""
     applied: dict[Member, Any] = {}
     failed: dict[Member, Exception] = {}
+    batched = [member for member in members if member.item.same_status is not None]
+    if len(batched) > 1:
+        if update_same_status(db, [m.item.same_status for m in batched]) != len(batched):
+            raise _NotAllMatched  # a conflict (or a status changed): one by one finds whose
+        applied = {member: member.item.same_status[1] + 1 for member in batched}
     for member in members:
+        if member in applied:
+            continue
         try:
             applied[member] = member.item.apply(db)
         except _NOTHING_WRITTEN as exc:
             failed[member] = exc
     insert_events(db, [row for member in applied for row in member.item.events])
     return applied, failed
+
+
+class _NotAllMatched(Exception):
+    """The fast pass's UPDATE of many runs matched fewer rows than it was given."""
 
 
 def apply_careful(

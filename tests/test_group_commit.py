@@ -300,15 +300,12 @@ def test_an_interrupt_inside_a_sqlite_group_tells_no_one_it_was_written(tmp_path
     ids = [f"run-{i}" for i in range(5)]
     for run_id in ids:
         new_run(store, run_id)
-    update_commit = _sqlite_writes.update_commit
 
-    def interrupted_at_run_3(db: Any, commit: Commit, state: bytes, *, journals: bool) -> int:
-        if commit.run_id == "run-3":
-            raise KeyboardInterrupt
-        return update_commit(db, commit, state, journals=journals)
+    def interrupted(db: Any, rows: Any) -> None:  # after the group's rows were updated
+        raise KeyboardInterrupt
 
     held = HeldGroups(store, len(ids) - 1, on_second=lambda: monkeypatch.setattr(
-        _sqlite_writes, "update_commit", interrupted_at_run_3))  # fmt: skip
+        _sqlite_writes, "insert_events", interrupted))  # fmt: skip
     futures = held.run(*_calls(store, [stage_commit(run_id, 0) for run_id in ids]))
     assert futures[0].result(timeout=30) == 1  # the lone first group, before the interrupt
     for future in futures[1:]:  # the group's leader sees the interrupt, the others a failure

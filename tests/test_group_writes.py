@@ -27,7 +27,7 @@ def success_event(run_id: str, seq: int) -> Any:
 
 
 def test_new_runs_share_a_group_with_commits_and_a_taken_id_fails_alone(tmp_path: Any) -> None:
-    sqlite = SqliteStore(tmp_path / "group.db")
+    sqlite = SqliteStore(tmp_path / "group.db")  # a PostgresStore writes new runs alone
     new_run(sqlite, "old")
     before = sqlite.group_stats()
     held = HeldGroups(sqlite, 4)
@@ -53,20 +53,36 @@ def test_new_runs_share_a_group_with_commits_and_a_taken_id_fails_alone(tmp_path
     sqlite.close()
 
 
-def test_a_group_with_only_conflicts_is_written_in_its_fast_pass(
+def test_a_group_of_stage_commits_is_one_update_and_one_insert(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stageline.stores import _sqlite_writes
 
     sqlite = SqliteStore(tmp_path / "group.db")
-    ids = [f"run-{i}" for i in range(5)]
+    ids = [f"run-{i}" for i in range(6)]
     for run_id in ids:
         new_run(sqlite, run_id)
 
     def no_careful_pass(*args: Any) -> None:
-        raise AssertionError("a conflict alone must not send the group to its careful pass")
+        raise AssertionError("nothing was refused: the group must not need its careful pass")
 
     monkeypatch.setattr(_sqlite_writes, "apply_careful", no_careful_pass)
+    commits = [stage_commit(r, 0, events=(success_event(r, 1),)) for r in ids]
+    counted = CountedStatements(sqlite)
+    held = HeldGroups(sqlite, len(ids) - 1, on_second=counted.start)
+    futures = held.run(lambda: sqlite.commit(commits[0]), _commits(sqlite, commits[1:]))
+    assert [f.result(timeout=30) for f in futures] == [1] * len(ids)
+    assert counted.verbs == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # the group of five
+    for run_id in ids:
+        assert store_view(sqlite, run_id) == ({"n": 1, "run": run_id}, [1], 1)
+    sqlite.close()
+
+
+def test_a_conflict_in_a_group_fails_that_run_alone(tmp_path: Any) -> None:
+    sqlite = SqliteStore(tmp_path / "group.db")
+    ids = [f"run-{i}" for i in range(5)]
+    for run_id in ids:
+        new_run(sqlite, run_id)
     commits = [stage_commit(r, 0, events=(success_event(r, 1),)) for r in ids]
     commits[3] = stage_commit(ids[3], 7, events=(success_event(ids[3], 1),))
     held = HeldGroups(sqlite, len(ids) - 1)
@@ -75,10 +91,37 @@ def test_a_group_with_only_conflicts_is_written_in_its_fast_pass(
         futures[3].result(timeout=30)
     for i in (0, 1, 2, 4):
         assert futures[i].result(timeout=30) == 1
-        assert [e.seq for e in sqlite.read_events(ids[i])] == [1]
-    assert sqlite.read_events(ids[3]) == []
-    assert sqlite.load_run(ids[3]).version == 0
+        assert store_view(sqlite, ids[i]) == ({"n": 1, "run": ids[i]}, [1], 1)
+    assert store_view(sqlite, ids[3]) == ({"n": 0}, [], 0)
     sqlite.close()
+
+
+class CountedStatements:
+    """Records the first word of every statement the store runs, once `start` is called."""
+
+    def __init__(self, sqlite: SqliteStore) -> None:
+        self.sqlite = sqlite
+        self.verbs: list[str] = []
+
+    def start(self) -> None:
+        db = self.sqlite._db
+        verbs = self.verbs
+
+        class Counting:
+            def execute(self, sql: str, *args: Any) -> Any:
+                verbs.append(sql.split()[0])
+                return db.execute(sql, *args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(db, name)
+
+        self.sqlite._db = Counting()
+
+
+def store_view(store: Any, run_id: str) -> tuple[Any, list[int], int]:  # noqa: F811
+    """A run's state, its journal's seqs and its version."""
+    seqs = [e.seq for e in store.read_events(run_id)]
+    return store.get_run(run_id).state, seqs, store.load_run(run_id).version
 
 
 def test_a_refused_journal_row_fails_its_run_alone(store: Any) -> None:  # noqa: F811
