@@ -95,7 +95,7 @@ class PgGroupCommit:
                 except self._db.driver.Error as exc:
                     if _sqlstate(exc) == _DEADLOCK_DETECTED:
                         return _DEADLOCK
-                    if _statement_error(conn, exc):  # rolled back: find whose, one at a time
+                    if self._statement_error(conn, exc):  # rolled back: find whose, one at a time
                         return False
                     lost = conn.broken
                     raise
@@ -149,6 +149,16 @@ class PgGroupCommit:
             found = None
         return conflict(commit.run_id, commit.expected_version, None if found is None else found[0])
 
+    def _statement_error(self, conn: Connection, exc: BaseException) -> bool:
+        """Whether `exc` is about one statement, the connection still usable: the server's
+        answer to it (a refusal, a trigger's error, a lock timeout), or a value the driver
+        refused to send (a NUL in text: a DataError with no SQLSTATE); not a lost
+        connection."""
+        if conn.broken:
+            return False
+        refused = (self._db.driver.DataError, self._db.driver.IntegrityError)
+        return _sqlstate(exc) is not None or isinstance(exc, refused)
+
     def _apply(self, conn: Connection, member: Member, applied: dict[Member, int]) -> None:
         """One member's statement inside the group's transaction (its new version into
         `applied`; a conflict, refusal or other error of its statement settles it now)."""
@@ -159,7 +169,7 @@ class PgGroupCommit:
         except ConflictError as exc:
             member.fail(exc)
         except self._db.driver.Error as exc:
-            if not _statement_error(conn, exc):
+            if not self._statement_error(conn, exc):
                 raise  # the connection is gone: the whole group fails
             where = f"the PostgreSQL store {self._db.where}"
             what = f"committing run {commit.run_id!r}"
@@ -171,12 +181,6 @@ class PgGroupCommit:
 
 def _sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
-
-
-def _statement_error(conn: Connection, exc: BaseException) -> bool:
-    """Whether `exc` is the server's answer to one statement (a refusal, a trigger's
-    error, a lock timeout), the connection still usable, rather than a lost connection."""
-    return _sqlstate(exc) is not None and not conn.broken
 
 
 def _outcome(lost: bool) -> str:

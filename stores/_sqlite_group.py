@@ -5,9 +5,10 @@ The store's `commit` and `create_run` hand their encoded write to a `GroupCommit
 COMMIT` always has; writes arriving while one is being written share the next
 transaction, so one fsync of the WAL (synchronous=FULL) makes all of them durable. A
 daemon starting runs while others commit stages therefore pays no fsync of its own per
-new run. Inside a group each write runs under a savepoint of its own, so one run's
-conflict, refusal or existing id fails that write alone; a group whose COMMIT fails fails
-every member with StoreError and writes none. Each caller returns only once its own
+new run. A group is applied in a fast pass, or, if a member is refused or two write one
+run, in a careful pass with a savepoint per member (stores/_sqlite_writes.py), so one
+run's conflict, refusal or existing id fails that write alone; a group whose COMMIT
+fails fails every member with StoreError and writes none. Each caller returns only once its own
 write is durable.
 """
 

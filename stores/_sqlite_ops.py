@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from stageline.core import lifecycle
 from stageline.core.codec import encode_trusted
-from stageline.core.events import PIPELINE_START, is_journaled, journal_record
+from stageline.core.events import is_journaled, journal_record
 from stageline.core.mailbox import CLAIMED, FAILED, PENDING, Request
 from stageline.core.store import Commit
 from stageline.core.text import is_utf8
@@ -67,8 +67,9 @@ _UPDATE_SAME_STATUS_MANY: Final = (
     "AND runs.status = v.column3"
 )
 _SAME_STATUS_MARKS: Final = "(" + ", ".join(["?"] * 12) + ")"
-_ROWS_PER_UPDATE: Final = 200  # 12 values a row: under SQLite's 32,766 parameters
-_ROWS_PER_INSERT: Final = 200  # 4 values a row: far under SQLite's 32,766 parameters
+_ROWS_PER_UPDATE: Final = 256  # 12 values a row: under SQLite's 32,766 parameters
+_ROWS_PER_INSERT: Final = 512  # 4 values a row: far under SQLite's 32,766 parameters
+_PIPELINE_EVENT: Final = "pipeline:"
 _IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
 _FINISHED: Final = "SELECT run_id FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?"
 
@@ -125,10 +126,21 @@ def update_commit(db: sqlite3.Connection, commit: Commit, state: bytes, *, journ
 def insert_events(db: sqlite3.Connection, rows: Sequence[JournalRow]) -> None:
     """Journal rows, in as few INSERT statements as SQLite's parameter limit allows
     (each statement releases the GIL: under load, a wait for it)."""
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
+    for chunk in _chunks(rows, _ROWS_PER_INSERT):
         marks = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         db.execute(f"INSERT INTO events VALUES {marks}", [v for row in chunk for v in row])
+
+
+def _chunks(rows: Sequence[Any], most: int) -> list[Sequence[Any]]:
+    """`rows` in chunks whose sizes are powers of two (at most `most`), largest first: a
+    statement's text depends on its row count, so this keeps the texts few (one per
+    power of two) and SQLite's statement cache warm, at log2(n) statements for n rows."""
+    chunks, start = [], 0
+    while start < len(rows):
+        size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+        chunks.append(rows[start : start + size])
+        start += size
+    return chunks
 
 
 def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
@@ -183,8 +195,7 @@ def update_same_status(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) 
     its run if the stored version and status match. The rows changed: fewer than given
     if any did not match (the caller then applies them one by one to find which)."""
     changed = 0
-    for start in range(0, len(rows), _ROWS_PER_UPDATE):
-        chunk = rows[start : start + _ROWS_PER_UPDATE]
+    for chunk in _chunks(rows, _ROWS_PER_UPDATE):
         marks = ", ".join([_SAME_STATUS_MARKS] * len(chunk))
         params = [value for row in chunk for value in row]
         changed += db.execute(_UPDATE_SAME_STATUS_MANY.format(marks=marks), params).rowcount
@@ -193,11 +204,12 @@ def update_same_status(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) 
 
 def _moves_status(commit: Commit) -> bool:
     """Whether `commit` most likely changes its run's status: a stage commit of a running
-    run keeps "running"; the run's start and any other status are a change. (A guess
-    only saves a statement: setting the status it already has is still correct.)"""
+    run keeps "running"; any other status, and a commit carrying a pipeline-level event
+    (the run starts, resumes, wakes, is retried or admitted), is a change. (A guess only
+    saves a statement: setting the status it already has is still correct.)"""
     if commit.status != lifecycle.RUNNING:
         return True
-    return any(event.name == PIPELINE_START for event in commit.events)
+    return any(event.name.startswith(_PIPELINE_EVENT) for event in commit.events)
 
 
 def claim_requests(

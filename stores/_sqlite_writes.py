@@ -50,6 +50,7 @@ class Write(NamedTuple):
     rows that go with it, and, for a stage commit that keeps its run's status, its row
     for the fast pass's one UPDATE of many runs (`update_same_status`)."""
 
+    run_id: str
     what: str
     apply: Callable[[sqlite3.Connection], Any]
     events: list[JournalRow]
@@ -60,6 +61,7 @@ def commit_write(commit: Commit, data: Encoded) -> Write:
     """A stage commit (its `encoded` data) as a group's write."""
     state, events = data
     return Write(
+        commit.run_id,
         f"committing run {commit.run_id!r}",
         lambda db: update_commit(db, commit, state, journals=bool(events)),
         events,
@@ -69,7 +71,8 @@ def commit_write(commit: Commit, data: Encoded) -> Write:
 
 def run_write(record: RunRecord, state: bytes) -> Write:
     """A new run's record (its `state` encoded) as a group's write."""
-    return Write(f"creating run {record.run_id!r}", lambda db: insert_run(db, record, state), [])
+    what = f"creating run {record.run_id!r}"
+    return Write(record.run_id, what, lambda db: insert_run(db, record, state), [])
 
 
 def insert_run(db: sqlite3.Connection, record: RunRecord, state: bytes) -> None:
@@ -90,7 +93,11 @@ def apply_fast(
 ) -> tuple[dict[Member, Any], dict[Member, Exception]]:
     """The fast pass (see the module): each applied member's result, and each member
     that wrote nothing with its ConflictError or RunExistsError. Any other exception
-    propagates: the caller rolls back and applies the group with `apply_careful`."""
+    propagates: the caller rolls back and applies the group with `apply_careful`. A
+    group holding two writes of one run (a stale writer and a new one) goes there at
+    once: only the careful pass applies them in the order they came."""
+    if len({member.item.run_id for member in members}) != len(members):
+        raise _NotAllMatched
     applied: dict[Member, Any] = {}
     failed: dict[Member, Exception] = {}
     batched = [member for member in members if member.item.same_status is not None]
@@ -110,7 +117,8 @@ def apply_fast(
 
 
 class _NotAllMatched(Exception):
-    """The fast pass's UPDATE of many runs matched fewer rows than it was given."""
+    """The fast pass cannot settle the group: its UPDATE of many runs matched fewer rows
+    than it was given, or two members write one run."""
 
 
 def apply_careful(

@@ -59,7 +59,7 @@ def test_a_group_of_stage_commits_is_one_update_and_one_insert(
     from stageline.stores import _sqlite_writes
 
     sqlite = SqliteStore(tmp_path / "group.db")
-    ids = [f"run-{i}" for i in range(6)]
+    ids = [f"run-{i}" for i in range(9)]
     for run_id in ids:
         new_run(sqlite, run_id)
 
@@ -72,7 +72,7 @@ def test_a_group_of_stage_commits_is_one_update_and_one_insert(
     held = HeldGroups(sqlite, len(ids) - 1, on_second=counted.start)
     futures = held.run(lambda: sqlite.commit(commits[0]), _commits(sqlite, commits[1:]))
     assert [f.result(timeout=30) for f in futures] == [1] * len(ids)
-    assert counted.verbs == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # the group of five
+    assert counted.verbs == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # the group of eight
     for run_id in ids:
         assert store_view(sqlite, run_id) == ({"n": 1, "run": run_id}, [1], 1)
     sqlite.close()
@@ -145,3 +145,22 @@ def test_a_refused_journal_row_fails_its_run_alone(store: Any) -> None:  # noqa:
 
 def _commits(target: Any, commits: list[Any]) -> list[Any]:
     return [lambda c=commit: target.commit(c) for commit in commits]
+
+
+def test_two_writers_of_one_run_in_a_group_are_applied_in_the_order_they_came(
+    store: Any,  # noqa: F811
+) -> None:
+    for run_id in ("lead", "A", "B"):
+        new_run(store, run_id)
+    new_owner = stage_commit("A", 0, owner="new", lease_until=99.0, state={"who": "new"})
+    stale = stage_commit("A", 0, state={"who": "stale"})
+    futures = HeldGroups(store, 3).run(
+        lambda: store.commit(stage_commit("lead", 0)),
+        _commits(store, [new_owner, stale, stage_commit("B", 0)]),
+    )
+    assert futures[1].result(timeout=30) == 1  # the first to come wins
+    with pytest.raises(ConflictError, match="another writer took the run"):
+        futures[2].result(timeout=30)
+    assert futures[3].result(timeout=30) == 1
+    record = store.load_run("A")
+    assert (record.state, record.owner, record.version) == ({"who": "new"}, "new", 1)

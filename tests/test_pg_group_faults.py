@@ -126,3 +126,22 @@ def test_a_group_whose_connection_is_lost_says_its_outcome_is_unknown(pg: Any) -
     for run_id in ids[1:]:  # here the server rolled it back: the version tells
         assert store.load_run(run_id).version == 0
     assert store.commit(stage_commit("run-1", 0)) == 1  # the store goes on
+
+
+def test_a_value_the_driver_refuses_fails_its_run_alone(pg: Any) -> None:
+    from stageline.core.events import stage_event
+
+    store, _, _ = pg
+    ids = ["run-0", "run-1", "run-2", "run-3"]
+    for run_id in ids:
+        new_run(store, run_id)
+    odd = stage_event("stage:odd\x00", "run-2", "p", (), "s1", 1, 1.0)  # no SQLSTATE: client
+    commits = [stage_commit(r, 0) for r in ids]
+    commits[2] = stage_commit("run-2", 0, events=(odd,))
+    calls = [lambda c=commit: store.commit(c) for commit in commits]
+    futures = HeldGroups(store, len(ids) - 1).run(calls[0], calls[1:])
+    with pytest.raises(CommitRefused):
+        futures[2].result(timeout=30)
+    for i in (0, 1, 3):
+        assert futures[i].result(timeout=30) == 1
+    assert store.load_run("run-2").version == 0
