@@ -5,11 +5,11 @@ The store's `commit` and `create_run` hand their encoded write to a `GroupCommit
 COMMIT` always has; writes arriving while one is being written share the next
 transaction, so one fsync of the WAL (synchronous=FULL) makes all of them durable. A
 daemon starting runs while others commit stages therefore pays no fsync of its own per
-new run. A group is applied in a fast pass, or, if a member is refused or two write one
-run, in a careful pass with a savepoint per member (stores/_sqlite_writes.py), so one
-run's conflict, refusal or existing id fails that write alone; a group whose COMMIT
-fails fails every member with StoreError and writes none. Each caller returns only once its own
-write is durable.
+new run. A group is applied in a fast pass or, if a member conflicts or is refused or
+two members write one run, in a careful pass with a savepoint per member
+(stores/_sqlite_writes.py), so one run's conflict, refusal or existing id fails that
+write alone; a group whose COMMIT fails fails every member with StoreError and writes
+none. Each caller returns only once its own write is durable.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class SqliteGroupCommit:
             return writes.apply_write(db, write)
 
     def _write_group(self, members: list[Member]) -> None:
-        """Write a group (of different runs): alone as ever, or together in one
-        transaction where one's conflict or refusal fails it alone (stores/_sqlite_writes.py).
-        If the transaction fails, none is written and each gets StoreError."""
+        """Write a group: alone as ever, or together in one transaction where one
+        member's conflict or refusal fails it alone (stores/_sqlite_writes.py). If the
+        transaction fails, none is written and each gets StoreError."""
         if len(members) == 1:
             members[0].settle(self._write_alone)
             return
@@ -99,8 +99,9 @@ class SqliteGroupCommit:
             self._journal_writes += sum(m.error is None and bool(m.item.events) for m in members)
 
     def _apply_group(self, members: list[Member]) -> dict[Member, Any]:
-        """Open the transaction and apply the group in it, fast or, if a member is
-        refused, carefully (stores/_sqlite_writes.py): each applied member's result."""
+        """Open the transaction and apply the group in it, fast or, if the fast pass
+        cannot settle it, carefully (stores/_sqlite_writes.py): each applied member's
+        result."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             applied, wrote_nothing = writes.apply_fast(self._db, members)

@@ -124,8 +124,8 @@ def update_commit(db: sqlite3.Connection, commit: Commit, state: bytes, *, journ
 
 
 def insert_events(db: sqlite3.Connection, rows: Sequence[JournalRow]) -> None:
-    """Journal rows, in as few INSERT statements as SQLite's parameter limit allows
-    (each statement releases the GIL: under load, a wait for it)."""
+    """Journal rows, in a few multi-row INSERTs (`_chunks`), not one statement a row:
+    each statement releases the GIL, and under load getting it back is a wait."""
     for chunk in _chunks(rows, _ROWS_PER_INSERT):
         marks = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         db.execute(f"INSERT INTO events VALUES {marks}", [v for row in chunk for v in row])
@@ -148,8 +148,8 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
 
     `status` is indexed: a commit that keeps the status leaves it out of the SET, so a
     plain stage commit rewrites one row and no index page. A commit that most likely
-    moves the run to another status (it starts the run, or ends, pauses or sleeps it)
-    sets it at once: one statement, not a same-status attempt that matches nothing first.
+    moves the run to another status (`_moves_status`) sets it at once: one statement,
+    not a same-status attempt that matches nothing first.
     """
     keeps_flag = commit.status in lifecycle.ACTIVE
     values = (
@@ -190,8 +190,8 @@ def same_status_row(commit: Commit, state: bytes) -> tuple[Any, ...] | None:
 
 
 def update_same_status(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Stage commits of many runs that keep their status, as few UPDATE statements as
-    the parameter limit allows (rows from `same_status_row`): each row is applied to
+    """Stage commits of many runs that keep their status, in a few UPDATE statements
+    (`_chunks`; rows from `same_status_row`): each row is applied to
     its run if the stored version and status match. The rows changed: fewer than given
     if any did not match (the caller then applies them one by one to find which)."""
     changed = 0
