@@ -32,7 +32,7 @@ from typing import Any
 from stageline import PipelineFactory, Registry
 from stageline.stores import SqliteStore
 
-from .ours import pg_store, sl_concurrent, sl_pause_pipeline, sl_pause_runs, sl_pooled
+from .ours import Harness, pg_store, sl_concurrent, sl_pause_pipeline, sl_pause_runs, sl_pooled
 from .peers import (
     END,
     START,
@@ -57,32 +57,34 @@ def sl_throughput_sqlite(s: Settings) -> float:
     return sl_runs_sqlite(s, s.durable_throughput_runs, s.concurrency)
 
 
-def sl_runs_sqlite(s: Settings, runs: int, in_flight: int) -> float:
+def sl_pooled_sqlite(s: Settings) -> float:
+    return sl_runs_sqlite(s, s.durable_throughput_runs, s.concurrency, harness=sl_pooled)
+
+
+def sl_runs_sqlite(
+    s: Settings, runs: int, in_flight: int, harness: Harness = sl_concurrent
+) -> float:
+    """`harness` (how the runs are started: `sl_concurrent` or `sl_pooled`) on a new
+    SqliteStore (synchronous=FULL, WAL)."""
     with scratch_dir(s) as tmp:
-        store = SqliteStore(tmp / "stageline.db")  # synchronous=FULL, WAL
+        store = SqliteStore(tmp / "stageline.db")
         try:
-            return sl_concurrent(store, runs, in_flight)
+            return harness(store, runs, in_flight)
         finally:
             store.close()
 
 
 def sl_throughput_pg(s: Settings) -> float:
-    with pg_store() as store:
-        return sl_concurrent(store, s.durable_throughput_runs, s.concurrency)
-
-
-def sl_pooled_sqlite(s: Settings) -> float:
-    with scratch_dir(s) as tmp:
-        store = SqliteStore(tmp / "stageline.db")
-        try:
-            return sl_pooled(store, s.durable_throughput_runs, s.concurrency)
-        finally:
-            store.close()
+    return sl_runs_pg(s, sl_concurrent)
 
 
 def sl_pooled_pg(s: Settings) -> float:
+    return sl_runs_pg(s, sl_pooled)
+
+
+def sl_runs_pg(s: Settings, harness: Harness) -> float:
     with pg_store() as store:
-        return sl_pooled(store, s.durable_throughput_runs, s.concurrency)
+        return harness(store, s.durable_throughput_runs, s.concurrency)
 
 
 @contextmanager

@@ -188,15 +188,15 @@ def sl_throughput_pooled(s: Settings) -> float:
     return sl_pooled(None, s.throughput_runs, s.concurrency)
 
 
+Harness = Callable[[Any, int, int], float]
+"""How a throughput sample starts its runs: (store, runs, in flight) -> time per run."""
+
+
 def sl_pooled(store: Any, runs: int, in_flight: int) -> float:
     """Time per run of `runs` 10-stage runs, each `prepare().run()` on one of `in_flight`
     threads: the peers' shape (each run is created on its own thread, so on a durable
     store the runs' creations are grouped like their commits, not made one at a time)."""
-    factory = PipelineFactory(
-        sl_linear_pipeline(THROUGHPUT_STAGES), store=store, initial_state={"n": 0}
-    )
-    for _ in range(WARM_RUNS):
-        sl_run_ok(factory.prepare().run(), THROUGHPUT_STAGES)
+    factory = _warm_throughput_factory(store)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=in_flight) as pool:
         results = list(pool.map(lambda _: factory.prepare().run(), range(runs)))
@@ -209,12 +209,8 @@ def sl_pooled(store: Any, runs: int, in_flight: int) -> float:
 def sl_concurrent(store: Any, runs: int, in_flight: int) -> float:
     """Time per run of `runs` 10-stage runs, at most `in_flight` at a time, on `store`
     (None: the default MemoryStore)."""
-    factory = PipelineFactory(
-        sl_linear_pipeline(THROUGHPUT_STAGES), store=store, initial_state={"n": 0}
-    )
+    factory = _warm_throughput_factory(store)
     slots = threading.BoundedSemaphore(in_flight)
-    for _ in range(WARM_RUNS):  # untimed: the store's first commits, the pools' threads
-        sl_run_ok(factory.prepare().run(), THROUGHPUT_STAGES)
 
     def release(_: Any) -> None:
         slots.release()
@@ -229,6 +225,17 @@ def sl_concurrent(store: Any, runs: int, in_flight: int) -> float:
     for future in futures:
         sl_run_ok(future.result(), THROUGHPUT_STAGES)
     return per(start, runs)
+
+
+def _warm_throughput_factory(store: Any) -> PipelineFactory:
+    """The throughput cases' factory on `store`, after WARM_RUNS untimed runs (the
+    store's first commits, the pools' threads)."""
+    factory = PipelineFactory(
+        sl_linear_pipeline(THROUGHPUT_STAGES), store=store, initial_state={"n": 0}
+    )
+    for _ in range(WARM_RUNS):
+        sl_run_ok(factory.prepare().run(), THROUGHPUT_STAGES)
+    return factory
 
 
 def sl_pause_router(state: dict[str, Any], results: Any) -> Pause:
