@@ -55,19 +55,20 @@ _REQUEST_ABORT: Final = (
 _ABORT_REQUESTS: Final = (
     "SELECT run_id, abort_reason FROM runs WHERE abort_requested = 1 AND run_id IN ({marks})"
 )
-# The VALUES rows' columns are column1..column12, in `same_status_row` order (a leading
-# WITH naming them would hide the statement's rowcount from Python's sqlite3).
+# The VALUES rows' columns are column1..column13, `same_status_row` (the parameters of
+# _UPDATE_SAME_STATUS, in order; column10 repeats column9). A leading WITH naming them
+# would hide the statement's rowcount from Python's sqlite3.
 _UPDATE_SAME_STATUS_MANY: Final = (
-    "UPDATE runs SET stage = v.column4, state = v.column5, checkpoint = v.column6, "
-    "error = v.column7, version = runs.version + 1, last_seq = v.column8, "
-    "stage_runs = v.column9, updated_at = v.column10, wake_at = v.column11, "
-    "abort_requested = CASE WHEN v.column12 THEN runs.abort_requested END, "
-    "abort_reason = CASE WHEN v.column12 THEN runs.abort_reason END "
-    "FROM (VALUES {marks}) AS v WHERE runs.run_id = v.column1 AND runs.version = v.column2 "
-    "AND runs.status = v.column3"
+    "UPDATE runs SET stage = v.column1, state = v.column2, checkpoint = v.column3, "
+    "error = v.column4, version = runs.version + 1, last_seq = v.column5, "
+    "stage_runs = v.column6, updated_at = v.column7, wake_at = v.column8, "
+    "abort_requested = CASE WHEN v.column9 THEN runs.abort_requested END, "
+    "abort_reason = CASE WHEN v.column9 THEN runs.abort_reason END "
+    "FROM (VALUES {marks}) AS v WHERE runs.run_id = v.column11 "
+    "AND runs.version = v.column12 AND runs.status = v.column13"
 )
-_SAME_STATUS_MARKS: Final = "(" + ", ".join(["?"] * 12) + ")"
-_ROWS_PER_UPDATE: Final = 256  # 12 values a row: under SQLite's 32,766 parameters
+_SAME_STATUS_MARKS: Final = "(" + ", ".join(["?"] * 13) + ")"
+_ROWS_PER_UPDATE: Final = 256  # 13 values a row: under SQLite's 32,766 parameters
 _ROWS_PER_INSERT: Final = 512  # 4 values a row: far under SQLite's 32,766 parameters
 _PIPELINE_EVENT: Final = "pipeline:"
 _IDS_PER_QUERY: Final = 5000  # well under SQLite's limit of 32766 parameters
@@ -151,21 +152,7 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
     moves the run to another status (`_moves_status`) sets it at once: one statement,
     not a same-status attempt that matches nothing first.
     """
-    keeps_flag = commit.status in lifecycle.ACTIVE
-    values = (
-        commit.stage,
-        state,
-        commit.checkpoint,
-        maybe_encode(commit.error),
-        commit.last_seq,
-        commit.stage_runs,
-        commit.updated_at,
-        commit.wake_at,
-        keeps_flag,
-        keeps_flag,
-        commit.run_id,
-        commit.expected_version,
-    )
+    values = _set_values(commit, state)
     if commit.owner is not None:  # a claim: it also takes the lease
         lease = (commit.status, commit.owner, commit.lease_until)
         return int(db.execute(_UPDATE_WITH_LEASE, (*lease, *values)).rowcount)
@@ -177,16 +164,26 @@ def update_run(db: sqlite3.Connection, commit: Commit, state: bytes) -> int:
     return int(cursor.rowcount)
 
 
-def same_status_row(commit: Commit, state: bytes) -> tuple[Any, ...] | None:
-    """The commit's row for `update_same_status` (one UPDATE for many runs), or None if it
-    cannot go there: it takes a lease or most likely changes its run's status."""
-    if commit.owner is not None or _moves_status(commit):
-        return None
+def _set_values(commit: Commit, state: bytes) -> tuple[Any, ...]:
+    """The parameters of `_SET` (the row's new values, then its run id and expected
+    version), shared by every UPDATE of a commit."""
+    keeps_flag = commit.status in lifecycle.ACTIVE
     return (
-        commit.run_id, commit.expected_version, commit.status, commit.stage, state,
-        commit.checkpoint, maybe_encode(commit.error), commit.last_seq, commit.stage_runs,
-        commit.updated_at, commit.wake_at, commit.status in lifecycle.ACTIVE,
+        commit.stage, state, commit.checkpoint, maybe_encode(commit.error), commit.last_seq,
+        commit.stage_runs, commit.updated_at, commit.wake_at, keeps_flag, keeps_flag,
+        commit.run_id, commit.expected_version,
     )  # fmt: skip
+
+
+def keeps_status(commit: Commit) -> bool:
+    """Whether `commit` can go into `update_same_status`: it takes no lease and most
+    likely keeps its run's status."""
+    return commit.owner is None and not _moves_status(commit)
+
+
+def same_status_row(commit: Commit, state: bytes) -> tuple[Any, ...]:
+    """The commit's row for `update_same_status`: `_UPDATE_SAME_STATUS`'s parameters."""
+    return (*_set_values(commit, state), commit.status)
 
 
 def update_same_status(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:

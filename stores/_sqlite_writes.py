@@ -32,6 +32,7 @@ from ._sqlite_ops import (
     Encoded,
     JournalRow,
     insert_events,
+    keeps_status,
     same_status_row,
     update_commit,
     update_same_status,
@@ -47,14 +48,15 @@ _NOTHING_WRITTEN: Final = (ConflictError, RunExistsError)
 class Write(NamedTuple):
     """One write a group may hold: what it is (for messages), `apply(db)`, which writes
     its row in the open transaction (its result: a commit's new version), the journal
-    rows that go with it, and, for a stage commit that keeps its run's status, its row
-    for the fast pass's one UPDATE of many runs (`update_same_status`)."""
+    rows that go with it, and, for a stage commit that keeps its run's status, the
+    commit and its encoded state, which the fast pass writes in its one UPDATE of many
+    runs (`update_same_status`) instead of calling `apply`."""
 
     run_id: str
     what: str
     apply: Callable[[sqlite3.Connection], Any]
     events: list[JournalRow]
-    same_status: tuple[Any, ...] | None = None
+    same_status: tuple[Commit, bytes] | None = None
 
 
 def commit_write(commit: Commit, data: Encoded) -> Write:
@@ -65,7 +67,7 @@ def commit_write(commit: Commit, data: Encoded) -> Write:
         f"committing run {commit.run_id!r}",
         lambda db: update_commit(db, commit, state, journals=bool(events)),
         events,
-        same_status_row(commit, state),
+        (commit, state) if keeps_status(commit) else None,
     )
 
 
@@ -102,9 +104,10 @@ def apply_fast(
     failed: dict[Member, Exception] = {}
     batched = [member for member in members if member.item.same_status is not None]
     if len(batched) > 1:
-        if update_same_status(db, [m.item.same_status for m in batched]) != len(batched):
+        rows = [same_status_row(*member.item.same_status) for member in batched]
+        if update_same_status(db, rows) != len(batched):
             raise _NotAllMatched  # a conflict (or a status changed): one by one finds whose
-        applied = {member: member.item.same_status[1] + 1 for member in batched}
+        applied = {m: m.item.same_status[0].expected_version + 1 for m in batched}
     for member in members:
         if member in applied:
             continue
