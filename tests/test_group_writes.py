@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_group_commit import HeldGroups, grown, new_run, stage_commit, store  # noqa: F401
+from test_group_commit import (  # noqa: F401
+    HeldGroups,
+    _calls,
+    grown,
+    new_run,
+    stage_commit,
+    store,
+)
 
 from stageline.core.errors import CommitRefused, ConflictError, RunExistsError
 from stageline.core.events import stage_event
@@ -70,7 +77,7 @@ def test_a_group_of_stage_commits_is_one_update_and_one_insert(
     commits = [stage_commit(r, 0, events=(success_event(r, 1),)) for r in ids]
     counted = CountedStatements(sqlite)
     held = HeldGroups(sqlite, len(ids) - 1, on_second=counted.start)
-    futures = held.run(lambda: sqlite.commit(commits[0]), _commits(sqlite, commits[1:]))
+    futures = held.run(*_calls(sqlite, commits))
     assert [f.result(timeout=30) for f in futures] == [1] * len(ids)
     assert counted.verbs == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]  # the group of eight
     for run_id in ids:
@@ -86,7 +93,7 @@ def test_a_conflict_in_a_group_fails_that_run_alone(tmp_path: Any) -> None:
     commits = [stage_commit(r, 0, events=(success_event(r, 1),)) for r in ids]
     commits[3] = stage_commit(ids[3], 7, events=(success_event(ids[3], 1),))
     held = HeldGroups(sqlite, len(ids) - 1)
-    futures = held.run(lambda: sqlite.commit(commits[0]), _commits(sqlite, commits[1:]))
+    futures = held.run(*_calls(sqlite, commits))
     with pytest.raises(ConflictError, match="expected version 7"):
         futures[3].result(timeout=30)
     for i in (0, 1, 2, 4):
@@ -132,7 +139,7 @@ def test_a_refused_journal_row_fails_its_run_alone(store: Any) -> None:  # noqa:
     commits = [stage_commit(r, 0, events=(success_event(r, 1),)) for r in ids]
     commits[2] = stage_commit(ids[2], 1, events=(success_event(ids[2], 1),))  # seq 1 again
     held = HeldGroups(store, len(ids) - 1)
-    futures = held.run(lambda: store.commit(commits[0]), _commits(store, commits[1:]))
+    futures = held.run(*_calls(store, commits))
     with pytest.raises(CommitRefused):
         futures[2].result(timeout=30)
     for i in (0, 1, 3, 4):
@@ -143,10 +150,6 @@ def test_a_refused_journal_row_fails_its_run_alone(store: Any) -> None:  # noqa:
     assert [e.seq for e in store.read_events(ids[2])] == [1]
 
 
-def _commits(target: Any, commits: list[Any]) -> list[Any]:
-    return [lambda c=commit: target.commit(c) for commit in commits]
-
-
 def test_two_writers_of_one_run_in_a_group_are_applied_in_the_order_they_came(
     store: Any,  # noqa: F811
 ) -> None:
@@ -154,10 +157,8 @@ def test_two_writers_of_one_run_in_a_group_are_applied_in_the_order_they_came(
         new_run(store, run_id)
     new_owner = stage_commit("A", 0, owner="new", lease_until=99.0, state={"who": "new"})
     stale = stage_commit("A", 0, state={"who": "stale"})
-    futures = HeldGroups(store, 3).run(
-        lambda: store.commit(stage_commit("lead", 0)),
-        _commits(store, [new_owner, stale, stage_commit("B", 0)]),
-    )
+    commits = [stage_commit("lead", 0), new_owner, stale, stage_commit("B", 0)]
+    futures = HeldGroups(store, 3).run(*_calls(store, commits))
     assert futures[1].result(timeout=30) == 1  # the first to come wins
     with pytest.raises(ConflictError, match="another writer took the run"):
         futures[2].result(timeout=30)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import drop_schema
-from test_group_commit import HeldGroups, new_run, stage_commit
+from test_group_commit import HeldGroups, _calls, _pg_script, new_run, stage_commit
 
 from stageline.core.errors import CommitRefused, ConflictError, StoreError
 from stageline.stores import PostgresStore
@@ -44,6 +44,7 @@ FOR EACH ROW EXECUTE FUNCTION {s}.kill_own_backend();
 def pg(pg_dsn: str) -> Iterator[tuple[PostgresStore, str, str]]:
     schema = f"stageline_pgfault_{uuid.uuid4().hex[:12]}"
     store = PostgresStore(pg_dsn, schema=schema)
+    store.test_schema = (pg_dsn, schema)  # for test_group_commit's _pg_script
     try:
         yield store, pg_dsn, schema
     finally:
@@ -51,25 +52,18 @@ def pg(pg_dsn: str) -> Iterator[tuple[PostgresStore, str, str]]:
         drop_schema(pg_dsn, schema)
 
 
-def _script(dsn: str, schema: str, script: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(script.replace("{s}", f'"{schema}"'))
-
-
 def _group_of(store: PostgresStore, ids: list[str]) -> list[Any]:
     """Commit version 0 of each run: the first alone, the rest together in one group."""
-    calls = [lambda r=run_id: store.commit(stage_commit(r, 0)) for run_id in ids]
-    return HeldGroups(store, len(ids) - 1).run(calls[0], calls[1:])
+    commits = [stage_commit(run_id, 0) for run_id in ids]
+    return HeldGroups(store, len(ids) - 1).run(*_calls(store, commits))
 
 
 def test_a_trigger_error_of_one_member_fails_that_run_alone(pg: Any) -> None:
-    store, dsn, schema = pg
+    store = pg[0]
     ids = ["run-0", "run-1", "run-2", "run-3"]
     for run_id in ids:
         new_run(store, run_id)
-    _script(dsn, schema, _RAISE_FOR_RUN_2)
+    _pg_script(store, _RAISE_FOR_RUN_2)
     futures = _group_of(store, ids)
     with pytest.raises(StoreError, match="run-2 is refused by a test trigger") as raised:
         futures[2].result(timeout=30)
@@ -105,24 +99,24 @@ def test_a_row_locked_elsewhere_fails_its_member_after_the_lock_timeout(
 
 
 def test_a_group_whose_connection_is_lost_says_its_outcome_is_unknown(pg: Any) -> None:
-    store, dsn, schema = pg
+    store = pg[0]
     ids = ["run-0", "run-1", "run-2"]
     for run_id in ids:
         new_run(store, run_id)
     killed = threading.Event()
 
     def kill_at_second_group() -> None:
-        _script(dsn, schema, _KILL_OWN_BACKEND)
+        _pg_script(store, _KILL_OWN_BACKEND)
         killed.set()
 
-    calls = [lambda r=run_id: store.commit(stage_commit(r, 0)) for run_id in ids]
-    futures = HeldGroups(store, 2, on_second=kill_at_second_group).run(calls[0], calls[1:])
+    commits = [stage_commit(run_id, 0) for run_id in ids]
+    futures = HeldGroups(store, 2, on_second=kill_at_second_group).run(*_calls(store, commits))
     assert futures[0].result(timeout=30) == 1  # the lone first commit, before the trigger
     assert killed.is_set()
     for future in futures[1:]:
         with pytest.raises(StoreError, match="is unknown"):
             future.result(timeout=30)
-    _script(dsn, schema, "DROP TRIGGER kill_own_backend ON {s}.runs")
+    _pg_script(store, "DROP TRIGGER kill_own_backend ON {s}.runs")
     for run_id in ids[1:]:  # here the server rolled it back: the version tells
         assert store.load_run(run_id).version == 0
     assert store.commit(stage_commit("run-1", 0)) == 1  # the store goes on
@@ -138,8 +132,7 @@ def test_a_value_the_driver_refuses_fails_its_run_alone(pg: Any) -> None:
     odd = stage_event("stage:odd\x00", "run-2", "p", (), "s1", 1, 1.0)  # no SQLSTATE: client
     commits = [stage_commit(r, 0) for r in ids]
     commits[2] = stage_commit("run-2", 0, events=(odd,))
-    calls = [lambda c=commit: store.commit(c) for commit in commits]
-    futures = HeldGroups(store, len(ids) - 1).run(calls[0], calls[1:])
+    futures = HeldGroups(store, len(ids) - 1).run(*_calls(store, commits))
     with pytest.raises(CommitRefused):
         futures[2].result(timeout=30)
     for i in (0, 1, 3):
