@@ -26,6 +26,8 @@ group was sent, the outcome is unknown (each run's version tells, as for a lone 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stageline.core.errors import ConflictError, StoreError
@@ -82,26 +84,20 @@ class PgGroupCommit:
         True once it is settled; False if the server refused a statement (nothing was
         written: write the group one statement at a time, which finds which); _DEADLOCK
         if the server chose it as a deadlock's victim (nothing written: try again)."""
-        what = f"committing {len(members)} runs together"
-        lost = False
-        try:
-            with self._db.connection(what) as conn:
-                try:
-                    with conn.pipeline(), conn.transaction():
-                        conn.execute(self._lock_timeout())
-                        cursors = [
-                            conn.execute(self._db.sql(m.item[1][0]), m.item[1][1]) for m in members
-                        ]
-                except self._db.driver.Error as exc:
-                    if _sqlstate(exc) == _DEADLOCK_DETECTED:
-                        return _DEADLOCK
-                    if self._statement_error(conn, exc):  # rolled back: find whose, one at a time
-                        return False
-                    lost = conn.broken
-                    raise
-                self._settle(conn, members, cursors)
-        except StoreError as exc:
-            fail_unwritten(members, StoreError(f"{exc} ({_outcome(lost)})"))
+        with self._group_connection(members) as conn:
+            try:
+                with conn.pipeline(), conn.transaction():
+                    conn.execute(self._lock_timeout())
+                    cursors = [
+                        conn.execute(self._db.sql(m.item[1][0]), m.item[1][1]) for m in members
+                    ]
+            except self._db.driver.Error as exc:
+                if _sqlstate(exc) == _DEADLOCK_DETECTED:
+                    return _DEADLOCK
+                if self._statement_error(conn, exc):  # rolled back: find whose, one at a time
+                    return False
+                raise
+            self._settle(conn, members, cursors)
         return True
 
     def _settle(self, conn: Connection, members: list[Member], cursors: list[Any]) -> None:
@@ -117,21 +113,28 @@ class PgGroupCommit:
         """One transaction of `members`, each statement under a savepoint of its own: a
         conflict, refusal or other error of its own settles that member alone; the rest
         are told once committed."""
-        what = f"committing {len(members)} runs together"
         applied: dict[Member, int] = {}
+        with self._group_connection(members) as conn:
+            with conn.transaction():
+                conn.execute(self._lock_timeout())
+                for member in members:
+                    self._apply(conn, member, applied)
+            for member, version in applied.items():  # told only once committed
+                member.succeed(version)
+
+    @contextmanager
+    def _group_connection(self, members: list[Member]) -> Iterator[Connection]:
+        """A pooled connection to write `members` together on. If that fails, each member
+        without a verdict of its own gets StoreError, saying that none was written or, if
+        the connection was lost after the group was sent, that nobody knows."""
         lost = False
         try:
-            with self._db.connection(what) as conn:
+            with self._db.connection(f"committing {len(members)} runs together") as conn:
                 try:
-                    with conn.transaction():
-                        conn.execute(self._lock_timeout())
-                        for member in members:
-                            self._apply(conn, member, applied)
+                    yield conn
                 except self._db.driver.Error:
                     lost = conn.broken
                     raise
-            for member, version in applied.items():  # told only once committed
-                member.succeed(version)
         except StoreError as exc:
             fail_unwritten(members, StoreError(f"{exc} ({_outcome(lost)})"))
 
